@@ -1,0 +1,1 @@
+"""Configuration parsed at the edge into frozen dataclasses (annotations, settings)."""
