@@ -1,0 +1,89 @@
+"""Walk the whole phase transition table: every allowed and every illegal pair."""
+
+import itertools
+
+import pytest
+
+from zeropod.daemon.phase import (
+    TRANSITIONS,
+    IllegalTransition,
+    Phase,
+    PhaseOwner,
+    Transition,
+)
+
+ALLOWED = [(a, b) for a in Phase for b in sorted(TRANSITIONS[a], key=lambda p: p.value)]
+ILLEGAL = [(a, b) for a, b in itertools.product(Phase, Phase) if b not in TRANSITIONS[a]]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_table_covers_every_phase() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    assert len(ALLOWED) + len(ILLEGAL) == len(Phase) ** 2
+
+
+def test_expected_shape_of_the_table() -> None:
+    cycle = [Phase.RUNNING, Phase.CHECKPOINTING, Phase.SCALED_DOWN, Phase.RESTORING]
+    for current, target in itertools.pairwise([*cycle, Phase.RUNNING]):
+        assert target in TRANSITIONS[current]
+    assert TRANSITIONS[Phase.STOPPED] == frozenset()
+    assert all(Phase.STOPPED in TRANSITIONS[p] for p in Phase if p is not Phase.STOPPED)
+    assert all(p not in TRANSITIONS[p] for p in Phase)
+
+
+@pytest.mark.parametrize(("current", "target"), ALLOWED, ids=lambda p: p.value)
+def test_allowed_transition(current: Phase, target: Phase) -> None:
+    clock = FakeClock()
+    seen: list[Transition] = []
+    owner = PhaseOwner(current, clock=clock, observer=seen.append)
+    clock.now = 1005.0
+    record = owner.transition(target, "test")
+    assert record == Transition(current, target, "test", 1005.0)
+    assert owner.phase is target
+    assert owner.since == 1005.0
+    assert owner.history[-1] == record
+    assert seen == [record]
+
+
+@pytest.mark.parametrize(("current", "target"), ILLEGAL, ids=lambda p: p.value)
+def test_illegal_transition(current: Phase, target: Phase) -> None:
+    clock = FakeClock()
+    seen: list[Transition] = []
+    owner = PhaseOwner(current, clock=clock, observer=seen.append)
+    clock.now = 1005.0
+    assert not owner.can_transition(target)
+    with pytest.raises(IllegalTransition) as info:
+        owner.transition(target, "why not")
+    assert info.value.current is current
+    assert info.value.target is target
+    assert f"{current.value} -> {target.value}" in str(info.value)
+    assert "why not" in str(info.value)
+    assert owner.phase is current
+    assert owner.since == 1000.0
+    assert len(owner.history) == 1
+    assert seen == []
+
+
+def test_history_is_bounded_and_ordered() -> None:
+    owner = PhaseOwner(history_length=4)
+    cycle = [Phase.CHECKPOINTING, Phase.SCALED_DOWN, Phase.RESTORING, Phase.RUNNING]
+    for i in range(3):
+        for phase in cycle:
+            owner.transition(phase, f"cycle {i}")
+    history = owner.history
+    assert len(history) == 4
+    assert [t.phase for t in history] == cycle
+    assert all(t.reason == "cycle 2" for t in history)
+
+
+def test_initial_entry() -> None:
+    owner = PhaseOwner(clock=FakeClock(), reason="shim registered")
+    assert owner.phase is Phase.RUNNING
+    assert owner.history == (Transition(Phase.RUNNING, Phase.RUNNING, "shim registered", 1000.0),)

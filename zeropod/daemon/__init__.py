@@ -1,0 +1,1 @@
+"""The zeropod node daemon: registry of managed containers, their phases, the control server."""
