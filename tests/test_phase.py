@@ -56,7 +56,8 @@ def test_allowed_transition(current: Phase, target: Phase) -> None:
 def test_illegal_transition(current: Phase, target: Phase) -> None:
     clock = FakeClock()
     seen: list[Transition] = []
-    owner = PhaseOwner(current, clock=clock, observer=seen.append)
+    illegal: list[IllegalTransition] = []
+    owner = PhaseOwner(current, clock=clock, observer=seen.append, on_illegal=illegal.append)
     clock.now = 1005.0
     assert not owner.can_transition(target)
     with pytest.raises(IllegalTransition) as info:
@@ -65,6 +66,7 @@ def test_illegal_transition(current: Phase, target: Phase) -> None:
     assert info.value.target is target
     assert f"{current.value} -> {target.value}" in str(info.value)
     assert "why not" in str(info.value)
+    assert illegal == [info.value]
     assert owner.phase is current
     assert owner.since == 1000.0
     assert len(owner.history) == 1

@@ -79,8 +79,9 @@ class Transition:
 class PhaseOwner:
     """Owns one container's phase: validates moves, timestamps them, keeps recent history.
 
-    ``observer`` (optional) is called with each :class:`Transition` after it is recorded;
-    the daemon uses it to log and publish events.
+    ``observer`` (optional) is called with each :class:`Transition` after it is recorded, and
+    ``on_illegal`` with each :class:`IllegalTransition` before it is raised; the daemon uses
+    them to log and publish events.
     """
 
     def __init__(
@@ -89,11 +90,13 @@ class PhaseOwner:
         *,
         reason: str = "registered",
         observer: Callable[[Transition], None] | None = None,
+        on_illegal: Callable[[IllegalTransition], None] | None = None,
         clock: Callable[[], float] = time.time,
         history_length: int = HISTORY_LENGTH,
     ) -> None:
         self._clock = clock
         self._observer = observer
+        self._on_illegal = on_illegal
         self._phase = initial
         self._since = clock()
         self._history: deque[Transition] = deque(maxlen=history_length)
@@ -121,7 +124,10 @@ class PhaseOwner:
     def transition(self, target: Phase, reason: str) -> Transition:
         """Move to ``target``, or raise :class:`IllegalTransition` leaving the phase unchanged."""
         if not self.can_transition(target):
-            raise IllegalTransition(self._phase, target, reason)
+            error = IllegalTransition(self._phase, target, reason)
+            if self._on_illegal is not None:
+                self._on_illegal(error)
+            raise error
         record = Transition(self._phase, target, reason, self._clock())
         self._phase = target
         self._since = record.at
