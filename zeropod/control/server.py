@@ -1,0 +1,204 @@
+"""The asyncio unix-socket server of the control protocol.
+
+It frames and validates requests and hands typed requests to a :class:`ControlHandler`;
+what a request means is the handler's business (the daemon's). A connection may carry any
+number of requests, one per line; an ``events`` request turns it into a stream that lasts
+until the client disconnects or the server closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from zeropod.control.protocol import (
+    INTERNAL,
+    MAX_LINE,
+    TOO_LARGE,
+    ControlError,
+    decode,
+    encode,
+    failure,
+    ok,
+)
+from zeropod.control.requests import EventsRequest, Request, parse_request
+
+
+class EventStream(Protocol):
+    """A subscription to the daemon's state changes."""
+
+    async def get(self) -> dict[str, Any]:
+        """The next event; raises :class:`ControlError` (``overflow``) if the reader fell behind."""
+        ...
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        ...
+
+
+class ControlHandler(Protocol):
+    """What the server needs from the daemon."""
+
+    async def handle(self, request: Request) -> dict[str, Any]:
+        """Answer a non-streaming request with the response body (without ``ok``).
+
+        Raises :class:`ControlError` for a request that cannot be served.
+        """
+        ...
+
+    def subscribe(self) -> EventStream:
+        """Start a subscription for an ``events`` request."""
+        ...
+
+
+class ControlServer:
+    """Serves the control protocol on a unix socket at ``path``.
+
+    ``log_error`` receives one line for each handler failure (answered as ``internal``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        handler: ControlHandler,
+        log_error: Callable[[str], None],
+        *,
+        mode: int = 0o660,
+    ) -> None:
+        self.path = path
+        self._handler = handler
+        self._log_error = log_error
+        self._mode = mode
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._inode: int | None = None
+
+    async def start(self) -> None:
+        """Listen on the socket; a stale socket file is replaced, a live one is an error."""
+        _clear_stale_socket(self.path)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE)
+        os.chmod(self.path, self._mode)
+        self._inode = os.stat(self.path).st_ino
+
+    async def close(self) -> None:
+        """Stop listening, end every open connection and remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; nothing to answer
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:
+                error = ControlError(TOO_LARGE, f"request line longer than {MAX_LINE} bytes")
+                writer.write(encode(failure(error)))
+                await writer.drain()
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                request = parse_request(decode(line))
+            except ControlError as err:
+                writer.write(encode(failure(err)))
+                await writer.drain()
+                continue
+            if isinstance(request, EventsRequest):
+                await self._stream_events(reader, writer)
+                return
+            writer.write(encode(await self._answer(request)))
+            await writer.drain()
+
+    async def _answer(self, request: Request) -> dict[str, Any]:
+        try:
+            return ok(**await self._handler.handle(request))
+        except ControlError as err:
+            return failure(err)
+        except Exception as err:  # the handler's bug must not kill the server
+            self._log_error(f"control op {request.OP!r} failed: {err!r}")
+            return failure(ControlError(INTERNAL, f"op {request.OP!r} failed: {err}"))
+
+    async def _stream_events(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        subscription = self._handler.subscribe()
+        client_gone = asyncio.ensure_future(_wait_for_eof(reader))
+        try:
+            writer.write(encode(ok(stream="events")))
+            await writer.drain()
+            while True:
+                next_event = asyncio.ensure_future(subscription.get())
+                await asyncio.wait({next_event, client_gone}, return_when=asyncio.FIRST_COMPLETED)
+                if client_gone.done():
+                    next_event.cancel()
+                    return
+                try:
+                    event = next_event.result()
+                except ControlError as err:
+                    writer.write(encode(failure(err)))
+                    await writer.drain()
+                    return
+                writer.write(encode(ok(event=event)))
+                await writer.drain()
+        finally:
+            subscription.close()
+            client_gone.cancel()
+
+
+async def _wait_for_eof(reader: asyncio.StreamReader) -> None:
+    """Return when the client closes its side (anything it sends meanwhile is ignored)."""
+    while await reader.read(4096):
+        pass
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a leftover socket nobody listens on; refuse to touch a live one or a non-socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError as err:
+        raise RuntimeError(f"cannot probe existing socket {path}: {err}") from err
+    finally:
+        probe.close()
+    raise RuntimeError(f"another daemon already listens on {path}")

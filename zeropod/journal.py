@@ -1,0 +1,99 @@
+"""Structured logging to journald, with a plain stderr fallback.
+
+Every entry carries a MESSAGE, a PRIORITY and the fields the daemon knows about the container
+(POD, NAMESPACE, CONTAINER, STATE, and OBJECT_SYSTEMD_UNIT when a pod unit name is known, so
+that ``journalctl -u zeropod@...`` and ``journalctl POD=x`` both find it). systemd-python's
+``journal.send`` is used when it is importable; otherwise one line per entry goes to stderr,
+which journald still captures for a service.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+# syslog priorities, as journald expects them.
+ERR = 3
+WARNING = 4
+NOTICE = 5
+INFO = 6
+DEBUG = 7
+_LEVEL_NAMES = {ERR: "error", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
+
+IDENTIFIER = "zeropod"
+_FIELD_RE = re.compile(r"[A-Z0-9][A-Z0-9_]*")
+
+Sink = Callable[[str, int, dict[str, str]], None]
+"""Receives (message, priority, fields) for one entry."""
+
+
+class Journal:
+    """Sends structured entries to a sink (journald, stderr, or a list in tests)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def send(
+        self,
+        message: str,
+        *,
+        priority: int = INFO,
+        pod: str | None = None,
+        namespace: str | None = None,
+        container: str | None = None,
+        state: str | None = None,
+        unit: str | None = None,
+        **extra: object,
+    ) -> None:
+        """Log one entry; ``extra`` keys become upper-case journal fields, ``None`` is omitted."""
+        fields: dict[str, str] = {}
+        named = {"POD": pod, "NAMESPACE": namespace, "CONTAINER": container, "STATE": state}
+        named["OBJECT_SYSTEMD_UNIT"] = unit
+        for key, value in [*named.items(), *((k.upper(), v) for k, v in extra.items())]:
+            if value is None:
+                continue
+            if not _FIELD_RE.fullmatch(key):
+                raise ValueError(f"invalid journal field name {key!r}")
+            fields[key] = str(value)
+        self._sink(message, priority, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        """Log at INFO."""
+        self.send(message, priority=INFO, **fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        """Log at WARNING."""
+        self.send(message, priority=WARNING, **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        """Log at ERR."""
+        self.send(message, priority=ERR, **fields)
+
+
+def open_journal() -> Journal:
+    """A journal writing to journald when systemd-python is installed, else to stderr."""
+    try:
+        from systemd import journal as systemd_journal  # optional dependency
+    except ImportError:
+        return Journal(stderr_sink(sys.stderr))
+
+    def journald_sink(message: str, priority: int, fields: dict[str, str]) -> None:
+        systemd_journal.send(
+            message, PRIORITY=str(priority), SYSLOG_IDENTIFIER=IDENTIFIER, **fields
+        )
+
+    return Journal(journald_sink)
+
+
+def stderr_sink(stream: TextIO) -> Sink:
+    """A sink that writes ``zeropod: LEVEL MESSAGE KEY=value ...`` lines to ``stream``."""
+
+    def sink(message: str, priority: int, fields: dict[str, str]) -> None:
+        level = _LEVEL_NAMES.get(priority, str(priority))
+        details = "".join(f" {key}={value!r}" for key, value in fields.items())
+        stream.write(f"{IDENTIFIER}: {level} {message}{details}\n")
+        stream.flush()
+
+    return sink
