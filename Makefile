@@ -1,0 +1,39 @@
+# zeropod — the two entry points are `make demo` and `make test` (see README.md).
+# Every target is idempotent; heavy artefacts are cached in $(ZEROPOD_CACHE).
+SHELL := /bin/bash
+export ZEROPOD_CACHE ?= /var/cache/zeropod
+PY := .venv/bin/python
+CONTAINERD_VERSIONS ?= 2.1 1.7
+
+.PHONY: setup demo test unit lint e2e bench-shim-memory node-start node-stop clean
+
+## setup: host packages, CRIU 4.2.1, generated protos, venv, test images, node rootfs
+setup:
+	scripts/setup-host
+	$(PY) images/build
+	node/build
+
+## demo: boot the node, run a pod under the zeropod runtime, curl it, print timings
+demo: setup
+	$(PY) scripts/demo.py
+
+## test: lint, unit tests (no root), then the end-to-end suite on the node for each containerd
+test: setup lint unit e2e
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+unit:
+	.venv/bin/pytest -q tests
+
+e2e:
+	.venv/bin/pytest -q -m node e2e --containerd "$(CONTAINERD_VERSIONS)"
+
+bench-shim-memory: setup
+	$(PY) bench/shim_memory.py
+
+node-start:
+	node/start
+node-stop:
+	node/stop
