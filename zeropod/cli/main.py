@@ -1,0 +1,94 @@
+"""``zeropodctl``: show what the zeropod daemon manages and follow its state changes.
+
+Commands: ``status`` (table or ``-o json``) and ``events`` (follow, text or ``-o json``).
+Every failure is one line on stderr and a non-zero exit: 1 when the daemon is unreachable or
+refuses, 2 for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import NoReturn
+
+from zeropod.cli.render import event_line, status_table
+from zeropod.control.client import ControlClient
+from zeropod.control.protocol import ControlError, DaemonUnavailable
+
+PROG = "zeropodctl"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = _Parser(prog=PROG, description="Inspect the zeropod node daemon.")
+    parser.add_argument(
+        "--socket",
+        help="control socket (default: $ZEROPOD_CONTROL_SOCKET or /run/zeropod/control.sock)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the daemon (default 5)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="list containers, their state and since when")
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    events = commands.add_parser("events", help="follow state changes until interrupted")
+    events.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.timeout <= 0:
+        build_parser().error("--timeout must be positive")
+    client = ControlClient(args.socket, timeout=args.timeout)
+    try:
+        if args.command == "status":
+            return _status(client, args.output)
+        return _events(client, args.output)
+    except DaemonUnavailable as err:
+        return _fail(f"daemon not reachable: {err.message} (is zeropod.service running?)")
+    except ControlError as err:
+        return _fail(f"daemon refused: {err.message} ({err.code})")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away; nothing left to say.
+        sys.stderr.close()
+        return 0
+
+
+def _status(client: ControlClient, output: str) -> int:
+    containers = client.status()
+    if output == "json":
+        print(json.dumps(containers, indent=2))
+    elif containers:
+        print(status_table(containers, datetime.now(UTC)))
+    else:
+        print("No containers registered.")
+    return 0
+
+
+def _events(client: ControlClient, output: str) -> int:
+    for event in client.events():
+        line = json.dumps(event, separators=(",", ":")) if output == "json" else event_line(event)
+        print(line, flush=True)
+    return _fail("the daemon closed the event stream")
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Turn the daemon's status entries and events into text for humans."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+COLUMNS = ("NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "PORTS")
+
+
+def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
+    """A fixed-width table with one row per container (no trailing newline)."""
+    rows = [COLUMNS]
+    for entry in containers:
+        state = str(entry.get("state", "?"))
+        if not entry.get("managed", False):
+            state += " (unmanaged)"
+        ports = ",".join(str(p) for p in entry.get("ports") or ()) or "-"
+        rows.append(
+            (
+                str(entry.get("namespace", "?")),
+                str(entry.get("pod", "?")),
+                str(entry.get("container", "?")),
+                state,
+                age(entry.get("since"), now),
+                ports,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def age(since: object, now: datetime) -> str:
+    """How long ago the ISO timestamp ``since`` was, e.g. ``42s``, ``5m3s``, ``2h7m``, ``3d4h``."""
+    if not isinstance(since, str):
+        return "?"
+    try:
+        then = datetime.fromisoformat(since)
+    except ValueError:
+        return "?"
+    seconds = max(0, int((now - then).total_seconds()))
+    minutes, secs = divmod(seconds, 60)
+    hours, mins = divmod(minutes, 60)
+    days, hrs = divmod(hours, 24)
+    if days:
+        return f"{days}d{hrs}h"
+    if hours:
+        return f"{hours}h{mins}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One event as a line: time, namespace/pod/container, what happened, why."""
+    who = f"{event.get('namespace')}/{event.get('pod')}/{event.get('container')}"
+    kind = event.get("type")
+    state = event.get("state")
+    if kind == "transition":
+        what = f"{event.get('previous')} -> {state}"
+    elif kind == "registered":
+        what = f"registered {state}" + ("" if event.get("managed") else " (unmanaged)")
+    else:
+        what = f"{kind} {state}"
+    reason = event.get("reason")
+    return f"{event.get('time')}  {who}  {what}" + (f"  ({reason})" if reason else "")
