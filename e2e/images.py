@@ -8,6 +8,8 @@ containerd's k8s.io namespace. Tests use `ref("counter")` for the CRI image refe
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import json
 import subprocess
 import sys
@@ -90,3 +92,17 @@ def read_archive(path: Path) -> Archive:
     except (KeyError, ValueError) as err:
         raise ValueError(f"{path}: not a one-manifest OCI image layout: {err!r}") from err
     return Archive(layout, index, manifest, config, blobs, members)
+
+
+def extract_app(name: str, dest: Path) -> Path:
+    """Copy test image NAME's program (/<name> in its layer) to DEST/<name>; return that path."""
+    archive = read_archive(archive_path(name))
+    (layer,) = archive.manifest["layers"]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(archive.blob(layer)))) as tar:
+        member = tar.extractfile(name)
+        if member is None:
+            raise ValueError(f"{archive_path(name)}: no /{name} in the image")
+        target = dest / name
+        target.write_bytes(member.read())
+    target.chmod(0o755)
+    return target

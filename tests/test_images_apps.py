@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import http.client
-import io
 import queue
 import re
 import signal
 import socket
 import struct
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -80,17 +77,8 @@ class App:
 def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each app's binary, taken out of its built image (so the tests run what ships)."""
     out = tmp_path_factory.mktemp("bin")
-    found = {}
-    for name, path in zip(images.NAMES, images.ensure_built(), strict=True):
-        archive = images.read_archive(path)
-        (layer,) = archive.manifest["layers"]
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(archive.blob(layer)))) as tar:
-            member = tar.extractfile(name)
-            assert member is not None
-            (out / name).write_bytes(member.read())
-        (out / name).chmod(0o755)
-        found[name] = out / name
-    return found
+    images.ensure_built()
+    return {name: images.extract_app(name, out) for name in images.NAMES}
 
 
 @pytest.fixture
