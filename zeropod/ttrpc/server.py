@@ -10,9 +10,9 @@ survives. A malformed or oversize frame closes that connection only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 
 from google.protobuf.message import DecodeError
@@ -83,13 +83,23 @@ class Server:
         self._fallback = fallback
         self._name = name
         self._servers: list[asyncio.AbstractServer] = []
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def listen(self, path: str, mode: int = 0o600) -> None:
         """Bind and listen on ``path`` (must not exist)."""
         server = await asyncio.start_unix_server(self._on_connect, path, limit=READ_CHUNK)
         os.chmod(path, mode)
         self._servers.append(server)
+
+    async def serve_socket(self, sock: socket.socket) -> None:
+        """Accept connections on an already bound and listening unix socket."""
+        server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=READ_CHUNK)
+        self._servers.append(server)
+
+    def stop_listening(self) -> None:
+        """Accept no new connections; existing ones keep being served."""
+        for server in self._servers:
+            server.close()
 
     @property
     def connections(self) -> int:
@@ -99,11 +109,10 @@ class Server:
         """Stop listening and close every connection, cancelling running handlers."""
         for server in self._servers:
             server.close()
-        for task in list(self._conns):
-            task.cancel()
-        for task in list(self._conns):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for writer in list(self._conns.values()):
+            writer.close()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -111,11 +120,11 @@ class Server:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         try:
             await self.serve_connection(reader, writer)
         finally:
-            self._conns.discard(task)
+            del self._conns[task]
 
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

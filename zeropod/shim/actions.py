@@ -1,0 +1,58 @@
+"""Dispatch of the shim's command line: ``start``, ``delete``, and everything else.
+
+``start`` goes to :mod:`.launcher`. ``delete`` (containerd's cleanup after a failed or dead
+shim) runs the runc shim's ``delete`` with our stdio, so its DeleteResponse bytes and exit
+status reach containerd unchanged, then removes the group's interposer files if no
+interposer answers on them any more. Anything else (``-v``, ``-info``, flags we do not know)
+is the runc shim's business: exec it with the same arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from zeropod.shim import launcher, paths
+from zeropod.shim import log as shimlog
+from zeropod.shim.cli import FlagError, ShimArgs, parse_args
+
+log = logging.getLogger(__name__)
+
+
+def run(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+    except FlagError as err:
+        shimlog.setup(debug=False)
+        log.warning("passing unknown command line to the runc shim: %s", err)
+        exec_runc(argv)
+    shimlog.setup(debug=args.debug, container=args.id, namespace=args.namespace)
+    if args.version or args.info or args.action not in ("start", "delete"):
+        exec_runc(argv)
+    try:
+        if args.action == "start":
+            return launcher.start(args)
+        return delete(args)
+    except (launcher.StartError, OSError, ValueError) as err:
+        log.error("%s of %s failed: %s", args.action, args.id, err)
+        print(f"containerd-shim-zeropod-v2 {args.action}: {err}", file=sys.stderr)
+        return 1
+
+
+def delete(args: ShimArgs) -> int:
+    bundle = Path(args.bundle or os.getcwd())
+    group = paths.group_id(bundle, args.id)
+    proc = subprocess.run([launcher.find_runc_shim(), *args.argv], check=False)
+    gp = paths.GroupPaths.for_group(args.address, args.namespace, group)
+    if gp.socket.exists() and not paths.connectable(gp.socket):
+        log.info("removing stale interposer files of group %s", group)
+        gp.remove()
+    return proc.returncode
+
+
+def exec_runc(argv: list[str]) -> None:
+    runc = launcher.find_runc_shim()
+    os.execv(runc, [runc, *argv])

@@ -1,0 +1,156 @@
+"""The interposer daemon: one per runc shim, between containerd and that runc shim.
+
+It serves containerd's task API on its own socket and forwards it (:mod:`.proxy`), receives
+the runc shim's events on a second socket and relays them (:mod:`.events`). It lives as long
+as its runc shim: when the runc shim's connection closes (after containerd's ``Shutdown``, or a
+crash), it delivers the events still queued, closes containerd's connections, removes its
+sockets and exits. The launcher binds both sockets and hands them over as inherited fds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zeropod.shim import log as shimlog
+from zeropod.shim.events import EventRelay
+from zeropod.shim.proxy import TaskProxy
+from zeropod.ttrpc import Client, Server
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_CONNECT_TIMEOUT = 10.0
+EVENT_DRAIN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the launcher tells the daemon (passed as one JSON argument)."""
+
+    id: str
+    namespace: str
+    group: str
+    upstream: str  # the runc shim's socket path
+    containerd_events: str  # containerd's TTRPC_ADDRESS
+    socket: str
+    events: str
+    bootstrap: str
+    lock: str
+    log: str
+    socket_fd: int
+    events_fd: int
+    ready_fd: int
+    debug: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls(**json.loads(text))
+
+
+async def connect_upstream(path: str) -> Client:
+    """Connect to the runc shim, which may still be starting its server."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UPSTREAM_CONNECT_TIMEOUT
+    while True:
+        try:
+            return await Client.connect(path)
+        except ConnectionError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+class Interposer:
+    """Owns the two servers, the upstream connection and the event relay of one pod."""
+
+    def __init__(self, cfg: Config, upstream: Client, proxy: TaskProxy, relay: EventRelay):
+        self.cfg = cfg
+        self.upstream = upstream
+        self.relay = relay
+        self.tasks = Server(proxy.handlers(), fallback=proxy.forward, name="task")
+        self.events = Server(relay.handlers(), name="events")
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        await self.tasks.serve_socket(socket.socket(fileno=cfg.socket_fd))
+        await self.events.serve_socket(socket.socket(fileno=cfg.events_fd))
+        relay_task = asyncio.create_task(self.relay.run(), name="event-relay")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        notify_ready(cfg.ready_fd, "ready")
+        log.info("interposer serving %s for runc shim %s", cfg.socket, cfg.upstream)
+        lost = asyncio.create_task(self.upstream.wait_closed())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+        reason = lost.result() if lost.done() else "signal"
+        log.info("shutting down: runc shim connection ended (%s)", reason)
+        stop.cancel()
+        self.tasks.stop_listening()
+        Path(cfg.socket).unlink(missing_ok=True)
+        await self.relay.drain(EVENT_DRAIN_TIMEOUT)
+        relay_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay_task
+        await self.tasks.close()
+        await self.events.close()
+        await self.upstream.close()
+        remove_files(cfg)
+
+
+def remove_files(cfg: Config) -> None:
+    """Remove our sockets and state files; the lock file last, while holding the lock."""
+    for path in (cfg.socket, cfg.events, cfg.bootstrap):
+        Path(path).unlink(missing_ok=True)
+    lock = Path(cfg.lock)
+    with contextlib.suppress(OSError), open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        lock.unlink(missing_ok=True)
+
+
+def notify_ready(fd: int, message: str) -> None:
+    """Tell the launcher how start-up went (it waits on the other end of a pipe)."""
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, message.encode()[:4000] + b"\n")
+        os.close(fd)
+
+
+async def amain(cfg: Config) -> int:
+    try:
+        upstream = await connect_upstream(cfg.upstream)
+    except ConnectionError as err:
+        log.error("cannot connect to runc shim: %s", err)
+        notify_ready(cfg.ready_fd, f"error: cannot connect to runc shim: {err}")
+        return 1
+    interposer = Interposer(cfg, upstream, TaskProxy(upstream), EventRelay(cfg.containerd_events))
+    await interposer.run()
+    return 0
+
+
+def main() -> None:
+    cfg = Config.from_json(sys.argv[1])
+    shimlog.setup(debug=cfg.debug, container=cfg.id, namespace=cfg.namespace, group=cfg.group)
+    try:
+        code = asyncio.run(amain(cfg))
+    except Exception as err:
+        log.exception("interposer failed")
+        notify_ready(cfg.ready_fd, f"error: {type(err).__name__}: {err}")
+        code = 1
+    if code == 0 and not cfg.debug:
+        Path(cfg.log).unlink(missing_ok=True)
+    sys.exit(code)
