@@ -29,7 +29,12 @@ def run(argv: list[str]) -> int:
         shimlog.setup(debug=False)
         log.warning("passing unknown command line to the runc shim: %s", err)
         exec_runc(argv)
-    shimlog.setup(debug=args.debug, container=args.id, namespace=args.namespace)
+    shimlog.setup(
+        debug=args.debug,
+        container=args.id,
+        namespace=args.namespace,
+        stderr_level=logging.ERROR,
+    )
     if args.version or args.info or args.action not in ("start", "delete"):
         exec_runc(argv)
     try:

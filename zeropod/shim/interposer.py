@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
 import socket
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zeropod.shim import log as shimlog
+from zeropod.shim.config import Config
 from zeropod.shim.events import EventRelay
 from zeropod.shim.proxy import TaskProxy
 from zeropod.ttrpc import Client, Server
@@ -30,33 +29,6 @@ log = logging.getLogger(__name__)
 
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 EVENT_DRAIN_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Everything the launcher tells the daemon (passed as one JSON argument)."""
-
-    id: str
-    namespace: str
-    group: str
-    upstream: str  # the runc shim's socket path
-    containerd_events: str  # containerd's TTRPC_ADDRESS
-    socket: str
-    events: str
-    bootstrap: str
-    lock: str
-    log: str
-    socket_fd: int
-    events_fd: int
-    ready_fd: int
-    debug: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Config:
-        return cls(**json.loads(text))
 
 
 async def connect_upstream(path: str) -> Client:

@@ -49,8 +49,20 @@ class JournalHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup(*, debug: bool, container: str = "", namespace: str = "", group: str = "") -> None:
-    """Configure the root logger once for this process."""
+def setup(
+    *,
+    debug: bool,
+    container: str = "",
+    namespace: str = "",
+    group: str = "",
+    stderr_level: int = logging.DEBUG,
+) -> None:
+    """Configure the root logger once for this process.
+
+    ``stderr_level`` limits what reaches stderr when there is no journal: containerd reads
+    ``start``'s stdout and stderr together, so anything but a fatal error would corrupt the
+    address it expects.
+    """
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -59,6 +71,7 @@ def setup(*, debug: bool, container: str = "", namespace: str = "", group: str =
         from systemd import journal  # optional: python3-systemd on the node
     except ImportError:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(stderr_level)
         handler.setFormatter(
             logging.Formatter(
                 f"%(asctime)s {IDENTIFIER}[%(process)d] ns={namespace} group={group} "
