@@ -1,0 +1,59 @@
+# Shared helpers for the node scripts (sourced, not run): where the node lives and how to reach
+# its systemd from the host. The node is a Debian 12 rootfs booted with systemd-nspawn.
+# shellcheck shell=bash
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${ZEROPOD_CACHE:-/var/cache/zeropod}
+node_dir=$cache/node
+root=$node_dir/rootfs
+run_dir=/run/zeropod-node
+pid_file=$run_dir/leader.pid       # the node's PID 1, as seen from the host
+nspawn_pid_file=$run_dir/nspawn.pid
+log_file=$run_dir/nspawn.log
+
+# leader_pid: print the node's PID 1 if the node is running, else fail.
+leader_pid() {
+  local pid
+  pid=$(cat "$pid_file" 2>/dev/null) || return 1
+  [[ -n $pid && -d /proc/$pid ]] || return 1
+  # A recycled pid would not have our rootfs as its root. (readlink shows "/" after nspawn's
+  # pivot_root, so compare the directories themselves.)
+  is_node_root "$pid" || return 1
+  echo "$pid"
+}
+
+# is_node_root PID: true if PID's root directory is the node's rootfs.
+is_node_root() {
+  [[ $(stat -L -c %d:%i "/proc/$1/root/" 2>/dev/null) == $(stat -c %d:%i "$root") ]]
+}
+
+# node_bus PID: the D-Bus address of the node's system bus, reachable from the host.
+node_bus() { echo "unix:path=/proc/$1/root/run/dbus/system_bus_socket"; }
+
+# node_systemd PID CMD...: run a systemd client (systemd-run, systemctl) on the host against the
+# node's systemd. Those tools refuse to work unless the host was booted with systemd
+# (/run/systemd/system exists) and, as root, talk to /run/systemd/private. In a private mount
+# namespace of the client alone, a tmpfs on /run/systemd provides both: an empty system/ and a
+# link to the node's private socket (unix sockets connect through /proc/PID/root). A bind mount
+# cannot do it: mount(8) canonicalises /proc/PID/root/... to the host's own path.
+node_systemd() {
+  local pid=$1; shift
+  [[ -d /run/systemd ]] || mkdir -p /run/systemd
+  SYSTEMD_IGNORE_CHROOT=1 DBUS_SYSTEM_BUS_ADDRESS=$(node_bus "$pid") \
+    unshare --mount --propagation private sh -c '
+      mount -t tmpfs -o size=64k,mode=0755 zeropod-node /run/systemd &&
+      mkdir /run/systemd/system && ln -s "$0" /run/systemd/private && exec "$@"' \
+    "/proc/$pid/root/run/systemd/private" "$@"
+}
+
+# node_env_path PID: the PATH the node's containerd runs with (its ctr first).
+node_env_path() {
+  sed -n 's/^PATH=//p' "/proc/$1/root/etc/containerd/active.env" 2>/dev/null \
+    || echo /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+}
+
+# active_containerd PID: the containerd version (2.1, 1.7) the node is set to run.
+active_containerd() {
+  sed -n 's/^ZEROPOD_CONTAINERD=//p' "/proc/$1/root/etc/containerd/active.env" 2>/dev/null
+}
+
+now_ms() { date +%s%3N; }
