@@ -367,3 +367,12 @@ async def test_slow_subscriber_is_cut_off() -> None:
     with pytest.raises(ControlError) as info:
         await slow.get()
     assert info.value.code == protocol.OVERFLOW
+
+
+async def test_best_effort_calls_never_raise(daemon: Any) -> None:
+    server, _, _ = daemon
+    odd = register_kwargs(annotations={"zeropod.ctrox.dev/x": object()})
+    outcome = await asyncio.to_thread(register_container, path=server.path, **odd)
+    assert not outcome.ok and outcome.error
+    bad_id = await asyncio.to_thread(unregister_container, "not/valid", path=server.path)
+    assert not bad_id.ok and "'id'" in (bad_id.error or "")

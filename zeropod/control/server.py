@@ -88,14 +88,17 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop listening, end every open connection and remove the socket file."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # End open connections (event streams never end on their own) before waiting for the
+        # server: from Python 3.12 on, wait_closed() waits for every connection.
         for task in list(self._connections):
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
