@@ -11,8 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zeropod.config.annotations import CONTAINER_NAMES, AnnotationError, parse_annotations
-from zeropod.control.protocol import NOT_FOUND, ControlError
+from zeropod.config.annotations import (
+    CONTAINER_NAMES,
+    AnnotationError,
+    ScalingConfig,
+    parse_annotations,
+)
+from zeropod.control.protocol import NOT_FOUND, UNKNOWN_OP, ControlError
 from zeropod.control.requests import (
     RegisterRequest,
     Request,
@@ -42,7 +47,7 @@ class ControlService:
                 return self.unregister(request.container_id)
             case StatusRequest():
                 return {"containers": [c.describe() for c in self.registry]}
-        raise ControlError(NOT_FOUND, f"op {request.OP!r} is not served by this daemon")
+        raise ControlError(UNKNOWN_OP, f"op {request.OP!r} is not served by this daemon")
 
     def subscribe(self) -> Subscription:
         """A subscription to every event published from now on."""
@@ -94,7 +99,7 @@ class ControlService:
         self,
         identity: ContainerIdentity,
         pid: int,
-        config: Any,
+        config: ScalingConfig | None,
         reason: str | None,
     ) -> Container:
         container: Container
@@ -103,7 +108,8 @@ class ControlService:
             self._on_transition(container, transition)
 
         def on_illegal(error: IllegalTransition) -> None:
-            self.journal.error(f"{identity.label}: {error}", **container.journal_fields())
+            label = container.identity.label
+            self.journal.error(f"{label}: {error}", **container.journal_fields())
 
         phase = PhaseOwner(Phase.RUNNING, observer=observe, on_illegal=on_illegal)
         container = Container(identity, pid, config, reason, phase)
