@@ -18,6 +18,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,25 +108,34 @@ def start_group(
 
 
 def run_runc_start(runc: str, args: ShimArgs, bundle: Path, events: Path) -> bootstrap.Bootstrap:
-    """Run the runc shim's ``start`` with our events socket; parse what it prints."""
+    """Run the runc shim's ``start`` with our events socket; parse what it prints.
+
+    Output goes to files, not pipes: a daemon that inherits a pipe would hold it open and
+    make reading until EOF hang.
+    """
     env = dict(os.environ, TTRPC_ADDRESS=str(events))
-    try:
-        proc = subprocess.run(
-            [runc, *args.argv],
-            cwd=bundle,
-            env=env,
-            capture_output=True,
-            timeout=RUNC_START_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise StartError(f"{runc} start did not finish in {RUNC_START_TIMEOUT}s") from err
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(
+                [runc, *args.argv],
+                cwd=bundle,
+                env=env,
+                stdout=out,
+                stderr=err,
+                timeout=RUNC_START_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise StartError(f"{runc} start did not finish in {RUNC_START_TIMEOUT}s") from exc
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise StartError(
             f"{runc} start failed with status {proc.returncode}: "
-            f"{(proc.stderr or proc.stdout).decode(errors='replace').strip()}"
+            f"{(stderr or stdout).decode(errors='replace').strip()}"
         )
-    return bootstrap.parse(proc.stdout)
+    return bootstrap.parse(stdout)
 
 
 def spawn_interposer(cfg: Config, log_path: Path) -> None:
