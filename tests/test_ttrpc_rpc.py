@@ -208,3 +208,23 @@ async def test_server_close_fails_client(sock: str, handlers: Handlers, tmp_path
     await server.close()
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(pending, 5)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [struct.pack(">IIBB", MAX_MESSAGE + 1, 1, 2, 0), struct.pack(">IIBB", 0, 1, 9, 0)],
+    ids=["oversize", "unknown-type"],
+)
+async def test_client_closes_on_bad_frame_from_server(tmp_path: Path, reply: bytes) -> None:
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(10)
+        writer.write(reply)
+        await writer.drain()
+        await reader.read()  # hold the connection open: the client must close it
+
+    path = str(tmp_path / "bad.sock")
+    srv = await asyncio.start_unix_server(on_conn, path)
+    client = await Client.connect(path)
+    with pytest.raises(ConnectionClosed, match="protocol error"):
+        await asyncio.wait_for(client.call(SVC, "Echo", b"x"), 5)
+    srv.close()
