@@ -10,7 +10,6 @@ re-publishes the queued requests byte for byte (metadata included) to containerd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from zeropod.ttrpc import Call, Client, TtrpcError
@@ -77,11 +76,14 @@ class EventRelay:
 
     async def _deliver(self, call: Call) -> None:
         delay = RETRY_MIN
+        attempt = 0
         while True:
             try:
                 if self._client is None or self._client.closed:
                     self._client = await Client.connect(self.address)
                 parse_response(await self._client.roundtrip(call.raw, timeout=FORWARD_TIMEOUT))
+                if attempt:
+                    log.info("event delivered to %s after %d retries", self.address, attempt)
                 return
             except TtrpcError as err:
                 if err.code not in _RETRY_CODES:
@@ -90,12 +92,17 @@ class EventRelay:
                 reason: Exception = err
             except ConnectionError as err:
                 reason = err
-            log.warning(
-                "cannot publish event to %s (retrying in %.1fs): %s", self.address, delay, reason
+            attempt += 1
+            # warn once per outage, not on every retry while containerd is down
+            log.log(
+                logging.WARNING if attempt == 1 else logging.DEBUG,
+                "cannot publish event to %s (retrying every <= %.0fs): %s",
+                self.address,
+                RETRY_MAX,
+                reason,
             )
             if self._client is not None:
-                with contextlib.suppress(Exception):
-                    await self._client.close()
+                await self._client.close()
                 self._client = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
