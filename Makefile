@@ -7,11 +7,10 @@ CONTAINERD_VERSIONS ?= 2.1 1.7
 
 .PHONY: setup demo test unit lint e2e bench-shim-memory node-start node-stop clean
 
-## setup: host packages, CRIU 4.2.1, generated protos, venv, test images, node rootfs
+## setup: host packages, CRIU 4.2.1, generated protos, venv, node rootfs (setup-host), test images
 setup:
 	scripts/setup-host
 	$(PY) images/build
-	node/build
 
 ## demo: boot the node, run a pod under the zeropod runtime, curl it, print timings
 demo: setup
