@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NODE_SCRIPTS = REPO / "node"
 CACHE = Path(os.environ.get("ZEROPOD_CACHE", "/var/cache/zeropod"))
-RUN_DIR = Path("/run/zeropod-node")
+RUN_DIR = Path(os.environ.get("ZEROPOD_NODE_RUN", "/run/zeropod-node"))
 CONTAINERD_VERSIONS = ("2.1", "1.7")
 
 

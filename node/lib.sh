@@ -5,7 +5,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${ZEROPOD_CACHE:-/var/cache/zeropod}
 node_dir=$cache/node
 root=$node_dir/rootfs
-run_dir=/run/zeropod-node
+# A second node (e.g. a cold-build test with another ZEROPOD_CACHE) needs a run dir of its own.
+run_dir=${ZEROPOD_NODE_RUN:-/run/zeropod-node}
+machine=${run_dir##*/}
 pid_file=$run_dir/leader.pid       # the node's PID 1, as seen from the host
 nspawn_pid_file=$run_dir/nspawn.pid
 log_file=$run_dir/nspawn.log
@@ -23,7 +25,9 @@ leader_pid() {
 
 # is_node_root PID: true if PID's root directory is the node's rootfs.
 is_node_root() {
-  [[ $(stat -L -c %d:%i "/proc/$1/root/" 2>/dev/null) == $(stat -c %d:%i "$root") ]]
+  local a b
+  a=$(stat -L -c %d:%i "/proc/$1/root/" 2>/dev/null) && b=$(stat -c %d:%i "$root" 2>/dev/null) \
+    && [[ $a == "$b" ]]
 }
 
 # node_bus PID: the D-Bus address of the node's system bus, reachable from the host.
@@ -54,6 +58,44 @@ node_env_path() {
 # active_containerd PID: the containerd version (2.1, 1.7) the node is set to run.
 active_containerd() {
   sed -n 's/^ZEROPOD_CONTAINERD=//p' "/proc/$1/root/etc/containerd/active.env" 2>/dev/null
+}
+
+# enter_own_cgroups: move this shell into a cgroup of its own, named $machine, below its current
+# one in every hierarchy (cgroup2 and each v1 controller), and record the paths in
+# $run_dir/cgroups. nspawn roots the node's cgroup namespace there, so everything the node
+# creates (runc's k8s.io/... cgroups) stays below and node/stop can remove it.
+enter_own_cgroups() {
+  local ctrls path dir self
+  : > "$run_dir/cgroups"
+  self=$(< /proc/self/cgroup)  # read it whole: it changes as this loop moves the shell
+  while IFS=: read -r _ ctrls path; do
+    if [[ -z $ctrls ]]; then
+      dir=/sys/fs/cgroup/unified
+      [[ -f $dir/cgroup.procs ]] || dir=/sys/fs/cgroup
+    else
+      dir=/sys/fs/cgroup/${ctrls#name=}
+    fi
+    [[ -f $dir/cgroup.procs ]] || continue
+    dir=$dir${path%/}
+    [[ ${dir##*/} == "$machine" ]] || dir=$dir/$machine
+    mkdir -p "$dir"
+    if [[ -f $dir/cpuset.cpus && ! -s $dir/cpuset.cpus ]]; then  # v1 cpuset starts empty
+      cat "$dir/../cpuset.cpus" > "$dir/cpuset.cpus"
+      cat "$dir/../cpuset.mems" > "$dir/cpuset.mems"
+    fi
+    echo "$BASHPID" > "$dir/cgroup.procs"
+    echo "$dir" >> "$run_dir/cgroups"
+  done <<< "$self"
+}
+
+# remove_own_cgroups: remove the (now empty) cgroup trees enter_own_cgroups made.
+remove_own_cgroups() {
+  local dir
+  [[ -f $run_dir/cgroups ]] || return 0
+  while read -r dir; do
+    [[ -d $dir ]] && find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null
+  done < "$run_dir/cgroups"
+  rm -f "$run_dir/cgroups"
 }
 
 now_ms() { date +%s%3N; }
