@@ -98,4 +98,14 @@ remove_own_cgroups() {
   rm -f "$run_dir/cgroups"
 }
 
+# lock_node: serialise node/start, node/stop and node/build between concurrent callers (several
+# engineers and test runs share one node). Nested calls (start -> stop) inherit the lock.
+lock_node() {
+  [[ -n ${ZEROPOD_NODE_LOCKED:-} ]] && return 0
+  mkdir -p "$run_dir"
+  exec 9> "$run_dir/lock"
+  flock -w 300 9 || { echo "${0##*/}: $run_dir/lock still held after 300 s" >&2; exit 1; }
+  export ZEROPOD_NODE_LOCKED=1
+}
+
 now_ms() { date +%s%3N; }
