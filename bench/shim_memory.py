@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO))
 from e2e.cri import ContainerSpec, Cri  # noqa: E402
 from e2e.node import Node  # noqa: E402
 
-SHIMS = {"interposer": "containerd-shim-zeropod-v2", "runc shim": "containerd-shim-runc-v2"}
+# How each kind of shim process shows in `ps` (the interposer runs as a python3 module).
+SHIMS = {"interposer": "zeropod.shim", "runc shim": "containerd-shim-runc-v2"}
 
 
 def pss_kib(node: Node, pid: int) -> int:
