@@ -287,6 +287,12 @@ async def test_pod_lifecycle_through_interposer(env: Env) -> None:
     assert state.pid == created.pid and state.status == 2  # RUNNING
     assert not wait.done()
 
+    # a malformed frame from some peer closes that connection only
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write(b"\xff" * 10)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
     # errors from the runc shim are relayed unchanged
     with pytest.raises(TtrpcError) as info:
         await task_call(client, api, "State", m.StateRequest(id="nope"), "StateResponse")
