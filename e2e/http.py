@@ -88,9 +88,11 @@ def command(
     keep_alive: bool = False,
     headers: Sequence[str] = (),
     duration: float | None = None,
+    netns: str | None = None,
 ) -> list[str]:
-    """The argv that runs httpload.py in the node."""
-    argv = ["python3", SCRIPT_IN_NODE, target, f"--count={count}"]
+    """The argv that runs httpload.py in the node (in the node's network namespace NETNS)."""
+    argv = ["ip", "netns", "exec", netns] if netns else []
+    argv += ["python3", SCRIPT_IN_NODE, target, f"--count={count}"]
     argv += [f"--concurrency={concurrency}", f"--interval={interval}", f"--timeout={timeout}"]
     if keep_alive:
         argv.append("--keep-alive")
