@@ -27,6 +27,7 @@ class Config:
     events_fd: int
     ready_fd: int
     debug: bool = False
+    control: str = ""  # the interposer's control socket (daemon -> shim)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -1,7 +1,9 @@
 """The interposer daemon: one per runc shim, between containerd and that runc shim.
 
-It serves containerd's task API on its own socket and forwards it (:mod:`.proxy`), receives
-the runc shim's events on a second socket and relays them (:mod:`.events`). It lives as long
+It serves containerd's task API on its own socket and forwards it (:mod:`.proxy`, with the
+scale-to-zero overrides of :mod:`.scaling`), receives the runc shim's events on a second
+socket and relays them (:mod:`.events`, filtered by :mod:`.eventfilter`), and serves the
+daemon's checkpoint/restore on a third (:mod:`.control`). It lives as long
 as its runc shim: when the runc shim's connection closes (after containerd's ``Shutdown``, or a
 crash), it delivers the events still queued, closes containerd's connections, removes its
 sockets and exits. The launcher binds both sockets and hands them over as inherited fds.
@@ -20,9 +22,17 @@ import sys
 from pathlib import Path
 
 from zeropod.shim import log as shimlog
+from zeropod.shim import spec
 from zeropod.shim.config import Config
+from zeropod.shim.context import ShimContext
+from zeropod.shim.control import ShimControl
+from zeropod.shim.daemonlink import DaemonLink
+from zeropod.shim.eventfilter import FilteringRelay
 from zeropod.shim.events import EventRelay
 from zeropod.shim.proxy import TaskProxy
+from zeropod.shim.scaling import ScalingProxy
+from zeropod.shim.tasks import Tracker
+from zeropod.shim.upstream import Upstream
 from zeropod.ttrpc import Client, Server
 
 log = logging.getLogger(__name__)
@@ -47,10 +57,18 @@ async def connect_upstream(path: str) -> Client:
 class Interposer:
     """Owns the two servers, the upstream connection and the event relay of one pod."""
 
-    def __init__(self, cfg: Config, upstream: Client, proxy: TaskProxy, relay: EventRelay):
+    def __init__(
+        self,
+        cfg: Config,
+        upstream: Client,
+        proxy: TaskProxy,
+        relay: EventRelay,
+        control: ShimControl | None = None,
+    ):
         self.cfg = cfg
         self.upstream = upstream
         self.relay = relay
+        self.control = control
         self.tasks = Server(proxy.handlers(), fallback=proxy.forward, name="task")
         self.events = Server(relay.handlers(), name="events")
         self._stop = asyncio.Event()
@@ -60,6 +78,8 @@ class Interposer:
         await self.tasks.serve_socket(socket.socket(fileno=cfg.socket_fd))
         await self.events.serve_socket(socket.socket(fileno=cfg.events_fd))
         relay_task = asyncio.create_task(self.relay.run(), name="event-relay")
+        if self.control is not None:
+            await self.control.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -73,6 +93,8 @@ class Interposer:
         stop.cancel()
         self.tasks.stop_listening()
         Path(cfg.socket).unlink(missing_ok=True)
+        if self.control is not None:
+            await self.control.close()
         await self.relay.drain(EVENT_DRAIN_TIMEOUT)
         relay_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -85,7 +107,7 @@ class Interposer:
 
 def remove_files(cfg: Config) -> None:
     """Remove our sockets and state files; the lock file last, while holding the lock."""
-    for path in (cfg.socket, cfg.events, cfg.bootstrap):
+    for path in (cfg.socket, cfg.events, control_path(cfg), cfg.bootstrap):
         Path(path).unlink(missing_ok=True)
     lock = Path(cfg.lock)
     with contextlib.suppress(OSError), open(lock, "a") as f:
@@ -109,9 +131,29 @@ async def amain(cfg: Config) -> int:
         log.error("cannot connect to runc shim: %s", err)
         notify_ready(cfg.ready_fd, f"error: cannot connect to runc shim: {err}")
         return 1
-    interposer = Interposer(cfg, upstream, TaskProxy(upstream), EventRelay(cfg.containerd_events))
-    await interposer.run()
+    try:
+        criu_config = str(spec.write_criu_config())
+    except OSError as err:
+        log.error("cannot write the CRIU config (checkpoints use runc's defaults): %s", err)
+        criu_config = ""
+    tracker = Tracker()
+    daemon = DaemonLink(control_path(cfg))
+    relay = FilteringRelay(
+        cfg.containerd_events, tracker, cfg.namespace, lambda c, ev: ctx.exited(c, ev)
+    )
+    ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
+    proxy = ScalingProxy(ctx, criu_config, cfg.upstream)
+    interposer = Interposer(cfg, upstream, proxy, relay, ShimControl(control_path(cfg), ctx))
+    try:
+        await interposer.run()
+    finally:
+        await daemon.close()
     return 0
+
+
+def control_path(cfg: Config) -> str:
+    """The control socket: from the launcher, or derived from the task socket's name."""
+    return cfg.control or cfg.socket.removesuffix(".sock") + ".ctl.sock"
 
 
 def main() -> None:

@@ -85,6 +85,7 @@ def start_group(
             bootstrap=str(gp.bootstrap),
             lock=str(gp.lock),
             log=str(gp.log),
+            control=str(gp.control),
             socket_fd=listeners[0].fileno(),
             events_fd=listeners[1].fileno(),
             ready_fd=-1,

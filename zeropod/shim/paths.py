@@ -42,6 +42,7 @@ class GroupPaths:
     bootstrap: Path  # what ``start`` printed, for later starts of the same group
     lock: Path  # serialises concurrent starts of one group
     log: Path  # the interposer's stderr when there is no journal
+    control: Path  # the interposer's control socket (checkpoint/restore/status)
 
     @classmethod
     def for_group(cls, address: str, namespace: str, group: str) -> GroupPaths:
@@ -53,9 +54,10 @@ class GroupPaths:
             bootstrap=base / f"{digest}.bootstrap",
             lock=base / f"{digest}.lock",
             log=base / f"{digest}.log",
+            control=base / f"{digest}.ctl.sock",
         )
-        if len(str(paths.events)) > SUN_PATH_MAX:
-            raise ValueError(f"socket path {paths.events} is longer than {SUN_PATH_MAX} bytes")
+        if len(str(paths.control)) > SUN_PATH_MAX:
+            raise ValueError(f"socket path {paths.control} is longer than {SUN_PATH_MAX} bytes")
         return paths
 
     def sockets(self) -> tuple[Path, Path]:
@@ -63,7 +65,7 @@ class GroupPaths:
 
     def remove(self) -> None:
         """Remove the sockets and state files (not the lock, which other starts may hold)."""
-        for path in (self.socket, self.events, self.bootstrap):
+        for path in (self.socket, self.events, self.control, self.bootstrap):
             path.unlink(missing_ok=True)
 
 

@@ -1,0 +1,71 @@
+"""Putting one container to sleep: the control socket's ``checkpoint`` op, step by step.
+
+1. RUNNING -> CHECKPOINTING: the event filter holds the runc shim's events for it from now
+   (the exit event can arrive before the Checkpoint reply).
+2. Hold our own ends of its stdio FIFOs, so containerd's log reader never sees EOF.
+3. The runc shim's Checkpoint (CRIU dump into ``image_dir``, process exits), or for mode
+   ``stop`` a SIGKILL and Wait.
+4. Delete the stopped runc task. -> SCALED_DOWN. containerd saw nothing.
+
+A failed dump leaves the process running: back to RUNNING, stdio ends released, and the
+error names CRIU's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from zeropod.control.protocol import ControlError
+from zeropod.shim.context import BAD_PHASE, CHECKPOINT_FAILED, ShimContext
+from zeropod.shim.phase import Phase
+from zeropod.shim.tasks import Container
+from zeropod.ttrpc import TtrpcError
+
+log = logging.getLogger(__name__)
+
+MODES = ("checkpoint", "stop")
+
+
+async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) -> dict[str, Any]:
+    """Dump (or stop) ``c``; ``{"pid", "duration_ms"}`` or ControlError."""
+    async with c.lock:
+        if c.phase is not Phase.RUNNING:
+            raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not running")
+        started = time.monotonic()
+        ctx.tracker.move(c, Phase.CHECKPOINTING, mode)
+        c.hold_stdio()
+        try:
+            if mode == "checkpoint":
+                os.makedirs(image_dir, mode=0o700, exist_ok=True)
+                await ctx.upstream.checkpoint(c, image_dir)
+            else:
+                await ctx.upstream.kill(c, signal.SIGKILL)
+                await ctx.upstream.wait(c)
+        except (TtrpcError, ConnectionError, OSError) as err:
+            c.release_stdio()
+            ctx.tracker.move(c, Phase.RUNNING, "checkpoint failed")
+            if ctx.relay.release_real_exit(c):
+                ctx.exited(c)
+            where = f"; CRIU log: {os.path.join(image_dir, 'dump.log')}" if mode == MODES[0] else ""
+            log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
+            raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
+        try:
+            await ctx.upstream.delete(c)
+        except TtrpcError as err:  # restore deletes again before re-creating
+            log.warning("container %s: deleting the dumped runc task failed: %s", c.id, err)
+        c.image_dir = image_dir if mode == "checkpoint" else None
+        c.held.clear()
+        how = "dumped" if c.image_dir else "stopped"
+        ctx.tracker.move(c, Phase.SCALED_DOWN, f"pid {c.pid} {how}")
+        duration_ms = round((time.monotonic() - started) * 1000)
+        log.info(
+            "container %s scaled down in %d ms",
+            c.id,
+            duration_ms,
+            extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
+        )
+        return {"pid": c.pid, "duration_ms": duration_ms}

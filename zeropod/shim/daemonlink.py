@@ -1,0 +1,118 @@
+"""The shim's side of the daemon's control socket: register, unregister, wake.
+
+The daemon is optional for a container's life: register and unregister are best effort,
+run in the background and never delay containerd's call; a register the daemon did not
+answer is retried with back-off while the container lives (the daemon may be restarting).
+``wake`` blocks until the daemon woke the pod and returns False when the daemon cannot do
+it, so the caller restores on its own. The blocking client runs in a worker thread, so the
+interposer's loop keeps serving the daemon's own ``restore`` meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from zeropod.control import oci
+from zeropod.control.client import ANNOTATION_PREFIX, SHIM_TIMEOUT, ControlClient
+from zeropod.control.protocol import BAD_REQUEST, VERSION, ControlError
+from zeropod.control.requests import RegisterRequest, UnregisterRequest
+from zeropod.shim import spec
+from zeropod.shim.phase import Phase
+from zeropod.shim.tasks import Container
+
+log = logging.getLogger(__name__)
+
+WAKE_TIMEOUT = 120.0
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+
+
+class DaemonLink:
+    """Talks to the daemon at ``path`` (None: ``$ZEROPOD_CONTROL_SOCKET`` or the default)."""
+
+    def __init__(self, shim_socket: str, path: str | None = None) -> None:
+        self.shim_socket = shim_socket
+        self.path = path
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return ControlClient(self.path, timeout).request(message)
+
+    def register(self, c: Container) -> None:
+        """Register a started CRI container in the background (not the pause container)."""
+        self._background(self._register(c), f"register-{c.id}")
+
+    async def _register(self, c: Container) -> None:
+        try:
+            fields = oci.cri_registration(c.id, c.bundle, c.pid, spec.read_spec(c.bundle))
+        except (OSError, ValueError) as err:
+            log.warning("container %s: not registered, cannot read its spec: %s", c.id, err)
+            return
+        if fields is None:
+            return  # a pause container, or not created through CRI
+        fields["annotations"] = {
+            k: v for k, v in fields["annotations"].items() if k.startswith(ANNOTATION_PREFIX)
+        }
+        message = RegisterRequest(**fields).to_message() | {"shim_socket": self.shim_socket}
+        delay = RETRY_MIN
+        while c.phase not in (Phase.EXITED, Phase.ENDED, Phase.DELETED):
+            try:
+                answer = await asyncio.to_thread(self._request, message, SHIM_TIMEOUT)
+            except ControlError as err:
+                if err.code == BAD_REQUEST and "shim_socket" in err.message:
+                    message.pop("shim_socket")  # a daemon that predates the field
+                    continue
+                log.log(
+                    logging.INFO if delay == RETRY_MIN else logging.DEBUG,
+                    "container %s: daemon did not take the registration (retrying): %s",
+                    c.id,
+                    err,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            c.registered = True
+            log.info(
+                "container %s registered with the daemon: managed=%s %s",
+                c.id,
+                answer.get("managed"),
+                answer.get("reason") or "",
+            )
+            return
+
+    def unregister(self, c: Container, reason: str) -> None:
+        """Tell the daemon (in the background) that the task really ended."""
+        if not c.registered:
+            return
+        c.registered = False
+        self._background(self._unregister(c.id, reason), f"unregister-{c.id}")
+
+    async def _unregister(self, container_id: str, reason: str) -> None:
+        message = UnregisterRequest(container_id).to_message()
+        try:
+            await asyncio.to_thread(self._request, message, SHIM_TIMEOUT)
+        except ControlError as err:
+            log.info("container %s: unregister (%s) not delivered: %s", container_id, reason, err)
+            return
+        log.info("container %s unregistered: %s", container_id, reason)
+
+    async def wake(self, c: Container) -> bool:
+        """Ask the daemon to wake ``c``'s pod; False if it could not (restore locally then)."""
+        message = {"v": VERSION, "op": "wake", "id": c.id}
+        try:
+            await asyncio.to_thread(self._request, message, WAKE_TIMEOUT)
+        except ControlError as err:
+            log.warning("container %s: daemon did not wake it (%s); restoring here", c.id, err)
+            return False
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,107 @@
+"""Waking one container, and ending one that containerd kills while it sleeps.
+
+:func:`restore`, the control socket's ``restore`` op:
+1. SCALED_DOWN -> RESTORING (the runc shim's create/start events stay held).
+2. Create the task again exactly as containerd first did, plus ``checkpoint=image_dir`` and
+   CRIU's work dir in the runc options; Start runs CRIU's restore and gives the new pid.
+3. If that fails (or there is no image): clear the half-made task and start it cold from the
+   original request (``cold: true``, the failure in ``error``).
+4. -> RUNNING; our stdio FIFO ends are closed (the runc shim holds its own again), a pending
+   Wait from containerd now waits on the new task.
+If even the cold start fails, the task ends (exit published, status 255).
+
+:func:`end_asleep`: Kill from containerd while scaled down ends the task without restoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+from zeropod.control.protocol import ControlError
+from zeropod.shim.context import BAD_PHASE, RESTORE_FAILED, ShimContext
+from zeropod.shim.phase import Phase
+from zeropod.shim.tasks import Container
+from zeropod.ttrpc import TtrpcError
+
+log = logging.getLogger(__name__)
+
+FAILED_WAKE_STATUS = 255
+
+
+async def restore(ctx: ShimContext, c: Container, image_dir: str | None) -> dict[str, Any]:
+    """Bring ``c`` back; ``{"pid", "cold", "duration_ms", "error"?}`` or ControlError."""
+    async with c.lock:
+        if c.phase is Phase.RUNNING:
+            return {"pid": c.pid, "cold": False, "duration_ms": 0}
+        if c.phase is not Phase.SCALED_DOWN:
+            raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not scaled down")
+        started = time.monotonic()
+        ctx.tracker.move(c, Phase.RESTORING, f"from {image_dir}" if image_dir else "cold")
+        result: dict[str, Any] = {"cold": image_dir is None}
+        pid = 0
+        if image_dir is not None:
+            try:
+                pid = await _create_and_start(ctx, c, image_dir)
+            except (TtrpcError, ConnectionError) as err:
+                log_path = os.path.join(image_dir, "restore.log")
+                result["error"] = f"restore from {image_dir} failed: {err} (CRIU log: {log_path})"
+                result["cold"] = True
+                log.warning("container %s: %s; starting it cold", c.id, result["error"])
+        if result["cold"]:
+            try:
+                pid = await _create_and_start(ctx, c, None)
+            except (TtrpcError, ConnectionError) as err:
+                _end(ctx, c, FAILED_WAKE_STATUS, f"cold start failed: {err}")
+                raise ControlError(
+                    RESTORE_FAILED, f"{c.id}: {result.get('error', 'no image')}; cold start: {err}"
+                ) from err
+        c.pid = pid
+        ctx.tracker.move(c, Phase.RUNNING, f"pid {pid}{' (cold)' if result['cold'] else ''}")
+        c.release_stdio()
+        if ctx.relay.release_real_exit(c):  # it died right after the restore
+            ctx.exited(c)
+        result["pid"] = pid
+        result["duration_ms"] = duration_ms = round((time.monotonic() - started) * 1000)
+        log.info(
+            "container %s restored%s in %d ms, pid %d",
+            c.id,
+            " cold" if result["cold"] else "",
+            duration_ms,
+            pid,
+            extra={"RESTORE_MS": duration_ms, "CONTAINER_ID": c.id},
+        )
+        return result
+
+
+async def _create_and_start(ctx: ShimContext, c: Container, image_dir: str | None) -> int:
+    """Create + Start; on failure the half-made runc task is deleted again."""
+    try:
+        await ctx.upstream.create(c, image_dir)
+        return await ctx.upstream.start(c)
+    except (TtrpcError, ConnectionError):
+        with contextlib.suppress(TtrpcError, ConnectionError):
+            await ctx.upstream.delete(c)
+        raise
+
+
+async def end_asleep(ctx: ShimContext, c: Container, signal: int) -> None:
+    """containerd's Kill while scaled down: the task ends with 128 + signal, not restored."""
+    async with c.lock:
+        if c.phase is Phase.SCALED_DOWN:
+            _end(ctx, c, 128 + signal, f"killed with signal {signal} while scaled down")
+
+
+def _end(ctx: ShimContext, c: Container, status: int, why: str) -> None:
+    """The task ends without a process: publish its exit, free everything it held."""
+    c.end(status)
+    ctx.tracker.move(c, Phase.ENDED, why)
+    c.release_stdio()  # containerd's log readers see EOF and finish
+    ctx.relay.publish_exit(c)
+    ctx.daemon.unregister(c, "killed while scaled down")
+    if c.image_dir:
+        shutil.rmtree(c.image_dir, ignore_errors=True)

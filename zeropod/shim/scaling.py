@@ -1,0 +1,249 @@
+"""The task API as containerd must see it while containers sleep: the proxy's overrides.
+
+Create remembers the request (and points runc at zeropod's CRIU config), Start registers the
+container with the daemon. While a container is hidden (checkpointing, scaled down,
+restoring) State says RUNNING with the last pid, Pids lists it, Stats reports zero usage,
+Connect names it, and Wait stays pending until the task really ends (on the restored task,
+or with the status of a Kill while asleep). Kill and Delete while asleep end the task from
+our record; calls only a live process can serve (Exec, Update, Pause, Resume, ResizePty,
+CloseIO) wake it first. Everything else is forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+
+from google.protobuf import any_pb2
+
+from zeropod._gen.containerd.api.types.task import task_pb2 as task_types
+from zeropod._gen.ttrpc import request_pb2
+from zeropod.shim import spec
+from zeropod.shim.context import ShimContext
+from zeropod.shim.phase import Phase
+from zeropod.shim.proxy import TaskProxy
+from zeropod.shim.restore import end_asleep, restore
+from zeropod.shim.tasks import Container
+from zeropod.ttrpc import Call, RawResponse, TtrpcError
+from zeropod.ttrpc.status import Code
+
+log = logging.getLogger(__name__)
+
+RUNNING = task_types.Status.Value("RUNNING")
+STOPPED = task_types.Status.Value("STOPPED")
+# Calls only a live process can serve, with their request message.
+AWAKE_REQUESTS = {
+    "Exec": "ExecProcessRequest",
+    "Update": "UpdateTaskRequest",
+    "Pause": "PauseRequest",
+    "Resume": "ResumeRequest",
+    "ResizePty": "ResizePtyRequest",
+    "CloseIO": "CloseIORequest",
+}
+
+
+def reply_payload(reply: RawResponse) -> bytes | None:
+    """The payload of a successful forwarded reply, None for an error status."""
+    resp = request_pb2.Response.FromString(reply.data)
+    return resp.payload if resp.status.code == 0 else None
+
+
+def stats_type_url() -> str:
+    """The metrics type the runc shim reports on this node's cgroup layout."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return "io.containerd.cgroups.v2.Metrics"
+    return "io.containerd.cgroups.v1.Metrics"
+
+
+class ScalingProxy(TaskProxy):
+    """TaskProxy that answers for sleeping containers."""
+
+    def __init__(self, ctx: ShimContext, criu_config: str, upstream_path: str) -> None:
+        super().__init__(ctx.upstream.client)
+        self.ctx = ctx
+        self.criu_config = criu_config
+        self.upstream_path = upstream_path
+        self._stats_url: str | None = None
+        self._shim_pid: int | None = None
+
+    def _container(self, call: Call, message: str) -> Container | None:
+        """The record of the task ``call`` is about; None for an exec or a task we do not know."""
+        req = self.api(call).decode(message, call.payload)
+        if getattr(req, "exec_id", ""):
+            return None  # an exec process: never ours to answer
+        return self.ctx.tracker.get(req.id)
+
+    async def Create(self, call: Call) -> RawResponse:
+        api = self.api(call)
+        req = api.decode("CreateTaskRequest", call.payload)
+        try:
+            if self.criu_config:
+                spec.annotate_criu_config(req.bundle, self.criu_config)
+        except (OSError, ValueError) as err:
+            log.warning("container %s: cannot set the CRIU config annotation: %s", req.id, err)
+        reply = await self.forward(call)
+        payload = reply_payload(reply)
+        if payload is not None:
+            c = Container(req.id, api, req, call.metadata())
+            c.pid = api.decode("CreateTaskResponse", payload).pid
+            self.ctx.tracker.add(c)
+        return reply
+
+    async def Start(self, call: Call) -> RawResponse:
+        c = self._container(call, "StartRequest")
+        reply = await self.forward(call)
+        payload = reply_payload(reply)
+        if c is not None and payload is not None and c.phase is Phase.CREATED:
+            c.pid = self.api(call).decode("StartResponse", payload).pid
+            self.ctx.tracker.move(c, Phase.RUNNING, f"pid {c.pid}")
+            self.ctx.daemon.register(c)
+        return reply
+
+    async def State(self, call: Call) -> RawResponse | bytes:
+        c = self._container(call, "StateRequest")
+        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+            return await self.forward(call)
+        r = c.request
+        resp = self.api(call).messages.StateResponse(
+            id=c.id,
+            bundle=r.bundle,
+            pid=c.pid,
+            status=STOPPED if c.phase is Phase.ENDED else RUNNING,
+            stdin=r.stdin,
+            stdout=r.stdout,
+            stderr=r.stderr,
+            terminal=r.terminal,
+        )
+        if c.phase is Phase.ENDED:
+            resp.exit_status = c.exit_status
+            resp.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
+        return resp.SerializeToString()
+
+    async def Wait(self, call: Call) -> RawResponse | bytes:
+        c = self._container(call, "WaitRequest")
+        if c is None:
+            return await self.forward(call)
+        tracker = self.ctx.tracker
+        while True:
+            if await tracker.visible(c) is Phase.ENDED:
+                return self._ended_wait(call, c)
+            generation = c.generation
+            reply = await self.forward(call)
+            if c.generation == generation and not c.hidden:
+                return reply
+            log.debug("container %s: Wait ended by a checkpoint; waiting on", c.id)
+
+    def _ended_wait(self, call: Call, c: Container) -> bytes:
+        resp = self.api(call).messages.WaitResponse(exit_status=c.exit_status)
+        resp.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
+        return resp.SerializeToString()
+
+    async def Pids(self, call: Call) -> RawResponse | bytes:
+        c = self._container(call, "PidsRequest")
+        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+            return await self.forward(call)
+        resp = self.api(call).messages.PidsResponse()
+        if c.hidden:
+            resp.processes.add(pid=c.pid)
+        return resp.SerializeToString()
+
+    async def Stats(self, call: Call) -> RawResponse | bytes:
+        c = self._container(call, "StatsRequest")
+        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+            reply = await self.forward(call)
+            if self._stats_url is None and (payload := reply_payload(reply)) is not None:
+                self._stats_url = self.api(call).decode("StatsResponse", payload).stats.type_url
+            return reply
+        # No process, no usage: an empty metrics message of the type the runc shim reports.
+        url = self._stats_url or stats_type_url()
+        resp = self.api(call).messages.StatsResponse(stats=any_pb2.Any(type_url=url))
+        return resp.SerializeToString()
+
+    async def Connect(self, call: Call) -> RawResponse | bytes:
+        c = self._container(call, "ConnectRequest")
+        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+            return await self.forward(call)
+        resp = self.api(call).messages.ConnectResponse(shim_pid=self.shim_pid(), task_pid=c.pid)
+        return resp.SerializeToString()
+
+    def shim_pid(self) -> int:
+        """The runc shim's pid (the peer of its task socket), looked up once."""
+        if self._shim_pid is None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(2)
+                try:
+                    s.connect(self.upstream_path)
+                    creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                    self._shim_pid = struct.unpack("3i", creds)[0]
+                except OSError:
+                    return os.getpid()
+        return self._shim_pid
+
+    async def Kill(self, call: Call) -> RawResponse | bytes:
+        req = self.api(call).decode("KillRequest", call.payload)
+        c = self.ctx.tracker.get(req.id)
+        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+            return await self.forward(call)
+        if req.exec_id:
+            raise TtrpcError(Code.NOT_FOUND, f"process {req.exec_id} does not exist")
+        if await self.ctx.tracker.settled(c) is Phase.RUNNING:
+            return await self.forward(call)  # woke meanwhile: a real kill
+        if req.signal and c.phase is Phase.SCALED_DOWN:
+            await end_asleep(self.ctx, c, req.signal)
+        return b""
+
+    async def Delete(self, call: Call) -> RawResponse | bytes:
+        c = self._container(call, "DeleteRequest")
+        if c is None:
+            return await self.forward(call)
+        if c.hidden and await self.ctx.tracker.settled(c) is Phase.SCALED_DOWN:
+            await end_asleep(self.ctx, c, 9)  # deleted without a kill: as if SIGKILLed
+        if c.phase is not Phase.ENDED:
+            reply = await self.forward(call)
+            if reply_payload(reply) is not None:
+                self.ctx.daemon.unregister(c, "deleted")
+                self.ctx.tracker.move(c, Phase.DELETED)
+            return reply
+        resp = self.api(call).messages.DeleteResponse(pid=c.pid, exit_status=c.exit_status)
+        resp.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
+        self.ctx.relay.publish_delete(c)
+        self.ctx.tracker.move(c, Phase.DELETED, "deleted while scaled down")
+        return resp.SerializeToString()
+
+    async def _awake(self, call: Call) -> RawResponse:
+        """Forward a call only a live process can serve, waking its container first."""
+        req = self.api(call).decode(AWAKE_REQUESTS[call.method], call.payload)
+        c = self.ctx.tracker.get(req.id)
+        if c is not None and c.hidden:
+            await self.wake(c)
+        return await self.forward(call)
+
+    async def wake(self, c: Container) -> None:
+        """Bring ``c`` back: through the daemon (the whole pod), else here."""
+        if await self.ctx.tracker.settled(c) is not Phase.SCALED_DOWN:
+            return
+        if await self.ctx.daemon.wake(c) and c.phase is Phase.RUNNING:
+            return
+        if await self.ctx.tracker.settled(c) is Phase.SCALED_DOWN:
+            await restore(self.ctx, c, c.image_dir)
+
+    async def Exec(self, call: Call) -> RawResponse:
+        return await self._awake(call)
+
+    async def Update(self, call: Call) -> RawResponse:
+        return await self._awake(call)
+
+    async def Pause(self, call: Call) -> RawResponse:
+        return await self._awake(call)
+
+    async def Resume(self, call: Call) -> RawResponse:
+        return await self._awake(call)
+
+    async def ResizePty(self, call: Call) -> RawResponse:
+        return await self._awake(call)
+
+    async def CloseIO(self, call: Call) -> RawResponse:
+        return await self._awake(call)

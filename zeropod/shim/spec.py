@@ -1,0 +1,82 @@
+"""The bundle's OCI spec (config.json): CRIU's options for this container, and reading it.
+
+runc reads CRIU options from the file named by the container's ``org.criu.config``
+annotation (without it, from ``/etc/criu/runc.conf``, which would change every container on
+the node). At Create the interposer points that annotation at zeropod's own CRIU config:
+
+- ``skip-in-flight``: a connection still in the app's accept queue does not refuse the dump;
+  with the daemon's held socket in the same reuseport group it migrates there.
+- ``network-lock skip``: no iptables/nftables lock around the dump; the held socket keeps the
+  port served, and a lock would only delay (SYN retransmits) the clients it should protect.
+
+Not ``tcp-established``: an open connection means the app is not idle; restoring one
+without a network lock would hand the peer a socket whose state moved on (resets). The
+daemon sleeps only without open connections and retries a dump refused for one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CRIU_ANNOTATION = "org.criu.config"
+DEFAULT_CRIU_CONFIG = "/run/zeropod/criu.conf"
+CRIU_CONFIG_ENV = "ZEROPOD_CRIU_CONFIG"
+CRIU_OPTIONS = ("skip-in-flight", "network-lock skip")
+
+
+def criu_config_path() -> Path:
+    return Path(os.environ.get(CRIU_CONFIG_ENV) or DEFAULT_CRIU_CONFIG)
+
+
+def write_criu_config(path: Path | None = None) -> Path:
+    """Write zeropod's CRIU config file (atomically, only when its content differs)."""
+    path = path or criu_config_path()
+    text = "# written by containerd-shim-zeropod-v2; see zeropod/shim/spec.py\n"
+    text += "".join(f"{option}\n" for option in CRIU_OPTIONS)
+    try:
+        if path.read_text() == text:
+            return path
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def read_spec(bundle: str | Path) -> dict[str, Any]:
+    """The bundle's config.json as a dict; raises OSError or ValueError with the path."""
+    path = Path(bundle) / "config.json"
+    try:
+        spec = json.loads(path.read_bytes())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return spec
+
+
+def annotate_criu_config(bundle: str | Path, criu_config: str | Path) -> bool:
+    """Set ``org.criu.config`` in the bundle's config.json; False if it already was set.
+
+    An annotation the user set (any value) is left alone. The file is replaced atomically.
+    """
+    spec = read_spec(bundle)
+    annotations = spec.get("annotations")
+    if annotations is None:
+        annotations = spec["annotations"] = {}
+    if not isinstance(annotations, dict):
+        raise ValueError(f"{bundle}/config.json: annotations is not an object")
+    if CRIU_ANNOTATION in annotations:
+        return False
+    annotations[CRIU_ANNOTATION] = str(criu_config)
+    path = Path(bundle) / "config.json"
+    tmp = path.with_name(".config.json.zeropod")
+    tmp.write_text(json.dumps(spec))
+    os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+    os.replace(tmp, path)
+    return True

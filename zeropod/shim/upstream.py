@@ -1,0 +1,103 @@
+"""The interposer's own calls to the runc shim, typed, in the task API version of each task.
+
+containerd's calls are forwarded byte for byte by :mod:`.proxy`; the calls here are the ones
+the interposer makes on its own to put a task to sleep and wake it: Checkpoint, Kill, Wait,
+Delete, Create (from a checkpoint, or cold) and Start. Each is bounded by a timeout and raises
+:class:`~zeropod.ttrpc.TtrpcError` (or ConnectionClosed) as the runc shim answered.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from zeropod._gen.containerd.runc.options import oci_pb2
+from zeropod.shim.tasks import Container
+from zeropod.ttrpc import Client
+
+# containerd's runc shim of 1.6 only accepts the bare type URLs (no type.googleapis.com/).
+OPTIONS_URL = "containerd.runc.v1.Options"
+CHECKPOINT_OPTIONS_URL = "containerd.runc.v1.CheckpointOptions"
+CALL_TIMEOUT = 30.0
+DUMP_TIMEOUT = 300.0  # a dump or restore of a large process takes a while
+
+
+class Upstream:
+    """Typed task API calls to the runc shim on ``client``."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def _call(
+        self,
+        c: Container,
+        method: str,
+        request: Message,
+        reply: str | None,
+        timeout: float = CALL_TIMEOUT,
+    ) -> Message | None:
+        payload = await self.client.call(
+            c.api.service,
+            method,
+            request.SerializeToString(),
+            timeout=timeout,
+            metadata=c.metadata,
+        )
+        return c.api.decode(reply, payload) if reply else None
+
+    async def checkpoint(self, c: Container, image_dir: str) -> None:
+        """Dump the task's process into ``image_dir`` and let it exit (CRIU logs there too)."""
+        opts = oci_pb2.CheckpointOptions(exit=True, work_path=image_dir)
+        req = c.api.messages.CheckpointTaskRequest(
+            id=c.id,
+            path=image_dir,
+            options=any_pb2.Any(type_url=CHECKPOINT_OPTIONS_URL, value=opts.SerializeToString()),
+        )
+        await self._call(c, "Checkpoint", req, None, timeout=DUMP_TIMEOUT)
+
+    async def kill(self, c: Container, signal: int) -> None:
+        await self._call(c, "Kill", c.api.messages.KillRequest(id=c.id, signal=signal), None)
+
+    async def wait(self, c: Container) -> int:
+        """Block until the task's process has exited; its exit status."""
+        req = c.api.messages.WaitRequest(id=c.id)
+        return self._int(await self._call(c, "Wait", req, "WaitResponse"), "exit_status")
+
+    async def delete(self, c: Container) -> int:
+        """Delete the stopped runc task; the pid it had."""
+        req = c.api.messages.DeleteRequest(id=c.id)
+        return self._int(await self._call(c, "Delete", req, "DeleteResponse"), "pid")
+
+    async def create(self, c: Container, checkpoint: str | None) -> int:
+        """Re-create the task as containerd first created it, from ``checkpoint`` if given."""
+        req = c.api.messages.CreateTaskRequest()
+        req.CopyFrom(c.request)
+        if checkpoint is not None:
+            req.checkpoint = checkpoint
+            req.options.CopyFrom(restore_options(c.request.options, checkpoint))
+        return self._int(await self._call(c, "Create", req, "CreateTaskResponse"), "pid")
+
+    async def start(self, c: Container, timeout: float = DUMP_TIMEOUT) -> int:
+        """Start the created task (for a checkpoint: CRIU restores it); the new pid."""
+        req = c.api.messages.StartRequest(id=c.id)
+        return self._int(await self._call(c, "Start", req, "StartResponse", timeout), "pid")
+
+    @staticmethod
+    def _int(message: Message | None, name: str) -> int:
+        assert message is not None
+        return int(getattr(message, name))
+
+
+def restore_options(original: any_pb2.Any, work_path: str) -> any_pb2.Any:
+    """The runc options of a restoring Create: containerd's own (if any) plus CRIU's work dir.
+
+    CRI passes no options for the zeropod runtime type, so the runc shim used its defaults
+    (runc root ``/run/containerd/runc/<namespace>``); an empty ``root`` keeps that default.
+    """
+    opts = oci_pb2.Options()
+    type_url = OPTIONS_URL
+    if original.value:
+        opts.ParseFromString(original.value)
+        type_url = original.type_url or OPTIONS_URL
+    opts.criu_work_path = work_path
+    return any_pb2.Any(type_url=type_url, value=opts.SerializeToString())
