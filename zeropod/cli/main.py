@@ -1,6 +1,9 @@
-"""``zeropodctl``: show what the zeropod daemon manages and follow its state changes.
+"""``zeropodctl``: show what the zeropod daemon manages, follow its state changes, and put a
+pod to sleep or wake it now.
 
-Commands: ``status`` (table or ``-o json``) and ``events`` (follow, text or ``-o json``).
+Commands: ``status`` (table or ``-o json``), ``events`` (follow, text or ``-o json``),
+``sleep POD [CONTAINER] [-n NAMESPACE]`` and ``wake POD [-n NAMESPACE]`` (both return once
+the pod is scaled down or running again).
 Every failure is one line on stderr and a non-zero exit: 1 when the daemon is unreachable or
 refuses, 2 for bad flags.
 """
@@ -13,7 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from zeropod.cli.render import event_line, status_table
+from zeropod.cli.render import event_line, pod_summary, status_table
 from zeropod.control.client import ControlClient
 from zeropod.control.protocol import ControlError, DaemonUnavailable
 
@@ -29,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
-    parser = _Parser(prog=PROG, description="Inspect the zeropod node daemon.")
+    parser = _Parser(prog=PROG, description="Inspect and drive the zeropod node daemon.")
     parser.add_argument(
         "--socket",
         help="control socket (default: $ZEROPOD_CONTROL_SOCKET or /run/zeropod/control.sock)",
@@ -42,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     events = commands.add_parser("events", help="follow state changes until interrupted")
     events.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    sleep = commands.add_parser("sleep", help="put a pod to sleep now (its scaled containers)")
+    sleep.add_argument("pod")
+    sleep.add_argument("container", nargs="?", help="one of the pod's scaled containers")
+    sleep.add_argument("-n", "--namespace", default="default")
+    wake = commands.add_parser("wake", help="wake a sleeping pod now")
+    wake.add_argument("pod")
+    wake.add_argument("-n", "--namespace", default="default")
     return parser
 
 
@@ -54,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return _status(client, args.output)
+        if args.command == "sleep":
+            return _pod_line(client.sleep(args.pod, args.namespace, args.container))
+        if args.command == "wake":
+            return _pod_line(client.wake(args.pod, args.namespace))
         return _events(client, args.output)
     except DaemonUnavailable as err:
         return _fail(f"daemon not reachable: {err.message} (is zeropod.service running?)")
@@ -83,6 +97,12 @@ def _events(client: ControlClient, output: str) -> int:
         line = json.dumps(event, separators=(",", ":")) if output == "json" else event_line(event)
         print(line, flush=True)
     return _fail("the daemon closed the event stream")
+
+
+def _pod_line(response: dict[str, object]) -> int:
+    pod = response.get("pod")
+    print(pod_summary(pod) if isinstance(pod, dict) else "done")
+    return 0
 
 
 def _fail(message: str) -> int:

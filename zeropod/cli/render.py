@@ -66,3 +66,16 @@ def event_line(event: dict[str, Any]) -> str:
         what = f"{kind} {state}"
     reason = event.get("reason")
     return f"{event.get('time')}  {who}  {what}" + (f"  ({reason})" if reason else "")
+
+
+def pod_summary(pod: dict[str, Any]) -> str:
+    """One line about a pod after sleep or wake: state, unit and the last timings."""
+    parts = [f"{pod.get('namespace')}/{pod.get('name')} {pod.get('state')} ({pod.get('unit')})"]
+    for container in pod.get("containers") or ():
+        timings = [
+            f"{label} {container[key]:g} ms"
+            for key, label in (("last_checkpoint_ms", "checkpoint"), ("last_restore_ms", "restore"))
+            if isinstance(container.get(key), int | float)
+        ]
+        parts.append(f"{container.get('container')}: " + (", ".join(timings) or "no timings"))
+    return "; ".join(parts)

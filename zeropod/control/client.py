@@ -29,13 +29,17 @@ from zeropod.control.protocol import (
 from zeropod.control.requests import (
     EventsRequest,
     RegisterRequest,
+    SleepRequest,
     StatusRequest,
     UnregisterRequest,
+    WakeRequest,
 )
 
 ANNOTATION_PREFIX = "zeropod.ctrox.dev/"
 SHIM_TIMEOUT = 0.5
 """Seconds the shim's best-effort calls may take in total."""
+WAKE_TIMEOUT = 120.0
+"""Seconds a shim waits for the daemon to wake a pod (a restore of a large app takes long)."""
 
 
 class ControlClient:
@@ -64,6 +68,14 @@ class ControlClient:
         if not isinstance(containers, list):
             raise ControlError(BAD_JSON, "status response has no container list")
         return containers
+
+    def sleep(self, pod: str, namespace: str, container: str | None = None) -> dict[str, Any]:
+        """Put a pod to sleep now; returns once it is scaled down (``pod`` describes it)."""
+        return self.request(SleepRequest(pod, namespace, container).to_message())
+
+    def wake(self, pod: str, namespace: str) -> dict[str, Any]:
+        """Wake a pod now; returns once it runs again (``pod`` describes it)."""
+        return self.request(WakeRequest(pod=pod, namespace=namespace).to_message())
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Yield state-change events until the daemon closes the stream.
@@ -127,6 +139,7 @@ def register_container(
     bundle: str,
     pid: int,
     annotations: Mapping[str, str],
+    shim_socket: str = "",
     path: str | None = None,
     timeout: float = SHIM_TIMEOUT,
 ) -> Outcome:
@@ -145,6 +158,7 @@ def register_container(
         bundle=bundle,
         pid=pid,
         annotations={k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)},
+        shim_socket=shim_socket,
     )
     try:
         response = ControlClient(path, timeout).request(request.to_message())
@@ -160,11 +174,32 @@ def register_container(
 
 
 def unregister_container(
-    container_id: str, *, path: str | None = None, timeout: float = SHIM_TIMEOUT
+    container_id: str,
+    *,
+    reason: str = "",
+    path: str | None = None,
+    timeout: float = SHIM_TIMEOUT,
 ) -> Outcome:
     """Tell the daemon a container is gone; never raises, gives up after ``timeout``."""
     try:
-        ControlClient(path, timeout).request(UnregisterRequest(container_id).to_message())
+        request = UnregisterRequest(container_id, reason)
+        ControlClient(path, timeout).request(request.to_message())
+    except Exception as err:  # best effort by contract: the container must not fail
+        return Outcome(ok=False, error=str(err))
+    return Outcome(ok=True)
+
+
+def wake_container(
+    container_id: str, *, path: str | None = None, timeout: float = WAKE_TIMEOUT
+) -> Outcome:
+    """Ask the daemon to wake the pod of ``container_id`` and wait until it runs.
+
+    Never raises; blocks at most ``timeout`` seconds. ``ok`` is False with ``error`` set when
+    the daemon is unreachable or could not wake it (the shim then forwards the call anyway).
+    """
+    try:
+        request = WakeRequest(container_id=container_id)
+        ControlClient(path, timeout).request(request.to_message())
     except Exception as err:  # best effort by contract: the container must not fail
         return Outcome(ok=False, error=str(err))
     return Outcome(ok=True)

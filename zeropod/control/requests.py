@@ -97,6 +97,13 @@ def _annotations(fields: Mapping[str, Any], name: str) -> dict[str, str]:
     return dict(value)
 
 
+def _container_id(fields: Mapping[str, Any]) -> str:
+    """The container id, sent as ``id`` (older shims) or ``container_id`` (the contract)."""
+    if "id" in fields and "container_id" in fields:
+        raise ControlError(BAD_REQUEST, "give the container id once, as 'id' or 'container_id'")
+    return _identifier(fields, "container_id" if "container_id" in fields else "id")
+
+
 def _no_extra(fields: Mapping[str, Any], op: str, known: frozenset[str]) -> None:
     extra = sorted(set(fields) - known)
     if extra:
@@ -110,7 +117,7 @@ class RegisterRequest:
     OP: ClassVar[str] = "register"
     FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"id", "pod", "namespace", "container", "sandbox_id", "annotations", "netns"}
-        | {"bundle", "pid"}
+        | {"bundle", "pid", "shim_socket"}
     )
 
     container_id: str
@@ -122,6 +129,8 @@ class RegisterRequest:
     bundle: str
     pid: int
     annotations: Mapping[str, str] = field(default_factory=dict)
+    shim_socket: str = ""
+    """The interposer's own control socket (checkpoint/restore); empty when it has none."""
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> RegisterRequest:
@@ -136,10 +145,13 @@ class RegisterRequest:
             bundle=_path(fields, "bundle", allow_empty=False),
             pid=_pid(fields, "pid"),
             annotations=_annotations(fields, "annotations"),
+            shim_socket=_path(fields, "shim_socket", allow_empty=True)
+            if "shim_socket" in fields
+            else "",
         )
 
     def to_message(self) -> dict[str, Any]:
-        return {
+        message = {
             "v": VERSION,
             "op": self.OP,
             "id": self.container_id,
@@ -152,6 +164,9 @@ class RegisterRequest:
             "pid": self.pid,
             "annotations": dict(self.annotations),
         }
+        if self.shim_socket:
+            message["shim_socket"] = self.shim_socket
+        return message
 
 
 @dataclass(frozen=True)
@@ -159,17 +174,22 @@ class UnregisterRequest:
     """A shim tells the daemon that a container is gone (deleted)."""
 
     OP: ClassVar[str] = "unregister"
-    FIELDS: ClassVar[frozenset[str]] = frozenset({"id"})
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"id", "container_id", "reason"})
 
     container_id: str
+    reason: str = ""
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> UnregisterRequest:
         _no_extra(fields, cls.OP, cls.FIELDS)
-        return cls(container_id=_identifier(fields, "id"))
+        reason = _string(fields, "reason") if "reason" in fields else ""
+        return cls(container_id=_container_id(fields), reason=reason[:512])
 
     def to_message(self) -> dict[str, Any]:
-        return {"v": VERSION, "op": self.OP, "id": self.container_id}
+        message = {"v": VERSION, "op": self.OP, "id": self.container_id}
+        if self.reason:
+            message["reason"] = self.reason
+        return message
 
 
 @dataclass(frozen=True)
@@ -202,9 +222,83 @@ class EventsRequest:
         return {"v": VERSION, "op": self.OP}
 
 
-Request = RegisterRequest | UnregisterRequest | StatusRequest | EventsRequest
+@dataclass(frozen=True)
+class SleepRequest:
+    """Put a pod to sleep now (all its scaled containers); answers once it is scaled down.
+
+    ``container``, when given, must be one of the pod's scaled containers (the whole pod
+    still sleeps: its scaled containers sleep and wake together).
+    """
+
+    OP: ClassVar[str] = "sleep"
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"pod", "namespace", "container"})
+
+    pod: str
+    namespace: str
+    container: str | None = None
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> SleepRequest:
+        _no_extra(fields, cls.OP, cls.FIELDS)
+        container = fields.get("container")
+        return cls(
+            pod=_dns_name(fields, "pod", subdomain=True),
+            namespace=_dns_name(fields, "namespace", subdomain=False),
+            container=None
+            if container is None
+            else _dns_name(fields, "container", subdomain=False),
+        )
+
+    def to_message(self) -> dict[str, Any]:
+        message = {"v": VERSION, "op": self.OP, "pod": self.pod, "namespace": self.namespace}
+        if self.container is not None:
+            message["container"] = self.container
+        return message
+
+
+@dataclass(frozen=True)
+class WakeRequest:
+    """Wake a pod now: named by ``pod`` and ``namespace`` (the CLI), or by one of its
+    containers' ``id`` (a shim that must forward an Exec). Answers once the pod runs."""
+
+    OP: ClassVar[str] = "wake"
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"id", "container_id", "pod", "namespace"})
+
+    container_id: str | None = None
+    pod: str | None = None
+    namespace: str | None = None
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> WakeRequest:
+        _no_extra(fields, cls.OP, cls.FIELDS)
+        if "id" in fields or "container_id" in fields:
+            if "pod" in fields or "namespace" in fields:
+                raise ControlError(BAD_REQUEST, "give either 'id' or 'pod' and 'namespace'")
+            return cls(container_id=_container_id(fields))
+        return cls(
+            pod=_dns_name(fields, "pod", subdomain=True),
+            namespace=_dns_name(fields, "namespace", subdomain=False),
+        )
+
+    def to_message(self) -> dict[str, Any]:
+        if self.container_id is not None:
+            return {"v": VERSION, "op": self.OP, "id": self.container_id}
+        return {"v": VERSION, "op": self.OP, "pod": self.pod, "namespace": self.namespace}
+
+
+Request = (
+    RegisterRequest | UnregisterRequest | StatusRequest | EventsRequest | SleepRequest | WakeRequest
+)
 REQUEST_TYPES: dict[str, type[Request]] = {
-    t.OP: t for t in (RegisterRequest, UnregisterRequest, StatusRequest, EventsRequest)
+    t.OP: t
+    for t in (
+        RegisterRequest,
+        UnregisterRequest,
+        StatusRequest,
+        EventsRequest,
+        SleepRequest,
+        WakeRequest,
+    )
 }
 
 

@@ -9,27 +9,88 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 
+from zeropod.activity.sources import LOOPBACK, node_networks
 from zeropod.control.protocol import socket_path
 from zeropod.control.server import ControlServer
 from zeropod.daemon.events import EventHub
+from zeropod.daemon.handoff import ActivationServer, activation_path
+from zeropod.daemon.idle import IdleLoops
+from zeropod.daemon.machinery import (
+    HostNetwork,
+    ImageStore,
+    ShimClient,
+    SystemdUnits,
+    read_connections,
+)
 from zeropod.daemon.notify import notify, run_watchdog, watchdog_interval
+from zeropod.daemon.phase import Phase
+from zeropod.daemon.pods import PodKey, Pods
 from zeropod.daemon.registry import Registry
+from zeropod.daemon.scaler import Scaler
 from zeropod.daemon.service import ControlService
+from zeropod.daemon.state import STATE_DIR, StateStore, pid_alive, recovered_phase
+from zeropod.daemon.steps import Machinery
 from zeropod.journal import Journal, open_journal
 
 
-async def run(path: str, journal: Journal, stop: asyncio.Event | None = None) -> None:
+def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
+    """The daemon's parts, wired to the node's real machinery."""
+    try:
+        excluded = (*LOOPBACK, *node_networks())
+    except OSError as err:
+        journal.warning(f"cannot list the node's addresses, only loopback is excluded: {err}")
+        excluded = LOOPBACK
+    registry = Registry()
+    pods = Pods(registry)
+    machinery = Machinery(ShimClient(), HostNetwork(), SystemdUnits(), ImageStore())
+    scaler = Scaler(pods, machinery, journal, excluded, read_connections)
+    idle = IdleLoops(pods, scaler.sleep, journal, excluded)
+    service = ControlService(
+        registry,
+        journal,
+        EventHub(),
+        pods=pods,
+        scaler=scaler,
+        idle=idle,
+        store=StateStore(state_dir),
+    )
+    return service, scaler, idle
+
+
+def _reload(service: ControlService, journal: Journal) -> None:
+    """Bring back the containers saved before a restart (see zeropod.daemon.state)."""
+    assert service.store is not None
+    for saved in service.store.load(journal.error):
+        phase = recovered_phase(saved.phase, pid_alive(saved.pid))
+        container = service.restore_container(saved.identity, saved.pid, saved.annotations, phase)
+        container.measured.last_checkpoint_ms = saved.last_checkpoint_ms
+        container.measured.last_restore_ms = saved.last_restore_ms
+        if container.managed and phase is Phase.SCALED_DOWN:
+            service.pods.get(PodKey.of(container)).held_ports = saved.held_ports
+        journal.info(
+            f"{container.identity.label}: reloaded as {phase.value}",
+            **container.journal_fields(),
+        )
+
+
+async def run(
+    path: str, journal: Journal, stop: asyncio.Event | None = None, state_dir: str = STATE_DIR
+) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    service = ControlService(Registry(), journal, EventHub())
+    service, scaler, idle = _build(journal, state_dir)
+    _reload(service, journal)
     server = ControlServer(path, service, journal.error)
     await server.start()
+    activation = ActivationServer(activation_path(path), scaler.on_activation, journal.error)
+    await activation.start()
     watchdog: asyncio.Task[None] | None = None
     try:
         notify(f"READY=1\nSTATUS=listening on {path}")
@@ -45,6 +106,9 @@ async def run(path: str, journal: Journal, stop: asyncio.Event | None = None) ->
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
+        await activation.close()
+        await idle.close()
+        await scaler.close()
         await server.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -54,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the daemon; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="zeropod", description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--state-dir",
+        default=None,
+        help=f"where container state survives restarts (default: 'state' next to the "
+        f"control socket, {STATE_DIR})",
+    )
+    parser.add_argument(
         "--socket",
         default=None,
         help="control socket path (default: $ZEROPOD_CONTROL_SOCKET or /run/zeropod/control.sock)",
@@ -62,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     journal = open_journal()
     path = args.socket or socket_path()
     try:
-        asyncio.run(run(path, journal))
+        state_dir = args.state_dir or os.path.join(os.path.dirname(path), "state")
+        asyncio.run(run(path, journal, state_dir=state_dir))
     except (OSError, RuntimeError) as err:
         journal.error(f"zeropod daemon failed: {err}")
         return 1

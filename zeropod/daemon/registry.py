@@ -27,6 +27,8 @@ class ContainerIdentity:
     sandbox_id: str
     netns: str
     bundle: str
+    shim_socket: str = ""
+    """The interposer's control socket (checkpoint/restore); empty for a shim without one."""
 
     @property
     def label(self) -> str:
@@ -34,11 +36,24 @@ class ContainerIdentity:
         return f"{self.namespace}/{self.pod}/{self.container}"
 
 
+@dataclass
+class Measurements:
+    """What the last sleep and wake of a container measured, and how many failed."""
+
+    last_checkpoint_ms: float | None = None
+    last_restore_ms: float | None = None
+    checkpoint_errors: int = 0
+    restore_errors: int = 0
+    cold_starts: int = 0
+
+
 class Container:
     """One registered container.
 
     ``config`` is ``None`` and ``unmanaged_reason`` says why when the daemon leaves the
-    container alone (it runs unscaled). ``unit`` is the pod's systemd unit once one exists.
+    container alone (it runs unscaled). ``unit`` is the pod's systemd service (the journal's
+    OBJECT_SYSTEMD_UNIT) for managed containers. ``annotations`` are the zeropod annotations
+    the config was parsed from (kept so that persisted state can be parsed again).
     """
 
     def __init__(
@@ -48,13 +63,18 @@ class Container:
         config: ScalingConfig | None,
         unmanaged_reason: str | None,
         phase: PhaseOwner,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         self.identity = identity
         self.pid = pid
         self.config = config
         self.unmanaged_reason = unmanaged_reason
         self.phase = phase
+        self.annotations = dict(annotations or {})
         self.unit: str | None = None
+        self.measured = Measurements()
+        self.listen_ports: tuple[int, ...] = ()
+        """Ports last seen listening (auto-detected at the last sleep), for status."""
 
     @property
     def managed(self) -> bool:
@@ -63,8 +83,9 @@ class Container:
 
     @property
     def ports(self) -> tuple[int, ...]:
-        """Ports from the ports-map annotation (auto-detection comes with idle tracking)."""
-        return self.config.ports_for(self.identity.container) if self.config else ()
+        """Ports from the ports-map annotation, else the ones last seen listening."""
+        mapped = self.config.ports_for(self.identity.container) if self.config else ()
+        return mapped or self.listen_ports
 
     def journal_fields(self) -> dict[str, Any]:
         """The journal fields that identify this container and its state."""
@@ -94,6 +115,11 @@ class Container:
             "ports": list(self.ports),
             "scaledown_seconds": config.scaledown_seconds if config else None,
             "disable_checkpointing": config.disable_checkpointing if config else None,
+            "last_checkpoint_ms": self.measured.last_checkpoint_ms,
+            "last_restore_ms": self.measured.last_restore_ms,
+            "checkpoint_errors": self.measured.checkpoint_errors,
+            "restore_errors": self.measured.restore_errors,
+            "cold_starts": self.measured.cold_starts,
             "history": [
                 {
                     "from": t.previous.value,

@@ -1,15 +1,16 @@
-"""The daemon's answers to control requests: register, unregister, status, events.
+"""The daemon's answers to control requests: register, unregister, status, events, sleep, wake.
 
 Registration parses the container's annotations (a bad value leaves the container
 registered but unmanaged, with one journal line naming the key), creates its phase owner and
-logs it. Every phase transition of every container is logged to the journal and published
-to event subscribers from here.
+logs it. Every phase transition of every container is logged to the journal, published to
+event subscribers and saved to the state directory from here. ``sleep`` and ``wake`` go to
+the :class:`~zeropod.daemon.scaler.Scaler`; a managed container's pod gets its idle loop.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zeropod.config.annotations import (
     CONTAINER_NAMES,
@@ -21,22 +22,44 @@ from zeropod.control.protocol import NOT_FOUND, UNKNOWN_OP, ControlError
 from zeropod.control.requests import (
     RegisterRequest,
     Request,
+    SleepRequest,
     StatusRequest,
     UnregisterRequest,
+    WakeRequest,
 )
 from zeropod.daemon.events import EventHub, Subscription
 from zeropod.daemon.phase import IllegalTransition, Phase, PhaseOwner, Transition
+from zeropod.daemon.pods import PodKey, Pods
 from zeropod.daemon.registry import Container, ContainerIdentity, Registry, iso_time
 from zeropod.journal import Journal
+
+if TYPE_CHECKING:
+    from zeropod.daemon.idle import IdleLoops
+    from zeropod.daemon.scaler import Scaler
+    from zeropod.daemon.state import StateStore
 
 
 class ControlService:
     """Implements the control handler on top of the registry, the journal and the event hub."""
 
-    def __init__(self, registry: Registry, journal: Journal, hub: EventHub) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        journal: Journal,
+        hub: EventHub,
+        *,
+        pods: Pods | None = None,
+        scaler: Scaler | None = None,
+        idle: IdleLoops | None = None,
+        store: StateStore | None = None,
+    ) -> None:
         self.registry = registry
         self.journal = journal
         self.hub = hub
+        self.pods = pods or Pods(registry)
+        self.scaler = scaler
+        self.idle = idle
+        self.store = store
 
     async def handle(self, request: Request) -> dict[str, Any]:
         """Answer one control request (see :class:`zeropod.control.server.ControlHandler`)."""
@@ -44,10 +67,28 @@ class ControlService:
             case RegisterRequest():
                 return self.register(request)
             case UnregisterRequest():
-                return self.unregister(request.container_id)
+                return await self.unregister_async(request.container_id, request.reason)
             case StatusRequest():
                 return {"containers": [c.describe() for c in self.registry]}
+            case SleepRequest() if self.scaler is not None:
+                key = PodKey(request.namespace, request.pod)
+                return await self.scaler.sleep(key, "zeropodctl sleep", request.container)
+            case WakeRequest() if self.scaler is not None:
+                if request.container_id is not None:
+                    return await self.scaler.wake_container(request.container_id)
+                assert request.pod is not None and request.namespace is not None
+                return await self.scaler.wake(
+                    PodKey(request.namespace, request.pod), "zeropodctl wake"
+                )
         raise ControlError(UNKNOWN_OP, f"op {request.OP!r} is not served by this daemon")
+
+    async def unregister_async(self, container_id: str, reason: str = "") -> dict[str, Any]:
+        """Forget a container and clean up what it leaves behind (image, socket unit)."""
+        container = self.registry.get(container_id)
+        answer = self.unregister(container_id, reason)
+        if container is not None and self.scaler is not None:
+            await self.scaler.forget(container)
+        return answer
 
     def subscribe(self) -> Subscription:
         """A subscription to every event published from now on."""
@@ -63,6 +104,7 @@ class ControlService:
             sandbox_id=request.sandbox_id,
             netns=request.netns,
             bundle=request.bundle,
+            shim_socket=request.shim_socket,
         )
         config, reason, bad_key = None, None, None
         try:
@@ -81,19 +123,62 @@ class ControlService:
             container = self._new_container(identity, request.pid, config, reason)
             self.registry.add(container)
             verb = "registered"
+        container.annotations = dict(request.annotations)
+        container.unit = PodKey.of(container).service if container.managed else None
         self._log_registration(container, verb, bad_key)
         self.hub.publish(self._event(verb, container, None))
+        self._save(container)
+        if container.managed and self.idle is not None:
+            self.idle.ensure(PodKey.of(container))
         return {"managed": container.managed, "reason": reason}
 
-    def unregister(self, container_id: str) -> dict[str, Any]:
+    def unregister(self, container_id: str, reason: str = "") -> dict[str, Any]:
         """Forget a container; its phase ends in STOPPED."""
         container = self.registry.remove(container_id)
         if container is None:
             raise ControlError(NOT_FOUND, f"container {container_id!r} is not registered")
         if container.phase.phase is not Phase.STOPPED:
-            container.phase.transition(Phase.STOPPED, "unregistered by its shim")
+            why = f"unregistered by its shim: {reason}" if reason else "unregistered by its shim"
+            container.phase.transition(Phase.STOPPED, why)
         self.hub.publish(self._event("unregistered", container, None))
+        if self.store is not None:
+            self.store.remove(container_id)
         return {}
+
+    def restore_container(
+        self,
+        identity: ContainerIdentity,
+        pid: int,
+        annotations: dict[str, str],
+        phase: Phase,
+    ) -> Container:
+        """Re-create a container from saved state at start (no journal line per field)."""
+        config, reason = None, None
+        try:
+            config = parse_annotations(annotations)
+        except AnnotationError as err:
+            reason = f"{err}; the container runs unscaled"
+        if config is not None and not config.applies_to(identity.container):
+            config, reason = None, f"not listed in {CONTAINER_NAMES}"
+        container = self._new_container(identity, pid, config, reason, phase)
+        container.annotations = dict(annotations)
+        container.unit = PodKey.of(container).service if container.managed else None
+        self.registry.add(container)
+        if container.managed and self.idle is not None:
+            self.idle.ensure(PodKey.of(container))
+        return container
+
+    def _save(self, container: Container) -> None:
+        if self.store is None or container.phase.phase is Phase.STOPPED:
+            return
+        held = self.pods.get(PodKey.of(container)).held_ports if container.managed else ()
+        try:
+            self.store.save(container, held)
+        except OSError as err:
+            self.journal.error(
+                f"{container.identity.label}: saving state failed: {err}",
+                **container.journal_fields(),
+            )
 
     def _new_container(
         self,
@@ -101,6 +186,7 @@ class ControlService:
         pid: int,
         config: ScalingConfig | None,
         reason: str | None,
+        initial: Phase = Phase.RUNNING,
     ) -> Container:
         container: Container
 
@@ -111,7 +197,8 @@ class ControlService:
             label = container.identity.label
             self.journal.error(f"{label}: {error}", **container.journal_fields())
 
-        phase = PhaseOwner(Phase.RUNNING, observer=observe, on_illegal=on_illegal)
+        reason_text = "registered" if initial is Phase.RUNNING else "reloaded after a restart"
+        phase = PhaseOwner(initial, reason=reason_text, observer=observe, on_illegal=on_illegal)
         container = Container(identity, pid, config, reason, phase)
         return container
 
@@ -124,6 +211,7 @@ class ControlService:
             **container.journal_fields(),
         )
         self.hub.publish(self._event("transition", container, transition))
+        self._save(container)
 
     def _log_registration(self, container: Container, verb: str, bad_key: str | None) -> None:
         label = container.identity.label

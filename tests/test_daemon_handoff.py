@@ -1,0 +1,151 @@
+"""The activated service hands its sockets to the daemon; the daemon answers probes on them
+and wakes the pod for anything else."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+from daemon_fakes import World
+
+from zeropod.activity.sockdiag import Connection, TcpState
+from zeropod.activity.sources import LOOPBACK
+from zeropod.daemon.handoff import ActivationServer, HeldSockets
+from zeropod.daemon.phase import Phase
+from zeropod.daemon.pods import PodKey
+from zeropod.daemon.probes import OK_RESPONSE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNIT = "zeropod@shop_web\\x2d1.service"
+
+
+@pytest.fixture
+def tmp_short() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="zp-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+def spawn_activator(sock: socket.socket, activation: str) -> subprocess.Popen[bytes]:
+    """Run the activator as systemd would: the socket as fd 3, LISTEN_PID = its own pid."""
+    env = {**os.environ, "PYTHONPATH": REPO, "ZEROPOD_ACTIVATOR_SOCKET": activation}
+    script = f'LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m zeropod.activator "$0"'
+    return subprocess.Popen(
+        ["sh", "-c", script, UNIT],
+        env=env,
+        pass_fds=(3,),
+        preexec_fn=lambda: os.dup2(sock.fileno(), 3),
+        stderr=subprocess.PIPE,
+    )
+
+
+async def wait_until(predicate, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_activator_hands_over_its_sockets_and_waits(tmp_short: str) -> None:
+    path = os.path.join(tmp_short, "activator.sock")
+    received: list[HeldSockets] = []
+
+    async def take(held: HeldSockets) -> None:
+        received.append(held)
+
+    errors: list[str] = []
+    server = ActivationServer(path, take, errors.append)
+    await server.start()
+    sock = listener()
+    activator = spawn_activator(sock, path)
+    try:
+        await wait_until(lambda: received, "the hand-off")
+        held = received[0]
+        assert held.unit == UNIT
+        assert [s.getsockname() for s in held.sockets] == [sock.getsockname()]
+        assert activator.poll() is None  # stays until the daemon ends the hand-off
+        held.close()
+        await wait_until(lambda: activator.poll() is not None, "the activator to exit")
+        assert activator.returncode == 0, activator.stderr.read() if activator.stderr else ""
+    finally:
+        activator.kill()
+        activator.wait()
+        sock.close()
+        await server.close()
+    assert errors == []
+
+
+def test_activator_without_sockets_is_a_usage_error() -> None:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    env.pop("LISTEN_FDS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "zeropod.activator", UNIT], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "LISTEN_FDS" in result.stderr
+
+
+def queued_from(address: str, port: int) -> Connection:
+    here = ipaddress.ip_address("127.0.0.1")
+    return Connection(TcpState.ESTABLISHED, here, port, ipaddress.ip_address(address), 1, 1)
+
+
+def client(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        return data
+
+
+async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
+    world = World()
+    world.scaler.node_networks = LOOPBACK
+    app = world.register()
+    key = PodKey.of(app)
+    await world.scaler.sleep(key, "forced")
+    sock = listener()
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    held_copy = sock.dup()
+    ours, activator_side = socket.socketpair()
+    await world.scaler.on_activation(HeldSockets(UNIT, [held_copy], ours))
+    world.connections = [queued_from("127.0.0.1", port)]
+    world.pods.get(key).held_ports = ()  # watch the listener's own port
+
+    probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
+    for _ in range(3):
+        assert await asyncio.to_thread(client, port, probe) == OK_RESPONSE
+    assert app.phase.phase is Phase.SCALED_DOWN
+    assert "restore" not in world.rec.names()
+    assert sum("answered a http probe" in m for m in world.captured.messages()) == 3
+
+    world.connections = [queued_from("10.88.255.254", port)]
+    real = socket.create_connection(("127.0.0.1", port))
+    await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake")
+    assert activator_side.recv(10) == b""  # the hand-off is over
+    assert world.pods.get(key).handoff is None
+    # The real client was never accepted by the daemon: it waits in the queue for the app.
+    accepted, _ = sock.accept()
+    accepted.close()
+    real.close()
+    sock.close()
+    activator_side.close()

@@ -1,0 +1,173 @@
+"""The sleep and wake sequences against fakes: the order of the steps and the failure paths
+(a failed sleep never loses a container; a failed restore starts it cold)."""
+
+from __future__ import annotations
+
+import pytest
+from daemon_fakes import PORT, World
+
+from zeropod.config.annotations import CONTAINER_NAMES, DISABLE_CHECKPOINTING
+from zeropod.control.protocol import ControlError
+from zeropod.daemon.phase import Phase
+from zeropod.daemon.pods import PodKey
+from zeropod.daemon.steps import CHECKPOINT_FAILED, ShimError, ShimReply
+
+KEY = PodKey("shop", "web-1")
+SOCKET = "zeropod@shop_web\\x2d1.socket"
+
+
+async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_release() -> None:
+    world = World()
+    app = world.register()
+    answer = await world.scaler.sleep(KEY, "forced")
+    assert world.rec.calls == [
+        ("migrate", "/var/run/netns/web-1"),
+        ("reuseport", app.pid, ()),
+        ("unit_start", SOCKET, (PORT,)),
+        ("checkpoint", "app", "checkpoint"),
+    ]
+    assert answer["pod"]["state"] == "SCALED_DOWN"
+    assert answer["pod"]["ports"] == ["0.0.0.0:8080"]
+    assert app.phase.phase is Phase.SCALED_DOWN
+    assert app.measured.last_checkpoint_ms == 120.0
+    line = next(e for e in world.captured.entries if "scaled down in" in e[0])
+    assert line[2]["CHECKPOINT_MS"] == "120.0" and "STEP_MIGRATE_MS" in line[2]
+    assert line[2]["OBJECT_SYSTEMD_UNIT"] == "zeropod@shop_web\\x2d1.service"
+
+    world.rec.calls.clear()
+    old_pid = app.pid
+    await world.scaler.wake(KEY, "test")
+    assert world.rec.calls == [
+        ("restore", "app", f"/images/{app.identity.container_id}"),
+        ("unit_stop", SOCKET),
+        ("image_remove", app.identity.container_id),
+    ]
+    assert app.phase.phase is Phase.RUNNING and app.pid == old_pid + 1000
+    line = next(e for e in world.captured.entries if "woke in" in e[0])
+    assert line[2]["RESTORE_MS"] == "90.0" and "WAKE_MS" in line[2]
+
+
+async def test_sleep_and_wake_are_idempotent() -> None:
+    world = World()
+    world.register()
+    await world.scaler.wake(KEY, "already running")
+    assert world.rec.calls == []
+    await world.scaler.sleep(KEY, "forced")
+    world.rec.calls.clear()
+    await world.scaler.sleep(KEY, "again")
+    assert world.rec.calls == []
+
+
+async def test_a_refused_dump_is_retried_a_bounded_number_of_times() -> None:
+    world = World()
+    app = world.register()
+    refused = ShimError(CHECKPOINT_FAILED, "Connected TCP socket")
+    world.shim.refusals["app"] = [refused, refused]
+    await world.scaler.sleep(KEY, "forced")
+    assert world.rec.names().count("checkpoint") == 3
+    assert app.phase.phase is Phase.SCALED_DOWN
+
+    await world.scaler.wake(KEY, "test")
+    world.shim.refusals["app"] = [refused] * 3
+    world.rec.calls.clear()
+    with pytest.raises(ControlError) as info:
+        await world.scaler.sleep(KEY, "forced")
+    assert info.value.code == "sleep_failed" and "Connected TCP socket" in info.value.message
+    assert world.rec.names().count("checkpoint") == 3
+    assert world.rec.names()[-1] == "unit_stop"
+    assert app.phase.phase is Phase.RUNNING
+    assert app.measured.checkpoint_errors == 1
+
+
+async def test_a_failed_unit_start_releases_everything_and_keeps_running() -> None:
+    world = World()
+    app = world.register()
+    world.units.fail_start = RuntimeError("bind: address in use")
+    with pytest.raises(ControlError) as info:
+        await world.scaler.sleep(KEY, "forced")
+    assert "address in use" in info.value.message
+    assert "checkpoint" not in world.rec.names()
+    assert world.rec.names()[-1] == "unit_stop"
+    assert app.phase.phase is Phase.RUNNING
+    assert [h.phase for h in app.phase.history][-2:] == [Phase.CHECKPOINTING, Phase.RUNNING]
+
+
+async def test_second_container_failing_brings_the_first_back() -> None:
+    world = World()
+    app = world.register("app")
+    side = world.register("side")
+    world.shim.refusals["side"] = [ShimError("internal", "runc said no")]
+    with pytest.raises(ControlError):
+        await world.scaler.sleep(KEY, "forced")
+    names = world.rec.names()
+    assert names.index("restore") > names.index("checkpoint")
+    assert ("restore", "app", f"/images/{app.identity.container_id}") in world.rec.calls
+    assert names[-1] == "unit_stop"
+    assert app.phase.phase is Phase.RUNNING and side.phase.phase is Phase.RUNNING
+
+
+async def test_failed_restore_cold_start_is_counted_and_total_failure_is_failed() -> None:
+    world = World()
+    app = world.register()
+    await world.scaler.sleep(KEY, "forced")
+    world.shim.restore_reply["app"] = ShimReply(pid=5, duration_ms=50, cold=True, error="criu")
+    await world.scaler.wake(KEY, "test")
+    assert app.phase.phase is Phase.RUNNING
+    assert app.measured.restore_errors == 1 and app.measured.cold_starts == 1
+    assert any("started cold instead: criu" in m for m in world.captured.messages())
+
+    await world.scaler.sleep(KEY, "forced")
+    world.shim.restore_reply["app"] = ShimError("unavailable", "shim gone")
+    with pytest.raises(ControlError) as info:
+        await world.scaler.wake(KEY, "test")
+    assert info.value.code == "wake_failed"
+    assert app.phase.phase is Phase.FAILED
+    assert world.rec.names()[-1] == "unit_stop"  # ports released: refused, not hanging
+    world.shim.restore_reply.pop("app")
+    await world.scaler.wake(KEY, "retry")
+    assert app.phase.phase is Phase.RUNNING
+
+
+async def test_disable_checkpointing_stops_and_cold_starts() -> None:
+    world = World()
+    world.register(annotations={DISABLE_CHECKPOINTING: "true"})
+    await world.scaler.sleep(KEY, "forced")
+    assert ("checkpoint", "app", "stop") in world.rec.calls
+    await world.scaler.wake(KEY, "test")
+    assert ("restore", "app", None) in world.rec.calls
+
+
+async def test_only_named_containers_sleep_and_the_pod_wakes_for_an_exec() -> None:
+    world = World()
+    names = {CONTAINER_NAMES: "app"}
+    app = world.register("app", annotations=names)
+    side = world.register("side", annotations=names)
+    await world.scaler.sleep(KEY, "forced")
+    assert app.phase.phase is Phase.SCALED_DOWN and side.phase.phase is Phase.RUNNING
+    assert [c[1] for c in world.rec.calls if c[0] == "checkpoint"] == ["app"]
+    assert await world.scaler.wake_container(side.identity.container_id) == {}
+    assert app.phase.phase is Phase.SCALED_DOWN
+    await world.scaler.wake_container(app.identity.container_id)
+    assert app.phase.phase is Phase.RUNNING
+
+
+async def test_sleep_refuses_unknown_pods_and_containers() -> None:
+    world = World()
+    world.register()
+    with pytest.raises(ControlError) as info:
+        await world.scaler.sleep(PodKey("shop", "nope"), "forced")
+    assert info.value.code == "not_found"
+    with pytest.raises(ControlError) as info:
+        await world.scaler.sleep(KEY, "forced", container="nope")
+    assert "not a scaled container" in info.value.message
+
+
+async def test_delete_while_asleep_removes_unit_and_image() -> None:
+    world = World()
+    app = world.register()
+    await world.scaler.sleep(KEY, "forced")
+    world.rec.calls.clear()
+    await world.service.unregister_async(app.identity.container_id, "killed while scaled down")
+    assert ("image_remove", app.identity.container_id) in world.rec.calls
+    assert ("unit_stop", SOCKET) in world.rec.calls
+    assert world.pods.pod_keys() == []

@@ -1,0 +1,67 @@
+"""State files: the round trip, recovery of interrupted transitions, and the reload at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from daemon_fakes import World
+
+from zeropod.config.annotations import PORTS_MAP
+from zeropod.daemon.phase import Phase
+from zeropod.daemon.pods import HeldPort, PodKey
+from zeropod.daemon.state import StateStore, from_json, pid_alive, recovered_phase, to_json
+
+HELD = (HeldPort(socket.AF_INET6, "::", 8080, True), HeldPort(socket.AF_INET, "0.0.0.0", 81, False))
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    world = World()
+    app = world.register(annotations={PORTS_MAP: "app=8080"})
+    app.phase.transition(Phase.CHECKPOINTING, "idle")
+    app.phase.transition(Phase.SCALED_DOWN, "checkpointed")
+    app.measured.last_checkpoint_ms = 123.4
+    saved = from_json(json.loads(json.dumps(to_json(app, HELD))))
+    assert saved.identity == app.identity
+    assert saved.identity.shim_socket == "/run/zeropod/shim/x.sock"
+    assert saved.phase is Phase.SCALED_DOWN and saved.pid == app.pid
+    assert saved.annotations == {PORTS_MAP: "app=8080"}
+    assert saved.held_ports == HELD and saved.last_checkpoint_ms == 123.4
+
+
+def test_recovered_phase() -> None:
+    assert recovered_phase(Phase.SCALED_DOWN, alive=False) is Phase.SCALED_DOWN
+    assert recovered_phase(Phase.RUNNING, alive=True) is Phase.RUNNING
+    assert recovered_phase(Phase.CHECKPOINTING, alive=True) is Phase.RUNNING
+    assert recovered_phase(Phase.CHECKPOINTING, alive=False) is Phase.SCALED_DOWN
+    assert recovered_phase(Phase.RESTORING, alive=False) is Phase.SCALED_DOWN
+    assert pid_alive(os.getpid()) and not pid_alive(2**22 + 1)
+
+
+async def test_service_saves_on_every_transition_and_a_new_daemon_reloads(tmp_path: Path) -> None:
+    world = World()
+    world.service.store = StateStore(str(tmp_path))
+    app = world.register()
+    path = tmp_path / f"{app.identity.container_id}.json"
+    assert json.loads(path.read_text())["phase"] == "RUNNING"
+    await world.scaler.sleep(PodKey.of(app), "forced")
+    assert json.loads(path.read_text())["phase"] == "SCALED_DOWN"
+    assert json.loads(path.read_text())["held_ports"][0]["port"] == 8080
+    (tmp_path / "garbage.json").write_text("{")
+
+    errors: list[str] = []
+    again = World()
+    for saved in StateStore(str(tmp_path)).load(errors.append):
+        again.service.restore_container(saved.identity, saved.pid, saved.annotations, saved.phase)
+    assert len(errors) == 1 and "garbage.json" in errors[0]
+    assert not (tmp_path / "garbage.json").exists()
+    reloaded = again.registry.get(app.identity.container_id)
+    assert reloaded is not None and reloaded.phase.phase is Phase.SCALED_DOWN
+    assert reloaded.managed and reloaded.unit == app.unit
+    await again.scaler.wake(PodKey.of(reloaded), "traffic after a restart")
+    assert reloaded.phase.phase is Phase.RUNNING
+
+    await world.service.unregister_async(app.identity.container_id)
+    assert not path.exists()

@@ -1,0 +1,185 @@
+"""The activated service's hand-off: its listening sockets and its connection to the daemon.
+
+``zeropod@<instance>.service`` (``zeropod.activator``) connects to the daemon's activation
+socket (``/run/zeropod/activator.sock``, next to the control socket) and sends one JSON line
+``{"v": 1, "op": "activated", "unit": "zeropod@<instance>.service"}`` with the listening
+sockets attached (SCM_RIGHTS), then waits until the daemon closes the connection: systemd
+does not re-trigger a socket whose service runs (Accept=no, DESIGN.md "systemd here").
+
+A second socket rather than the control socket: the control server reads through asyncio
+streams, which drop ancillary data; this one reads the single message with ``recvmsg`` and
+has nothing else to do. :class:`ActivationServer` accepts connections and passes each
+:class:`HeldSockets` to a callback; the pod's wake closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from zeropod.control.protocol import socket_path
+
+ACTIVATION_SOCKET = "activator.sock"
+MAX_FDS = 64
+RECEIVE_TIMEOUT = 5.0
+
+
+def activation_path(control_path: str | None = None) -> str:
+    """The activation socket: ``activator.sock`` next to the control socket."""
+    return os.path.join(os.path.dirname(control_path or socket_path()), ACTIVATION_SOCKET)
+
+
+class HeldSockets:
+    """Listening sockets received from the activated service, and its connection."""
+
+    def __init__(self, unit: str, sockets: list[socket.socket], connection: socket.socket) -> None:
+        self.unit = unit
+        self.sockets = sockets
+        self.connection = connection
+        self.closed = False
+        for sock in (*sockets, connection):
+            sock.setblocking(False)
+
+    def close(self) -> None:
+        """Close the daemon's copies and end the activator's connection (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        for sock in self.sockets:
+            sock.close()
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+    async def readable(self) -> socket.socket:
+        """Wait until one of the sockets has a connection queued; return that socket."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[socket.socket] = loop.create_future()
+        fds = [sock.fileno() for sock in self.sockets]
+        for sock in self.sockets:
+
+            def mark(sock: socket.socket = sock) -> None:
+                if not ready.done():
+                    ready.set_result(sock)
+
+            loop.add_reader(sock.fileno(), mark)
+        try:
+            return await ready
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+
+    async def activator_gone(self) -> None:
+        """Return when the activated service closes its side (it died or was stopped)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while await loop.sock_recv(self.connection, 64):
+                pass
+
+
+Callback = Callable[[HeldSockets], Awaitable[None]]
+
+
+class ActivationServer:
+    """Accepts activated services on ``path`` and hands each :class:`HeldSockets` to
+    ``on_activation``; ``log_error`` gets one line per malformed hand-off."""
+
+    def __init__(
+        self, path: str, on_activation: Callback, log_error: Callable[[str], None]
+    ) -> None:
+        self.path = path
+        self._on_activation = on_activation
+        self._log_error = log_error
+        self._listener: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen (a leftover socket file is replaced: only the daemon serves it)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(self.path)
+        os.chmod(self.path, 0o600)
+        listener.listen(64)
+        listener.setblocking(False)
+        self._listener = listener
+        self._task = asyncio.create_task(self._accept_loop())
+
+    async def close(self) -> None:
+        """Stop accepting and remove the socket file."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._tasks):
+            task.cancel()
+        if self._listener is not None:
+            self._listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            conn, _ = await loop.sock_accept(self._listener)
+            conn.setblocking(False)
+            task = asyncio.create_task(self._receive(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _receive(self, conn: socket.socket) -> None:
+        try:
+            async with asyncio.timeout(RECEIVE_TIMEOUT):
+                data, fds = await _recv_fds(conn)
+            held = _parse(data, fds, conn)
+        except (TimeoutError, OSError, ValueError) as err:
+            self._log_error(f"activation hand-off refused: {err}")
+            conn.close()
+            return
+        await self._on_activation(held)
+
+
+async def _recv_fds(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the fds attached to it, without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(conn, 65536, MAX_FDS)
+            return data, fds
+        except BlockingIOError:
+            await _readable(loop, conn)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def _parse(data: bytes, fds: list[int], conn: socket.socket) -> HeldSockets:
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    try:
+        message = json.loads(data.partition(b"\n")[0])
+        unit = message.get("unit") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or message.get("op") != "activated":
+            raise ValueError(f"expected an 'activated' message, got {data[:80]!r}")
+        if not isinstance(unit, str) or not unit.endswith(".service"):
+            raise ValueError(f"field 'unit' must name a service, got {unit!r}")
+        if not sockets:
+            raise ValueError(f"{unit} sent no sockets")
+    except ValueError:
+        for sock in sockets:
+            sock.close()
+        raise
+    for sock in sockets:
+        sock.setblocking(False)
+    return HeldSockets(unit, sockets, conn)

@@ -1,0 +1,163 @@
+"""The idle loop of each pod: poll its TCP activity every second, sleep it when idle long enough.
+
+Activity comes from ``zeropod.activity``: sock_diag in the pod netns (``PodSockets``) fed to
+an ``ActivityTracker`` that ignores the node's own addresses and loopback (kubelet's probes)
+and counts open client connections as activity. The ports watched are each scaled
+container's ``ports-map`` entry, else its listening sockets (auto-detected from /proc).
+
+Policy (:func:`scaledown_after`): a pod sleeps once it has been idle for the longest
+``scaledown-duration`` of its scaled containers; a duration of 0 on any of them means never.
+Tracking starts afresh whenever the pod is (again) RUNNING, so a pod woken by an exec or by
+``zeropodctl wake`` gets a full idle period before it sleeps again; a failed sleep waits a
+full period before the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from zeropod.control.protocol import ControlError
+from zeropod.daemon.phase import Phase
+from zeropod.daemon.pods import PodKey, Pods, pod_phase
+from zeropod.daemon.registry import Container
+from zeropod.journal import Journal
+
+POLL_INTERVAL = 1.0
+
+
+def scaledown_after(containers: Iterable[Container]) -> float | None:
+    """Seconds of idleness after which the pod sleeps; None when it never does."""
+    seconds = [c.config.scaledown_seconds for c in containers if c.config is not None]
+    if not seconds or min(seconds) <= 0:
+        return None
+    return max(seconds)
+
+
+def watched_ports(
+    containers: Iterable[Container], detect: Callable[[int], Sequence[int]]
+) -> list[int]:
+    """The ports to watch: each container's ports-map entry, else ``detect(pid)``."""
+    ports: set[int] = set()
+    for container in containers:
+        mapped = (
+            container.config.ports_for(container.identity.container) if container.config else ()
+        )
+        found = tuple(mapped) or tuple(detect(container.pid))
+        if not mapped:
+            container.listen_ports = tuple(sorted(found))
+        ports.update(found)
+    return sorted(ports)
+
+
+def detect_ports(pid: int) -> list[int]:
+    """The ports ``pid`` listens on (empty when it is gone or cannot be read)."""
+    from zeropod.sockets.listeners import match_listeners, socket_fds, tcp_listen_entries
+
+    try:
+        return sorted(
+            {entry.port for entry, _ in match_listeners(tcp_listen_entries(pid), socket_fds(pid))}
+        )
+    except (OSError, ValueError):
+        return []
+
+
+class IdleLoops:
+    """One idle loop task per pod with scaled containers."""
+
+    def __init__(
+        self,
+        pods: Pods,
+        sleep: Callable[[PodKey, str], Any],
+        journal: Journal,
+        excluded: Sequence[Any],
+        *,
+        open_sockets: Callable[[str], Any] | None = None,
+        make_tracker: Callable[[float], Any] | None = None,
+        detect: Callable[[int], Sequence[int]] = detect_ports,
+        interval: float = POLL_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pods = pods
+        self._sleep = sleep
+        self.journal = journal
+        self.excluded = tuple(excluded)
+        self._open_sockets = open_sockets or _pod_sockets
+        self._make_tracker = make_tracker or self._tracker
+        self._detect = detect
+        self.interval = interval
+        self.clock = clock
+        self._tasks: dict[PodKey, asyncio.Task[None]] = {}
+
+    def _tracker(self, now: float) -> Any:
+        from zeropod.activity.tracker import ActivityTracker
+
+        return ActivityTracker(now, self.excluded)
+
+    def ensure(self, key: PodKey) -> None:
+        """Start the pod's loop unless it runs."""
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._tasks[key] = asyncio.create_task(self._run(key))
+
+    async def close(self) -> None:
+        """Stop every loop."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _run(self, key: PodKey) -> None:
+        sockets: Any = None
+        tracker: Any = None
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                containers = self.pods.scaled(key)
+                if not containers:
+                    return
+                after = scaledown_after(containers)
+                if after is None or pod_phase(containers) is not Phase.RUNNING:
+                    tracker = None
+                    continue
+                try:
+                    if sockets is None:
+                        sockets = await asyncio.to_thread(
+                            self._open_sockets, containers[0].identity.netns
+                        )
+                    ports = await asyncio.to_thread(watched_ports, containers, self._detect)
+                    snapshot = await asyncio.to_thread(sockets.snapshot, ports)
+                except OSError as err:
+                    self.journal.warning(
+                        f"{key.label}: activity unreadable: {err}", unit=key.service
+                    )
+                    continue
+                now = self.clock()
+                if tracker is None:
+                    tracker = self._make_tracker(now)
+                tracker.observe(snapshot, now)
+                idle = tracker.idle_for(now)
+                if idle < after or not ports:
+                    continue
+                tracker = None  # a failed sleep waits a full period; a woken pod starts afresh
+                try:
+                    await self._sleep(key, f"idle for {idle:.0f}s")
+                except ControlError as err:
+                    self.journal.warning(
+                        f"{key.label}: idle sleep did not happen: {err.message}", unit=key.service
+                    )
+        finally:
+            if sockets is not None:
+                sockets.close()
+
+
+def _pod_sockets(netns: str) -> Any:
+    from zeropod.activity.sockdiag import PodSockets
+
+    return PodSockets(netns)

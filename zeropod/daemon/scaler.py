@@ -1,0 +1,253 @@
+"""Decides when a pod sleeps or wakes and runs the sequence under the pod's lock.
+
+Entry points: :meth:`Scaler.sleep` (idle loop, ``zeropodctl sleep``), :meth:`Scaler.wake`
+(``zeropodctl wake``, a shim's ``wake`` before an Exec, a real client on a held socket) and
+:meth:`Scaler.on_activation` (the activated service handed the held sockets over: watch them,
+answer probes, wake on anything else). The steps themselves are in :mod:`.sleep` and
+:mod:`.wake`; what a probe is, in :mod:`.probes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zeropod.activity.sockdiag import normalise
+from zeropod.activity.sources import Network, excluded
+from zeropod.control.protocol import NOT_FOUND, ControlError
+from zeropod.daemon import probes, proxy
+from zeropod.daemon.handoff import HeldSockets
+from zeropod.daemon.phase import Phase
+from zeropod.daemon.pods import Pod, PodKey, Pods, pod_phase
+from zeropod.daemon.registry import Container
+from zeropod.daemon.sleep import sleep_pod
+from zeropod.daemon.steps import Machinery
+from zeropod.daemon.wake import wake_pod
+from zeropod.journal import Journal
+
+SLEEP_FAILED = "sleep_failed"
+WAKE_FAILED = "wake_failed"
+CONFLICT = "conflict"
+
+QueueReader = Callable[[str, Sequence[int]], Any]
+"""(netns, ports) -> the connections on those ports (sock_diag); blocking, run in a thread."""
+
+
+class Scaler:
+    """Sleeps and wakes pods; one sequence per pod at a time (the pod's lock)."""
+
+    def __init__(
+        self,
+        pods: Pods,
+        machinery: Machinery,
+        journal: Journal,
+        node_networks: Sequence[Network],
+        read_queue: QueueReader,
+    ) -> None:
+        self.pods = pods
+        self.machinery = machinery
+        self.journal = journal
+        self.node_networks = tuple(node_networks)
+        self.read_queue = read_queue
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- sleep and wake --------------------------------------------------------------------
+
+    async def sleep(self, key: PodKey, reason: str, container: str | None = None) -> dict[str, Any]:
+        """Put the pod to sleep (no-op when it sleeps); raises ControlError when it cannot."""
+        self._scaled(key, container)
+        pod = self.pods.get(key)
+        async with pod.lock:
+            containers = self._scaled(key, container)
+            phase = pod_phase(containers)
+            if phase is Phase.SCALED_DOWN:
+                return self._describe(key)
+            if phase is not Phase.RUNNING:
+                states = ", ".join(
+                    f"{c.identity.container} {c.phase.phase.value}" for c in containers
+                )
+                raise ControlError(CONFLICT, f"pod {key.label} cannot sleep now ({states})")
+            outcome = await sleep_pod(pod, containers, self.machinery, self.journal, reason)
+        if not outcome.ok:
+            raise ControlError(SLEEP_FAILED, f"pod {key.label}: {outcome.error}")
+        return self._describe(key)
+
+    async def wake(self, key: PodKey, reason: str) -> dict[str, Any]:
+        """Wake the pod (no-op when it runs); raises ControlError when it does not run after."""
+        self._scaled(key, None)
+        pod = self.pods.get(key)
+        async with pod.lock:
+            containers = self._scaled(key, None)
+            sleeping = [c for c in containers if c.phase.phase in (Phase.SCALED_DOWN, Phase.FAILED)]
+            if not sleeping:
+                return self._describe(key)
+            outcome = await wake_pod(pod, sleeping, self.machinery, self.journal, reason)
+        if not outcome.ok:
+            raise ControlError(WAKE_FAILED, f"pod {key.label}: {outcome.error}")
+        return self._describe(key)
+
+    async def wake_container(self, container_id: str) -> dict[str, Any]:
+        """A shim's ``wake``: wake the pod of ``container_id`` (no-op for an unscaled one)."""
+        container = self.pods.registry.get(container_id)
+        if container is None:
+            raise ControlError(NOT_FOUND, f"container {container_id!r} is not registered")
+        if not container.managed:
+            return {}
+        return await self.wake(PodKey.of(container), f"{container.identity.container}: exec")
+
+    async def forget(self, container: Container) -> None:
+        """A container left (killed or deleted): its image goes; with the pod's last scaled
+        container also its socket unit and hand-off."""
+        key = PodKey.of(container)
+        self.machinery.images.remove(container.identity.container_id)
+        pod = self.pods.forget_if_empty(key)
+        if pod is None:
+            return
+        if pod.handoff is not None:
+            pod.handoff.close()
+            pod.handoff = None
+        try:
+            await self.machinery.units.stop(key)
+        except Exception as err:  # logged; a leftover unit is replaced at the next sleep
+            self.journal.error(f"{key.label}: stopping {key.socket} failed: {err}")
+
+    # --- the hand-off from the activated service -------------------------------------------
+
+    async def on_activation(self, held: HeldSockets) -> None:
+        """Take the held sockets of a sleeping pod and watch them until it wakes."""
+        key = next((k for k in self.pods.pod_keys() if k.service == held.unit), None)
+        if key is None:
+            self.journal.warning(
+                f"{held.unit} handed over sockets of no registered pod; closing them",
+                unit=held.unit,
+            )
+            held.close()
+            return
+        pod = self.pods.get(key)
+        if pod.handoff is not None:
+            pod.handoff.close()
+        pod.handoff = held
+        self.journal.info(
+            f"{key.label}: {held.unit} handed over {len(held.sockets)} socket(s)",
+            unit=key.service,
+            pod=key.pod,
+            namespace=key.namespace,
+        )
+        task = asyncio.create_task(self._watch(pod, held))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, pod: Pod, held: HeldSockets) -> None:
+        """Answer probes on the held sockets; wake the pod for anything else."""
+        gone = asyncio.ensure_future(held.activator_gone())
+        try:
+            while not held.closed:
+                ready = asyncio.ensure_future(held.readable())
+                await asyncio.wait({ready, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not ready.done():
+                    ready.cancel()
+                    self._drop_handoff(pod, held)
+                    return
+                if held.closed:
+                    return
+                if not await self._serve_probes(pod, held, ready.result()):
+                    return
+        except Exception as err:  # a broken watch must not leave the pod asleep forever
+            self.journal.error(f"{pod.key.label}: watching held sockets failed: {err!r}")
+            await self._wake_quietly(pod.key, f"hand-off watch failed: {err}")
+        finally:
+            gone.cancel()
+
+    async def _serve_probes(self, pod: Pod, held: HeldSockets, listener: socket.socket) -> bool:
+        """One round: True to keep watching, False once a wake has been asked for."""
+        containers = self.pods.scaled(pod.key)
+        if not containers:
+            return False
+        netns = containers[0].identity.netns
+        ports = [p.port for p in pod.held_ports] or [listener.getsockname()[1]]
+        connections = await asyncio.to_thread(self.read_queue, netns, ports)
+        decision = probes.decide(connections, ports, self.node_networks)
+        if decision.verdict is probes.Verdict.WAKE:
+            await self._wake_quietly(pod.key, decision.reason)
+            return False
+        try:
+            conn, peer = listener.accept()
+        except BlockingIOError:
+            await asyncio.sleep(0.01)  # another round took it; look again
+            return True
+        if not excluded(normalise(peer[0]), self.node_networks):
+            await self._wake_and_relay(pod, conn, b"", f"connection from {peer[0]}")
+            return False
+        kind, data = await probes.answer(conn)
+        if kind is probes.Kind.OTHER:
+            await self._wake_and_relay(pod, conn, data, f"request from the node {peer[0]}")
+            return False
+        self.journal.info(
+            f"{pod.key.label}: answered a {kind.value} from {peer[0]} without waking",
+            unit=pod.key.service,
+            pod=pod.key.pod,
+            namespace=pod.key.namespace,
+            probe=kind.name,
+        )
+        return True
+
+    async def _wake_and_relay(self, pod: Pod, conn: socket.socket, data: bytes, why: str) -> None:
+        netns = self.pods.scaled(pod.key)[0].identity.netns
+        if await self._wake_quietly(pod.key, why):
+            try:
+                await proxy.relay(conn, data, netns)
+            except (OSError, TimeoutError) as err:
+                self.journal.warning(f"{pod.key.label}: relaying a node connection failed: {err}")
+        conn.close()
+
+    async def _wake_quietly(self, key: PodKey, reason: str) -> bool:
+        try:
+            await self.wake(key, reason)
+        except ControlError as err:
+            self.journal.error(f"{key.label}: wake failed: {err.message}")
+            return False
+        return True
+
+    def _drop_handoff(self, pod: Pod, held: HeldSockets) -> None:
+        """The activated service went away: let systemd start it again on the next client."""
+        held.close()
+        if pod.handoff is held:
+            pod.handoff = None
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _scaled(self, key: PodKey, container: str | None) -> list[Container]:
+        containers = self.pods.scaled(key)
+        if not containers:
+            raise ControlError(NOT_FOUND, f"pod {key.label} has no scaled containers")
+        if container is not None and container not in {c.identity.container for c in containers}:
+            raise ControlError(
+                NOT_FOUND, f"{container!r} is not a scaled container of pod {key.label}"
+            )
+        return containers
+
+    def _describe(self, key: PodKey) -> dict[str, Any]:
+        pod = self.pods.get(key)
+        containers = self.pods.scaled(key)
+        phase = pod_phase(containers)
+        return {
+            "pod": {
+                "namespace": key.namespace,
+                "name": key.pod,
+                "unit": key.service,
+                "state": phase.value if phase else "MIXED",
+                "ports": [p.listen_stream for p in pod.held_ports],
+                "containers": [c.describe() for c in containers],
+            }
+        }
+
+    async def close(self) -> None:
+        """Stop watching held sockets (they stay with systemd; the pod stays asleep)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
