@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 WAKE_TIMEOUT = 120.0
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
+OPTIONAL_FIELDS = ("shim_socket", "reason")
+"""Fields of the contract a daemon built before it may refuse as unknown."""
 
 
 class DaemonLink:
@@ -41,8 +43,16 @@ class DaemonLink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        return ControlClient(self.path, timeout).request(message)
+    def _send(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One request; an optional field an older daemon refuses is dropped and resent."""
+        client = ControlClient(self.path, timeout)
+        try:
+            return client.request(message)
+        except ControlError as err:
+            refused = [f for f in OPTIONAL_FIELDS if f in message and repr(f) in err.message]
+            if err.code != BAD_REQUEST or not refused:
+                raise
+            return client.request({k: v for k, v in message.items() if k not in refused})
 
     def register(self, c: Container) -> None:
         """Register a started CRI container in the background (not the pause container)."""
@@ -63,11 +73,8 @@ class DaemonLink:
         delay = RETRY_MIN
         while c.phase not in (Phase.EXITED, Phase.ENDED, Phase.DELETED):
             try:
-                answer = await asyncio.to_thread(self._request, message, SHIM_TIMEOUT)
+                answer = await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
             except ControlError as err:
-                if err.code == BAD_REQUEST and "shim_socket" in err.message:
-                    message.pop("shim_socket")  # a daemon that predates the field
-                    continue
                 log.log(
                     logging.INFO if delay == RETRY_MIN else logging.DEBUG,
                     "container %s: daemon did not take the registration (retrying): %s",
@@ -94,9 +101,9 @@ class DaemonLink:
         self._background(self._unregister(c.id, reason), f"unregister-{c.id}")
 
     async def _unregister(self, container_id: str, reason: str) -> None:
-        message = UnregisterRequest(container_id).to_message()
+        message = UnregisterRequest(container_id).to_message() | {"reason": reason}
         try:
-            await asyncio.to_thread(self._request, message, SHIM_TIMEOUT)
+            await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
         except ControlError as err:
             log.info("container %s: unregister (%s) not delivered: %s", container_id, reason, err)
             return
@@ -106,7 +113,7 @@ class DaemonLink:
         """Ask the daemon to wake ``c``'s pod; False if it could not (restore locally then)."""
         message = {"v": VERSION, "op": "wake", "id": c.id}
         try:
-            await asyncio.to_thread(self._request, message, WAKE_TIMEOUT)
+            await asyncio.to_thread(self._send, message, WAKE_TIMEOUT)
         except ControlError as err:
             log.warning("container %s: daemon did not wake it (%s); restoring here", c.id, err)
             return False

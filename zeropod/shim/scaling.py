@@ -133,6 +133,8 @@ class ScalingProxy(TaskProxy):
             generation = c.generation
             reply = await self.forward(call)
             if c.generation == generation and not c.hidden:
+                if reply_payload(reply) is not None:
+                    self.ctx.exited(c)  # also told by the exit event; whichever comes first
                 return reply
             log.debug("container %s: Wait ended by a checkpoint; waiting on", c.id)
 

@@ -1,0 +1,103 @@
+"""The shim's calls to the daemon: register with its control socket, unregister, wake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from zeropod.control.protocol import encode
+from zeropod.shim.daemonlink import DaemonLink
+from zeropod.shim.phase import Phase
+from zeropod.shim.taskapi import V3
+from zeropod.shim.tasks import Container
+
+ANNOTATIONS = {
+    "io.kubernetes.cri.container-type": "container",
+    "io.kubernetes.cri.sandbox-name": "web-1",
+    "io.kubernetes.cri.sandbox-namespace": "default",
+    "io.kubernetes.cri.container-name": "app",
+    "io.kubernetes.cri.sandbox-id": "sandbox1",
+    "zeropod.ctrox.dev/scaledown-duration": "10s",
+}
+
+
+class FakeDaemon:
+    """Answers every request ok, except fields listed in ``refuse`` (as an old daemon would)."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.got: list[dict] = []
+        self.refuse = refuse
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            message = json.loads(line)
+            self.got.append(message)
+            bad = [f for f in self.refuse if f in message]
+            if bad:
+                error = {"code": "bad_request", "message": f"unknown field {bad[0]!r} for op"}
+                writer.write(encode({"ok": False, "error": error}))
+            else:
+                writer.write(encode({"ok": True, "managed": True}))
+            await writer.drain()
+        writer.close()
+
+
+def container(tmp_path: Path) -> Container:
+    spec = {
+        "annotations": ANNOTATIONS,
+        "linux": {"namespaces": [{"type": "network", "path": "/n"}]},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    req = V3.messages.CreateTaskRequest(id="c1", bundle=str(tmp_path))
+    return Container("c1", V3, req, [], phase=Phase.RUNNING, pid=42)
+
+
+async def until(predicate, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_register_unregister_wake(tmp_path: Path) -> None:
+    fake = FakeDaemon()
+    server = await asyncio.start_unix_server(fake.serve, path=str(tmp_path / "d.sock"))
+    link = DaemonLink("/run/zeropod/shim/x.ctl.sock", path=str(tmp_path / "d.sock"))
+    c = container(tmp_path)
+    link.register(c)
+    await until(lambda: c.registered)
+    register = fake.got[0]
+    assert register["op"] == "register" and register["shim_socket"] == link.shim_socket
+    assert (register["pod"], register["pid"], register["netns"]) == ("web-1", 42, "/n")
+    assert register["annotations"] == {"zeropod.ctrox.dev/scaledown-duration": "10s"}
+    assert await link.wake(c) is True
+    assert fake.got[1] == {"v": 1, "op": "wake", "id": "c1"}
+    link.unregister(c, "exited")
+    await until(lambda: len(fake.got) == 3)
+    assert fake.got[2] == {"v": 1, "op": "unregister", "id": "c1", "reason": "exited"}
+    await link.close()
+    server.close()
+
+
+async def test_older_daemon_and_no_daemon(tmp_path: Path) -> None:
+    fake = FakeDaemon(refuse=("shim_socket",))
+    server = await asyncio.start_unix_server(fake.serve, path=str(tmp_path / "d.sock"))
+    link = DaemonLink("/s.ctl.sock", path=str(tmp_path / "d.sock"))
+    c = container(tmp_path)
+    link.register(c)
+    await until(lambda: c.registered)
+    assert "shim_socket" in fake.got[0] and "shim_socket" not in fake.got[1]
+    server.close()
+    await link.close()
+    gone = DaemonLink("/s.ctl.sock", path=str(tmp_path / "none.sock"))
+    assert await gone.wake(c) is False  # the caller restores on its own
+    await gone.close()
+
+
+async def test_pause_container_is_not_registered(tmp_path: Path) -> None:
+    c = container(tmp_path)
+    spec = {"annotations": {**ANNOTATIONS, "io.kubernetes.cri.container-type": "sandbox"}}
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    link = DaemonLink("/s.ctl.sock", path=str(tmp_path / "none.sock"))
+    await link._register(c)  # returns at once: nothing to register, nothing retried
+    assert not c.registered

@@ -1,0 +1,90 @@
+"""The shim's per-container phase table, walked edge by edge, and the Tracker that owns it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from zeropod.shim.phase import HIDDEN, TRANSITIONS, Phase, PhaseError, check
+from zeropod.shim.taskapi import V3
+from zeropod.shim.tasks import Container, Tracker
+
+ALLOWED = [(a, b) for a, targets in TRANSITIONS.items() for b in targets]
+FORBIDDEN = [(a, b) for a, b in itertools.product(Phase, Phase) if b not in TRANSITIONS[a]]
+
+
+def container(cid: str = "c1", phase: Phase = Phase.CREATED) -> Container:
+    req = V3.messages.CreateTaskRequest(id=cid, bundle="/nonexistent")
+    return Container(cid, V3, req, [], phase=phase)
+
+
+def test_table_covers_every_phase() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    assert {Phase.CHECKPOINTING, Phase.SCALED_DOWN, Phase.RESTORING} == HIDDEN
+    assert TRANSITIONS[Phase.DELETED] == frozenset()
+
+
+@pytest.mark.parametrize(("current", "wanted"), ALLOWED, ids=lambda p: p.value)
+async def test_allowed_transition(current: Phase, wanted: Phase) -> None:
+    tracker = Tracker()
+    c = container(phase=current)
+    tracker.add(c)
+    tracker.move(c, wanted)
+    assert c.phase is wanted
+    assert (tracker.get("c1") is None) == (wanted is Phase.DELETED)
+
+
+@pytest.mark.parametrize(("current", "wanted"), FORBIDDEN, ids=lambda p: p.value)
+def test_forbidden_transition(current: Phase, wanted: Phase) -> None:
+    with pytest.raises(PhaseError, match=f"from {current.value} to {wanted.value}"):
+        check("c1", current, wanted)
+
+
+async def test_tracker_counts_generations_and_attention() -> None:
+    tracker = Tracker()
+    c = container()
+    tracker.add(c)
+    tracker.move(c, Phase.RUNNING)
+    assert (c.generation, tracker.attention) == (0, 0)
+    for _ in range(2):
+        tracker.move(c, Phase.CHECKPOINTING)
+        assert tracker.attention == 1
+        tracker.move(c, Phase.SCALED_DOWN)
+        tracker.move(c, Phase.RESTORING)
+        tracker.move(c, Phase.RUNNING)
+    assert (c.generation, tracker.attention) == (2, 1)  # restored: its events may be ours
+    tracker.move(c, Phase.EXITED)
+    tracker.move(c, Phase.DELETED)
+    assert (tracker.all(), tracker.attention) == ([], 0)
+
+
+async def test_waiters_see_phase_changes() -> None:
+    tracker = Tracker()
+    c = container(phase=Phase.RUNNING)
+    tracker.add(c)
+    tracker.move(c, Phase.CHECKPOINTING)
+    visible = asyncio.create_task(tracker.visible(c))
+    settled = asyncio.create_task(tracker.settled(c))
+    await asyncio.sleep(0)
+    tracker.move(c, Phase.SCALED_DOWN)
+    assert await asyncio.wait_for(settled, 1) is Phase.SCALED_DOWN
+    assert not visible.done()
+    tracker.move(c, Phase.RESTORING)
+    tracker.move(c, Phase.RUNNING)
+    assert await asyncio.wait_for(visible, 1) is Phase.RUNNING
+
+
+async def test_status_reports_last_pid_while_asleep() -> None:
+    c = container(phase=Phase.SCALED_DOWN)
+    c.pid = 42
+    assert c.status() == {
+        "container_id": "c1",
+        "phase": "scaled_down",
+        "pid": 0,
+        "last_pid": 42,
+        "generation": 0,
+        "image_dir": None,
+        "task_api": 3,
+    }

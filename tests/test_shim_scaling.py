@@ -1,0 +1,340 @@
+"""The interposer's scale-to-zero behaviour against a fake runc shim and a fake containerd.
+
+containerd's side is a ttrpc client on the interposer's task socket; the runc shim is a fake
+that dumps, kills and restores in memory; the daemon is absent (registration is best effort).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from zeropod._gen.containerd.api.events import task_pb2 as ev
+from zeropod._gen.containerd.api.services.ttrpc.events.v1 import events_pb2
+from zeropod._gen.containerd.runc.options import oci_pb2
+from zeropod.shim.context import ShimContext
+from zeropod.shim.control import ShimControl
+from zeropod.shim.daemonlink import DaemonLink
+from zeropod.shim.eventfilter import SERVICE as EVENTS
+from zeropod.shim.eventfilter import FilteringRelay
+from zeropod.shim.phase import Phase
+from zeropod.shim.scaling import ScalingProxy
+from zeropod.shim.taskapi import BY_SERVICE, V2, V3, TaskAPI
+from zeropod.shim.tasks import Tracker
+from zeropod.shim.upstream import Upstream
+from zeropod.ttrpc import Call, Client, Server, TtrpcError
+from zeropod.ttrpc.status import Code
+
+RUNNING, STOPPED = 2, 3
+CID = "app"
+
+
+@dataclass
+class FakeTask:
+    checkpoint: str
+    options: bytes
+    pid: int = 0
+    status: int | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def exit(self, status: int) -> None:
+        self.status = status
+        self.exited.set()
+
+
+class FakeRunc:
+    """A runc shim in memory: Checkpoint and Kill end the process, Start may 'restore'."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, FakeTask] = {}
+        self.calls: list[str] = []
+        self.pids = itertools.count(100)
+        self.fail_restore = False
+        self.fail_checkpoint = False
+        self.created: list[FakeTask] = []
+
+    async def handle(self, call: Call) -> bytes:
+        api = BY_SERVICE[call.service]
+        m = api.messages
+        name = call.method
+        self.calls.append(name)
+        if name == "Create":
+            req = api.decode("CreateTaskRequest", call.payload)
+            if req.id in self.tasks:
+                raise TtrpcError(Code.ALREADY_EXISTS, f"{req.id} exists")
+            task = FakeTask(req.checkpoint, req.options.SerializeToString())
+            self.tasks[req.id] = task
+            self.created.append(task)
+            return m.CreateTaskResponse(pid=0 if req.checkpoint else 1).SerializeToString()
+        decode = {"Checkpoint": "CheckpointTaskRequest", "Exec": "ExecProcessRequest"}
+        req = api.decode(decode.get(name, f"{name}Request"), call.payload)
+        task = self.tasks.get(req.id)
+        if task is None:
+            raise TtrpcError(Code.NOT_FOUND, f"container {req.id}: not found")
+        if name == "Start":
+            if task.checkpoint and self.fail_restore:
+                raise TtrpcError(Code.UNKNOWN, "criu failed: type RESTORE errno 0")
+            task.pid = next(self.pids)
+            return m.StartResponse(pid=task.pid).SerializeToString()
+        if name == "Wait":
+            await task.exited.wait()
+            return m.WaitResponse(exit_status=task.status).SerializeToString()
+        if name == "Checkpoint":
+            if self.fail_checkpoint:
+                raise TtrpcError(Code.UNKNOWN, "criu failed: type DUMP errno 0")
+            task.exit(137)
+            return b""
+        if name == "Kill":
+            task.exit(128 + req.signal)
+            return b""
+        if name == "Delete":
+            if task.status is None and task.pid:
+                raise TtrpcError(Code.FAILED_PRECONDITION, "still running")
+            del self.tasks[req.id]
+            return m.DeleteResponse(pid=task.pid, exit_status=task.status).SerializeToString()
+        if name == "State":
+            status = RUNNING if task.status is None else STOPPED
+            return m.StateResponse(id=req.id, pid=task.pid, status=status).SerializeToString()
+        if name == "Stats":
+            resp = m.StatsResponse()
+            resp.stats.type_url = "io.containerd.cgroups.v1.Metrics"
+            resp.stats.value = b"\x0a\x00"
+            return resp.SerializeToString()
+        return b""
+
+
+class FakeContainerd:
+    def __init__(self) -> None:
+        self.envelopes: list[events_pb2.Envelope] = []
+
+    async def forward(self, call: Call) -> bytes:
+        self.envelopes.append(events_pb2.ForwardRequest.FromString(call.payload).envelope)
+        return b""
+
+    def topics(self) -> list[str]:
+        return [e.topic for e in self.envelopes]
+
+
+@dataclass
+class Rig:
+    runc: FakeRunc
+    containerd: FakeContainerd
+    client: Client
+    api: TaskAPI
+    ctx: ShimContext
+    control: ShimControl
+    tmp: Path
+
+    async def call(self, method: str, reply: str | None = None, **fields: object):
+        m = self.api.messages
+        name = {"Create": "CreateTaskRequest", "Exec": "ExecProcessRequest"}.get(
+            method, f"{method}Request"
+        )
+        payload = await self.client.call(
+            self.api.service, method, getattr(m, name)(**fields).SerializeToString(), timeout=5
+        )
+        return self.api.decode(reply, payload) if reply else None
+
+    async def run_container(self) -> int:
+        await self.call("Create", id=CID, bundle=str(self.tmp))
+        started = await self.call("Start", "StartResponse", id=CID)
+        return started.pid
+
+    def op(self, op: str, **fields: object) -> dict:
+        return {"op": op, "container_id": CID, **fields}
+
+    async def events(self, count: int) -> list[str]:
+        await self.ctx.relay.drain(5)
+        async with asyncio.timeout(5):
+            while len(self.containerd.envelopes) < count:
+                await asyncio.sleep(0.01)
+        return self.containerd.topics()
+
+
+@pytest.fixture(params=[V3, V2], ids=["v3", "v2"])
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    (tmp_path / "config.json").write_text(json.dumps({"annotations": {}}))
+    runc = FakeRunc()
+    up_server = Server({}, fallback=runc.handle, name="runc")
+    await up_server.listen(str(tmp_path / "runc.sock"))
+    containerd = FakeContainerd()
+    cd_server = Server({(EVENTS, "Forward"): containerd.forward}, name="containerd")
+    await cd_server.listen(str(tmp_path / "containerd.sock"))
+    upstream = await Client.connect(str(tmp_path / "runc.sock"))
+    tracker = Tracker()
+    daemon = DaemonLink(str(tmp_path / "ctl.sock"), path=str(tmp_path / "no-daemon.sock"))
+    relay = FilteringRelay(
+        str(tmp_path / "containerd.sock"), tracker, "k8s.io", lambda c, e: ctx.exited(c, e)
+    )
+    ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
+    relay_task = asyncio.create_task(relay.run())
+    proxy = ScalingProxy(ctx, "/run/zeropod/criu.conf", str(tmp_path / "runc.sock"))
+    server = Server(proxy.handlers(), fallback=proxy.forward, name="task")
+    await server.listen(str(tmp_path / "task.sock"))
+    client = await Client.connect(str(tmp_path / "task.sock"))
+    control = ShimControl(str(tmp_path / "ctl.sock"), ctx)
+    yield Rig(runc, containerd, client, request.param, ctx, control, tmp_path)
+    await client.close()
+    await server.close()
+    relay_task.cancel()
+    await daemon.close()
+    await up_server.close()
+    await cd_server.close()
+
+
+async def test_create_annotates_and_remembers(rig: Rig) -> None:
+    pid = await rig.run_container()
+    spec = json.loads((rig.tmp / "config.json").read_text())
+    assert spec["annotations"]["org.criu.config"] == "/run/zeropod/criu.conf"
+    c = rig.ctx.tracker.get(CID)
+    assert c is not None and (c.phase, c.pid, c.api) == (Phase.RUNNING, pid, rig.api)
+
+
+async def test_wait_pending_and_state_running_across_cycles(rig: Rig) -> None:
+    pid = await rig.run_container()
+    stats = await rig.call("Stats", "StatsResponse", id=CID)  # remembers the metrics type
+    wait = asyncio.create_task(rig.call("Wait", "WaitResponse", id=CID))
+    image = str(rig.tmp / "img")
+    for _cycle in range(3):
+        slept = await rig.control.handle(rig.op("checkpoint", image_dir=image))
+        assert slept["pid"] == pid
+        state = await rig.call("State", "StateResponse", id=CID)
+        assert (state.status, state.pid, state.bundle) == (RUNNING, pid, str(rig.tmp))
+        pids = await rig.call("Pids", "PidsResponse", id=CID)
+        assert [p.pid for p in pids.processes] == [pid]
+        zero = await rig.call("Stats", "StatsResponse", id=CID)
+        assert (zero.stats.type_url, zero.stats.value) == (stats.stats.type_url, b"")
+        connect = await rig.call("Connect", "ConnectResponse", id=CID)
+        assert connect.task_pid == pid and connect.shim_pid == os.getpid()
+        woke = await rig.control.handle(rig.op("restore", image_dir=image))
+        assert woke["cold"] is False and woke["pid"] != pid
+        pid = woke["pid"]
+        assert not wait.done()
+    restored = rig.runc.created[-1]
+    assert restored.checkpoint == image
+    opts = oci_pb2.Options.FromString(restored.options.split(b"\x12", 1)[1][1:])
+    assert opts.criu_work_path == image
+    # the real end of the restored task reaches the pending Wait and containerd
+    await rig.call("Kill", id=CID, signal=15)
+    assert (await asyncio.wait_for(wait, 5)).exit_status == 143
+    status = await rig.control.handle({"op": "status"})
+    assert status["containers"][0]["phase"] == "exited"
+
+
+async def test_kill_and_delete_while_asleep(rig: Rig) -> None:
+    pid = await rig.run_container()
+    wait = asyncio.create_task(rig.call("Wait", "WaitResponse", id=CID))
+    image = rig.tmp / "img"
+    await rig.control.handle(rig.op("checkpoint", image_dir=str(image)))
+    calls = len(rig.runc.calls)
+    await rig.call("Kill", id=CID, signal=15)
+    assert (await asyncio.wait_for(wait, 5)).exit_status == 143
+    state = await rig.call("State", "StateResponse", id=CID)
+    assert (state.status, state.exit_status) == (STOPPED, 143)
+    deleted = await rig.call("Delete", "DeleteResponse", id=CID)
+    assert (deleted.pid, deleted.exit_status) == (pid, 143)
+    assert deleted.exited_at.seconds > 0
+    assert await rig.events(2) == ["/tasks/exit", "/tasks/delete"]  # the fake runc sends none
+    exit_env = next(e for e in rig.containerd.envelopes if e.topic == "/tasks/exit")
+    exit_event = ev.TaskExit.FromString(exit_env.event.value)
+    assert (exit_event.pid, exit_event.exit_status) == (pid, 143)
+    assert rig.runc.calls[calls:] == []  # nothing restored, nothing asked of runc
+    assert rig.ctx.tracker.get(CID) is None
+    assert not image.exists()
+
+
+async def test_failed_restore_starts_cold(rig: Rig) -> None:
+    await rig.run_container()
+    image = str(rig.tmp / "img")
+    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    rig.runc.fail_restore = True
+    calls = len(rig.runc.calls)
+    woke = await rig.control.handle(rig.op("restore", image_dir=image))
+    assert woke["cold"] is True and "criu failed" in woke["error"] and image in woke["error"]
+    assert rig.runc.calls[calls:] == ["Create", "Start", "Delete", "Create", "Start"]
+    assert rig.runc.created[-1].checkpoint == ""
+    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+
+
+async def test_failed_checkpoint_keeps_running(rig: Rig) -> None:
+    pid = await rig.run_container()
+    rig.runc.fail_checkpoint = True
+    answer = await rig.control.answer(
+        json.dumps(rig.op("checkpoint", image_dir=str(rig.tmp / "img"))).encode()
+    )
+    assert answer["ok"] is False
+    assert answer["error"]["code"] == "checkpoint_failed"
+    assert str(rig.tmp / "img" / "dump.log") in answer["error"]["message"]
+    state = await rig.call("State", "StateResponse", id=CID)
+    assert (state.status, state.pid) == (RUNNING, pid)
+    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+
+
+async def test_exec_while_asleep_restores_without_daemon(rig: Rig) -> None:
+    await rig.run_container()
+    image = str(rig.tmp / "img")
+    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    await rig.call("Exec", id=CID, exec_id="e1")
+    assert rig.runc.calls[-3:] == ["Create", "Start", "Exec"]
+    assert rig.runc.created[-1].checkpoint == image
+    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+
+
+async def test_stop_mode_and_cold_restore(rig: Rig) -> None:
+    await rig.run_container()
+    slept = await rig.control.handle(rig.op("checkpoint", mode="stop"))
+    assert slept["pid"] and "Checkpoint" not in rig.runc.calls
+    woke = await rig.control.handle(rig.op("restore", image_dir=None))
+    assert woke["cold"] is True and "error" not in woke
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        ({"op": "nope"}, "unknown_op"),
+        ({"op": "checkpoint", "container_id": "ghost", "image_dir": "/x"}, "not_found"),
+        ({"op": "checkpoint", "container_id": CID, "image_dir": "relative"}, "bad_request"),
+        ({"op": "checkpoint", "container_id": CID, "image_dir": "/x", "mode": "x"}, "bad_request"),
+        ({"v": 2, "op": "status"}, "unsupported_version"),
+    ],
+)
+async def test_control_errors(rig: Rig, request_: dict, code: str) -> None:
+    await rig.run_container()
+    answer = await rig.control.answer(json.dumps(request_).encode())
+    assert answer["ok"] is False and answer["error"]["code"] == code, answer
+
+
+async def test_control_ops_at_the_wrong_time(rig: Rig) -> None:
+    pid = await rig.run_container()
+    assert await rig.control.handle(rig.op("restore")) == {
+        "pid": pid,
+        "cold": False,
+        "duration_ms": 0,
+    }
+    await rig.control.handle(rig.op("checkpoint", image_dir=str(rig.tmp / "img")))
+    again = await rig.control.answer(json.dumps(rig.op("checkpoint", image_dir="/x")).encode())
+    assert again["error"]["code"] == "bad_phase"
+    assert "scaled_down" in again["error"]["message"]
+
+
+async def test_control_socket_speaks_json_lines(rig: Rig) -> None:
+    await rig.run_container()
+    await rig.control.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(rig.control.path)
+        writer.write(b'{"v": 1, "op": "status"}\nnot json\n')
+        first = json.loads(await reader.readline())
+        second = json.loads(await reader.readline())
+        writer.close()
+    finally:
+        await rig.control.close()
+    assert first["ok"] and first["containers"][0]["phase"] == "running"
+    assert second["error"]["code"] == "bad_json"
+    assert not Path(rig.control.path).exists()
