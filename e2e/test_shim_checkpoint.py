@@ -162,3 +162,19 @@ def test_corrupted_image_comes_back_cold(node: Node, cri: Cri) -> None:
         assert http_get(node, ip) == "count=1\n"  # a fresh process
         assert_running_for_cri(cri, cid)
         node.run(["rm", "-rf", image_dir])
+
+
+def test_exec_wakes_a_scaled_down_container(node: Node, cri: Cri) -> None:
+    """Without a daemon to ask, the shim restores by itself before forwarding the exec."""
+    with cri.pod(_name("exec"), [ContainerSpec("app", "counter")]) as running:
+        cid = running.containers["app"]
+        ip = cri.pod_ip(running.pod)
+        assert http_get(node, ip) == "count=1\n"
+        image_dir = f"{IMAGES}/{uuid.uuid4().hex}"
+        checkpoint(node, cid, image_dir)
+        code, out, err = cri.exec_sync(cid, ["echo", "awake"])
+        assert (code, out, err) == (0, b"awake\n", b"")
+        assert shim_status(node, cid)["phase"] == "running"
+        assert http_get(node, ip) == "count=2\n"  # restored, not started cold
+        assert_running_for_cri(cri, cid)
+        node.run(["rm", "-rf", image_dir])
