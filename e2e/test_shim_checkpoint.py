@@ -16,6 +16,7 @@ from typing import Any
 from e2e.cri import ContainerSpec, Cri, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
+from zeropod._gen.cri.runtime.v1 import api_pb2 as api
 
 IMAGES = "/var/lib/zeropod/images/e2e"
 TASKS = "/run/containerd/io.containerd.runtime.v2.task/k8s.io"
@@ -93,6 +94,8 @@ def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> N
             slept = checkpoint(node, cid, image_dir)
             assert not alive(node, slept["pid"]), "the dumped process still runs"
             assert_running_for_cri(cri, cid)
+            stats = cri.call("ContainerStats", api.ContainerStatsRequest(container_id=cid))
+            assert stats.stats.memory.working_set_bytes.value == 0, stats
             woke = control(node, cid, "restore", image_dir=image_dir)
             assert woke["ok"] and woke["cold"] is False, woke
             assert shim_status(node, cid) | {"pid": woke["pid"]} == shim_status(node, cid)
