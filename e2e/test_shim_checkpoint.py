@@ -13,7 +13,7 @@ import json
 import uuid
 from typing import Any
 
-from e2e.cri import ContainerSpec, Cri, wait_for
+from e2e.cri import ContainerSpec, Cri, CriError, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
 from zeropod._gen.cri.runtime.v1 import api_pb2 as api
@@ -179,5 +179,30 @@ def test_exec_wakes_a_scaled_down_container(node: Node, cri: Cri) -> None:
         assert (code, out, err) == (0, b"awake\n", b"")
         assert shim_status(node, cid)["phase"] == "running"
         assert http_get(node, ip) == "count=2\n"  # restored, not started cold
+        assert_running_for_cri(cri, cid)
+        node.run(["rm", "-rf", image_dir])
+
+
+def test_containerd_restart_while_scaled_down(node: Node, cri: Cri) -> None:
+    """containerd reconnects to the interposer (State, Wait, Connect) and still sees RUNNING."""
+    with cri.pod(_name("restart"), [ContainerSpec("app", "counter")]) as running:
+        cid = running.containers["app"]
+        ip = cri.pod_ip(running.pod)
+        assert http_get(node, ip) == "count=1\n"
+        image_dir = f"{IMAGES}/{uuid.uuid4().hex}"
+        checkpoint(node, cid, image_dir)
+        node.run(["systemctl", "restart", "containerd"], check=True)
+
+        def cri_sees_it() -> str | None:
+            try:
+                return cri.container_state(cid)
+            except CriError:
+                return None  # containerd is still starting
+
+        assert wait_for(cri_sees_it, 30, what="CRI after restart") == "CONTAINER_RUNNING"
+        assert_running_for_cri(cri, cid)
+        woke = control(node, cid, "restore", image_dir=image_dir)
+        assert woke["ok"] and woke["cold"] is False, woke
+        assert http_get(node, ip) == "count=2\n"
         assert_running_for_cri(cri, cid)
         node.run(["rm", "-rf", image_dir])
