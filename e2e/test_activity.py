@@ -1,0 +1,246 @@
+"""Idle tracking on the node: what counts as activity on a pod's port, seen through CRI pods.
+
+A counter pod runs under the zeropod runtime; `python3 -m zeropod.activity` (the library's
+live monitor, from the checkout mounted in the node) watches its port from inside the node,
+printing the tracker's view every 0.2 s. Traffic comes from three places:
+
+- a real client: a second pod (runc handler, only a traffic source) whose busybox `wget`
+  reaches the pod IP through ExecSync, or a python client that enters that pod's netns and
+  holds a quiet connection open;
+- the node itself, like kubelet: `curl` to the pod IP from the node's netns (its source is
+  the CNI bridge address);
+- loopback inside the pod: `wget 127.0.0.1` through ExecSync in the counter pod.
+
+Only the first may count. The monitor also lists the connections it ignored, so the tests
+show the node's and the loopback's requests were seen and excluded, not missed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cri import ContainerSpec, Cri, RunningPod
+from e2e.images import APP_PORT
+from e2e.node import NODE_SCRIPTS, Node
+from zeropod._gen.cri.runtime.v1 import api_pb2 as api
+
+INTERVAL = 0.2
+# Polls to wait after a request that must *not* count, so its close has surely been seen.
+SETTLE_POLLS = 5
+
+HOLD_CLIENT = """
+import ctypes, os, socket, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+    sys.exit(f"setns {sys.argv[1]}: errno {ctypes.get_errno()}")
+conn = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10)
+print("connected", *conn.getsockname()[:2], flush=True)
+sys.stdin.read()
+conn.close()
+"""
+
+Line = dict[str, Any]
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def netns_of(cri: Cri, pod_id: str) -> str:
+    """The pod's network namespace as a path inside the node (via the sandbox's pid)."""
+    req = api.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+    info = json.loads(cri.call("PodSandboxStatus", req).info["info"])
+    return f"/proc/{info['pid']}/ns/net"
+
+
+class NodeProcess:
+    """A long-running command in the node (node/run) whose stdout lines are collected.
+
+    Closing its stdin ends it (both the monitor and the holding client exit on EOF).
+    """
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [str(NODE_SCRIPTS / "run"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_line(self, predicate: Callable[[str], bool], start: int, timeout: float) -> int:
+        """Index of the first line from START on that satisfies PREDICATE (TimeoutError)."""
+        with self._cond:
+            i = start
+            ok = self._cond.wait_for(
+                lambda: any(predicate(x) for x in self.lines[start:]) or not self._alive(),
+                timeout,
+            )
+            for i in range(start, len(self.lines)):
+                if predicate(self.lines[i]):
+                    return i
+        err = "" if ok else f" in {timeout:g}s"
+        raise TimeoutError(f"no matching line{err}; exited={self.proc.poll()}; {self.describe()}")
+
+    def _alive(self) -> bool:
+        return self._reader.is_alive()
+
+    def describe(self) -> str:
+        tail = self.lines[-3:]
+        stderr = ""
+        if self.proc.poll() is not None and self.proc.stderr is not None:
+            stderr = self.proc.stderr.read()[-500:]
+        return f"last lines {tail!r} stderr {stderr!r}"
+
+    def close(self, timeout: float = 15) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._reader.join(5)
+
+
+class Monitor(NodeProcess):
+    """`python3 -m zeropod.activity` on one pod's port, read as JSON lines."""
+
+    def __init__(self, netns: str) -> None:
+        args = [netns, f"--ports={APP_PORT}", f"--interval={INTERVAL}", "--max-seconds=120"]
+        super().__init__(["python3", "-m", "zeropod.activity", *args])
+
+    def doc(self, i: int) -> Line:
+        return json.loads(self.lines[i])
+
+    def wait(self, predicate: Callable[[Line], bool], start: int = 0, timeout: float = 15) -> int:
+        return self.wait_line(lambda raw: predicate(json.loads(raw)), start, timeout)
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.lines)
+
+    def docs(self, start: int, end: int | None = None) -> list[Line]:
+        with self._cond:
+            return [json.loads(x) for x in self.lines[start:end]]
+
+    def settle(self) -> int:
+        """Wait for SETTLE_POLLS more polls; return the index of the last one."""
+        n = self.count()
+        return self.wait(lambda _: True, n + SETTLE_POLLS - 1)
+
+
+@pytest.fixture(scope="module")
+def pods(cri: Cri) -> Iterator[tuple[RunningPod, RunningPod]]:
+    """The watched counter pod (zeropod) and a client pod (runc) as traffic source."""
+    app = [ContainerSpec("app", "counter")]
+    with (
+        cri.pod(_name("activity"), app) as server,
+        cri.pod(_name("client"), app, runtime_handler="runc") as client,
+    ):
+        yield server, client
+
+
+@pytest.fixture
+def monitor(cri: Cri, pods: tuple[RunningPod, RunningPod]) -> Iterator[Monitor]:
+    mon = Monitor(netns_of(cri, pods[0].pod.id))
+    try:
+        mon.wait(lambda d: d["listeners"], 0, timeout=20)  # up, and the app listens
+        yield mon
+    finally:
+        mon.close()
+
+
+def wget(cri: Cri, container_id: str, ip: str) -> str:
+    code, out, err = cri.exec_sync(container_id, ["wget", "-qO-", f"http://{ip}:{APP_PORT}/"])
+    assert code == 0, f"wget {ip} in {container_id}: {code} {err!r}"
+    return out.decode()
+
+
+def test_node_and_loopback_traffic_do_not_count(
+    node: Node, cri: Cri, pods: tuple[RunningPod, RunningPod], monitor: Monitor
+) -> None:
+    server, _ = pods
+    ip = cri.pod_ip(server.pod)
+    start = monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL)
+
+    # kubelet's place: the node's own netns, whose source address is the CNI bridge.
+    for _ in range(2):
+        res = node.run(["curl", "-sS", "--max-time", "10", f"http://{ip}:{APP_PORT}/"])
+        assert res.returncode == 0 and res.stdout.startswith("count="), res
+    # Loopback inside the pod.
+    assert wget(cri, server.containers["app"], "127.0.0.1").startswith("count=")
+
+    end = monitor.settle()
+    docs = monitor.docs(start, end + 1)
+    ignored = " ".join(c for d in docs for c in d["ignored"])
+    assert "127.0.0.1" in ignored, "the loopback request was not seen at all"
+    assert any(not a.startswith("127.") for d in docs for a in d["ignored"]), ignored
+    assert all(d["reason"] == "tracking started" and not d["open"] for d in docs), docs[-1]
+    idle = [d["idle_for"] for d in docs]
+    assert idle == sorted(idle) and idle[-1] >= idle[0] + (len(docs) - 2) * INTERVAL, idle
+
+
+def test_request_from_another_pod_is_activity(
+    cri: Cri, pods: tuple[RunningPod, RunningPod], monitor: Monitor
+) -> None:
+    server, client = pods
+    ip, client_ip = cri.pod_ip(server.pod), cri.pod_ip(client.pod)
+    start = monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL)
+
+    assert wget(cri, client.containers["app"], ip).startswith("count=")
+
+    hit = monitor.wait(lambda d: f" {client_ip}:" in d["reason"], start)
+    seen = monitor.doc(hit)
+    assert seen["last_activity"] > monitor.doc(start)["last_activity"], seen
+    # A finished request leaves no open connection: idle time runs again from it.
+    later = monitor.doc(monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL, hit))
+    assert later["last_activity"] == seen["last_activity"] and not later["open"], later
+
+
+def test_open_quiet_connection_keeps_it_active(
+    cri: Cri, pods: tuple[RunningPod, RunningPod], monitor: Monitor
+) -> None:
+    server, client = pods
+    ip = cri.pod_ip(server.pod)
+    start = monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL)
+
+    holder = NodeProcess(
+        ["python3", "-c", HOLD_CLIENT, netns_of(cri, client.pod.id), ip, str(APP_PORT)]
+    )
+    try:
+        holder.wait_line(lambda x: x.startswith("connected"), 0, timeout=20)
+        _, client_ip, client_port = holder.lines[0].split()
+        peer = f"{client_ip}:{client_port}"
+        opened = monitor.wait(lambda d: any(c.startswith(f"{peer} ") for c in d["open"]), start)
+        # Quiet for 2 s (the app itself closes silent connections after 10 s): still active.
+        t_open = monitor.doc(opened)["t"]
+        held = monitor.wait(lambda d: d["t"] >= t_open + 2.0, opened)
+        docs = monitor.docs(opened, held + 1)
+        assert all(d["idle_for"] == 0 and d["open"] for d in docs), docs
+    finally:
+        holder.close()
+
+    closed = monitor.wait(lambda d: not d["open"], held)
+    after = monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL, closed)
+    assert monitor.doc(after)["last_activity"] >= t_open + 2.0

@@ -1,0 +1,218 @@
+"""sock_diag message parsing, port filtering and netns entry errors; client networks (no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+import pytest
+
+from zeropod.activity import sockdiag, sources
+from zeropod.activity.sockdiag import Connection, Listener, TcpState
+
+
+class FakeMsg(dict):
+    """What pyroute2's inet_diag_msg offers the parser: fields by key and get_attr."""
+
+    def __init__(self, info: dict[str, int] | None = None, **fields: Any) -> None:
+        base = {
+            "idiag_family": socket.AF_INET6,
+            "idiag_state": 1,
+            "idiag_timer": 0,
+            "idiag_src": "::ffff:10.88.0.31",
+            "idiag_sport": 8080,
+            "idiag_dst": "::ffff:10.88.0.32",
+            "idiag_dport": 40000,
+            "idiag_cookie": 7,
+            "idiag_expires": 0,
+            "idiag_rqueue": 0,
+            "idiag_wqueue": 0,
+            "idiag_inode": 0,
+        }
+        super().__init__(base | fields)
+        self.info = info
+
+    def get_attr(self, name: str) -> dict[str, int] | None:
+        assert name == "INET_DIAG_INFO"
+        return self.info
+
+
+INFO = {"tcpi_bytes_received": 78, "tcpi_segs_in": 4, "tcpi_last_data_recv": 12}
+
+
+def test_established_connection_with_tcp_info() -> None:
+    item = sockdiag.parse_message(FakeMsg(INFO))
+    assert item == Connection(
+        state=TcpState.ESTABLISHED,
+        local_addr=ipaddress.ip_address("10.88.0.31"),
+        local_port=8080,
+        remote_addr=ipaddress.ip_address("10.88.0.32"),
+        remote_port=40000,
+        cookie=7,
+        bytes_received=78,
+        segs_in=4,
+        last_data_recv_ms=12,
+    )
+
+
+def test_listener_reports_accept_queue_and_backlog() -> None:
+    msg = FakeMsg(idiag_state=10, idiag_src="::", idiag_rqueue=3, idiag_wqueue=4096, idiag_inode=9)
+    assert sockdiag.parse_message(msg) == Listener(
+        socket.AF_INET6, ipaddress.ip_address("::"), 8080, 3, 4096, 9
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "timer", "timewait"),
+    [(6, 3, True), (5, 3, True), (5, 0, False), (8, 1, False)],
+    ids=["TIME_WAIT", "FIN_WAIT2 mini-socket", "FIN_WAIT2 full socket", "CLOSE_WAIT"],
+)
+def test_timewait_mini_sockets_are_marked(state: int, timer: int, timewait: bool) -> None:
+    item = sockdiag.parse_message(FakeMsg(idiag_state=state, idiag_timer=timer, idiag_expires=5))
+    assert isinstance(item, Connection)
+    assert (item.state, item.timewait, item.expires_ms, item.bytes_received) == (
+        TcpState(state),
+        timewait,
+        5,
+        None,
+    )
+
+
+def test_unknown_state_is_skipped() -> None:
+    assert sockdiag.parse_message(FakeMsg(idiag_state=99)) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("fd00::1", "fd00::1"),
+        ("::1", "::1"),
+    ],
+)
+def test_normalise(raw: str, want: str) -> None:
+    assert sockdiag.normalise(raw) == ipaddress.ip_address(want)
+
+
+def test_split_keeps_watched_ports() -> None:
+    watched = sockdiag.parse_message(FakeMsg())
+    other = sockdiag.parse_message(FakeMsg(idiag_sport=9090))
+    listener = sockdiag.parse_message(FakeMsg(idiag_state=10))
+    assert sockdiag.split([watched, other, listener, None], {8080}) == ((listener,), (watched,))
+
+
+def test_missing_netns_raises_oserror_naming_it() -> None:
+    with pytest.raises(OSError, match="/nonexistent/ns"):
+        sockdiag.PodSockets("/nonexistent/ns")
+
+
+def test_run_in_netns_propagates_errors() -> None:
+    with pytest.raises(FileNotFoundError):
+        sockdiag.run_in_netns("/nonexistent/ns", lambda: None)
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("", ()),
+        ("10.0.0.0/8", ("10.0.0.0/8",)),
+        (" 10.1.2.3 , fd00::/8,", ("10.1.2.3/32", "fd00::/8")),
+        ("10.1.2.3/8", ("10.0.0.0/8",)),
+    ],
+)
+def test_parse_networks(value: str, want: tuple[str, ...]) -> None:
+    assert sources.parse_networks("exclude", value) == tuple(ipaddress.ip_network(w) for w in want)
+
+
+def test_parse_networks_names_key_and_entry() -> None:
+    with pytest.raises(ValueError, match=r"exclude: 'nope' is not an address"):
+        sources.parse_networks("exclude", "10.0.0.0/8,nope")
+
+
+@pytest.mark.parametrize(
+    ("addr", "want"),
+    [("127.0.0.5", True), ("::1", True), ("10.0.0.1", False), ("::ffff:127.0.0.1", True)],
+)
+def test_loopback_exclusion(addr: str, want: bool) -> None:
+    assert sources.excluded(ipaddress.ip_address(addr), sources.LOOPBACK) is want
+
+
+class FakeDump:
+    """The dump socket: answers get_sock_stats with MSGS and records the states asked for."""
+
+    def __init__(self, msgs: list[FakeMsg]) -> None:
+        self.msgs = msgs
+        self.states: list[int] = []
+
+    def get_sock_stats(self, family: int, states: int, extensions: int) -> list[FakeMsg]:
+        self.states.append(states)
+        return [m for m in self.msgs if m["idiag_family"] == family]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEvents:
+    """The destroy-event socket: hands out queued datagrams, or errors, then would block."""
+
+    def __init__(self, queue: list[list[FakeMsg] | OSError]) -> None:
+        self.queue = queue
+        self.marshal = self
+
+    def recv(self, size: int) -> list[FakeMsg]:
+        if not self.queue:
+            raise BlockingIOError
+        item = self.queue.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+    def parse(self, data: list[FakeMsg]) -> list[FakeMsg]:
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def fake_pod_sockets(dump: FakeDump, events: FakeEvents) -> sockdiag.PodSockets:
+    pod = object.__new__(sockdiag.PodSockets)
+    pod.netns_path = "/fake"
+    pod._states = sockdiag.SS_ALL
+    pod._dump, pod._events = dump, events  # type: ignore[assignment]
+    return pod
+
+
+def test_snapshot_filters_ports_and_drains_destroy_events() -> None:
+    dump = FakeDump([FakeMsg(INFO), FakeMsg(INFO, idiag_sport=9090), FakeMsg(idiag_state=10)])
+    closed = [FakeMsg(idiag_state=7, idiag_dport=41000), FakeMsg(idiag_state=7, idiag_sport=22)]
+    pod = fake_pod_sockets(dump, FakeEvents([closed]))
+    snap = pod.snapshot({8080}, clock=lambda: 12.5)
+    assert snap.taken_at == 12.5
+    assert [c.remote_port for c in snap.connections] == [40000]
+    assert [li.local_port for li in snap.listeners] == [8080]
+    assert [c.remote_port for c in snap.closed] == [41000]
+    assert snap.events_lost is False
+    # TIME_WAIT entries only in the first snapshot; later closes come as destroy events.
+    pod.snapshot({8080})
+    tw = 1 << TcpState.TIME_WAIT
+    assert [bool(s & tw) for s in dump.states] == [True, True, False, False]
+
+
+def test_overflowed_destroy_events_are_reported_lost() -> None:
+    events = FakeEvents([OSError(105, "No buffer space available"), [FakeMsg(idiag_state=7)]])
+    snap = fake_pod_sockets(FakeDump([]), events).snapshot({8080})
+    assert snap.events_lost is True
+    assert len(snap.closed) == 1
+
+
+def test_other_event_socket_errors_propagate() -> None:
+    events = FakeEvents([OSError(9, "Bad file descriptor")])
+    with pytest.raises(OSError, match="Bad file"):
+        fake_pod_sockets(FakeDump([]), events).snapshot({8080})
+
+
+def test_node_networks_lists_own_loopback() -> None:
+    pytest.importorskip("pyroute2")
+    assert ipaddress.ip_network("127.0.0.1/32") in sources.node_networks()
