@@ -263,6 +263,17 @@ async def test_failed_restore_starts_cold(rig: Rig) -> None:
     assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
 
 
+async def test_restore_clears_a_task_left_by_the_checkpoint(rig: Rig) -> None:
+    await rig.run_container()
+    image = str(rig.tmp / "img")
+    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    rig.runc.tasks[CID] = rig.runc.created[-1]  # as if the checkpoint's Delete had failed
+    calls = len(rig.runc.calls)
+    woke = await rig.control.handle(rig.op("restore", image_dir=image))
+    assert woke["cold"] is False
+    assert rig.runc.calls[calls:] == ["Create", "Delete", "Create", "Start"]
+
+
 async def test_failed_checkpoint_keeps_running(rig: Rig) -> None:
     pid = await rig.run_container()
     rig.runc.fail_checkpoint = True

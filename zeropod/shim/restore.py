@@ -27,6 +27,7 @@ from zeropod.shim.context import BAD_PHASE, RESTORE_FAILED, ShimContext
 from zeropod.shim.phase import Phase
 from zeropod.shim.tasks import Container
 from zeropod.ttrpc import TtrpcError
+from zeropod.ttrpc.status import Code
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,19 @@ async def restore(ctx: ShimContext, c: Container, image_dir: str | None) -> dict
 
 
 async def _create_and_start(ctx: ShimContext, c: Container, image_dir: str | None) -> int:
-    """Create + Start; on failure the half-made runc task is deleted again."""
+    """Create + Start; on failure the half-made runc task is deleted again.
+
+    A runc task left over from the checkpoint (its Delete failed) is deleted first.
+    """
     try:
-        await ctx.upstream.create(c, image_dir)
+        try:
+            await ctx.upstream.create(c, image_dir)
+        except TtrpcError as err:
+            if err.code != Code.ALREADY_EXISTS:
+                raise
+            log.info("container %s: deleting the runc task left from the checkpoint", c.id)
+            await ctx.upstream.delete(c)
+            await ctx.upstream.create(c, image_dir)
         return await ctx.upstream.start(c)
     except (TtrpcError, ConnectionError):
         with contextlib.suppress(TtrpcError, ConnectionError):
