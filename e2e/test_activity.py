@@ -6,7 +6,8 @@ printing the tracker's view every 0.2 s. Traffic comes from three places:
 
 - a real client: a second pod (runc handler, only a traffic source) whose busybox `wget`
   reaches the pod IP through ExecSync, or a python client that enters that pod's netns and
-  holds a quiet connection open;
+  holds a quiet connection open, or sends one keep-alive request and closes first (a
+  connection that lives a few ms between two polls and leaves no TIME_WAIT in the pod);
 - the node itself, like kubelet: `curl` to the pod IP from the node's netns (its source is
   the CNI bridge address);
 - loopback inside the pod: `wget 127.0.0.1` through ExecSync in the counter pod.
@@ -35,15 +36,35 @@ INTERVAL = 0.2
 # Polls to wait after a request that must *not* count, so its close has surely been seen.
 SETTLE_POLLS = 5
 
-HOLD_CLIENT = """
+# A client in another pod's netns (argv: netns ip port mode). "hold": connect, stay quiet
+# until stdin ends. "request": one keep-alive GET, read the answer, close first.
+CLIENT = """
 import ctypes, os, socket, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
+netns, ip, port, mode = sys.argv[1:5]
+fd = os.open(netns, os.O_RDONLY)
 if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-    sys.exit(f"setns {sys.argv[1]}: errno {ctypes.get_errno()}")
-conn = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10)
+    sys.exit(f"setns {netns}: errno {ctypes.get_errno()}")
+conn = socket.create_connection((ip, int(port)), timeout=10)
 print("connected", *conn.getsockname()[:2], flush=True)
-sys.stdin.read()
+if mode == "hold":
+    sys.stdin.read()
+else:
+    conn.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: keep-alive\\r\\n\\r\\n")
+    answer = b""
+    while b"count=" not in answer:
+        answer += conn.recv(4096)
+    print(answer.decode().split("\\r\\n")[-1].strip(), flush=True)
 conn.close()
+"""
+
+# Lists the pod netns's sockets on a port, TIME_WAIT entries included (argv: netns port).
+DUMP = """
+import sys
+from zeropod.activity.sockdiag import Connection, PodSockets
+with PodSockets(sys.argv[1]) as pod:
+    for c in pod.dump():
+        if isinstance(c, Connection) and c.local_port == int(sys.argv[2]):
+            print(c.describe())
 """
 
 Line = dict[str, Any]
@@ -126,8 +147,8 @@ class NodeProcess:
 class Monitor(NodeProcess):
     """`python3 -m zeropod.activity` on one pod's port, read as JSON lines."""
 
-    def __init__(self, netns: str) -> None:
-        args = [netns, f"--ports={APP_PORT}", f"--interval={INTERVAL}", "--max-seconds=120"]
+    def __init__(self, netns: str, interval: float = INTERVAL) -> None:
+        args = [netns, f"--ports={APP_PORT}", f"--interval={interval}", "--max-seconds=120"]
         super().__init__(["python3", "-m", "zeropod.activity", *args])
 
     def doc(self, i: int) -> Line:
@@ -226,7 +247,7 @@ def test_open_quiet_connection_keeps_it_active(
     start = monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL)
 
     holder = NodeProcess(
-        ["python3", "-c", HOLD_CLIENT, netns_of(cri, client.pod.id), ip, str(APP_PORT)]
+        ["python3", "-c", CLIENT, netns_of(cri, client.pod.id), ip, str(APP_PORT), "hold"]
     )
     try:
         holder.wait_line(lambda x: x.startswith("connected"), 0, timeout=20)
@@ -244,3 +265,31 @@ def test_open_quiet_connection_keeps_it_active(
     closed = monitor.wait(lambda d: not d["open"], held)
     after = monitor.wait(lambda d: d["idle_for"] >= 3 * INTERVAL, closed)
     assert monitor.doc(after)["last_activity"] >= t_open + 2.0
+
+
+def test_short_connection_between_slow_polls_is_seen(
+    node: Node, cri: Cri, pods: tuple[RunningPod, RunningPod]
+) -> None:
+    """Polls 2 s apart; a keep-alive request that the *client* closes first lives a few ms
+    and leaves no TIME_WAIT entry in the pod: the kernel's destroy event still reports it."""
+    server, client = pods
+    ip = cri.pod_ip(server.pod)
+    netns = netns_of(cri, server.pod.id)
+    mon = Monitor(netns, interval=2.0)
+    try:
+        first = mon.wait(lambda d: d["listeners"], 0, timeout=20)
+        args = [netns_of(cri, client.pod.id), ip, str(APP_PORT), "request"]
+        res = node.run(["python3", "-c", CLIENT, *args], timeout=30)
+        assert res.returncode == 0, res
+        _, client_ip, client_port = res.stdout.splitlines()[0].split()
+        assert res.stdout.splitlines()[1].startswith("count="), res.stdout
+        peer = f"{client_ip}:{client_port} "
+
+        hit = mon.wait(lambda d: any(c.startswith(peer) for c in d["closed"]), first)
+        doc = mon.doc(hit)
+        assert doc["last_activity"] > mon.doc(first)["last_activity"], doc
+        assert f" {peer}" in doc["reason"], doc
+        listed = node.run(["python3", "-c", DUMP, netns, str(APP_PORT)], check=True).stdout
+        assert peer not in listed, f"the server closed first after all: {listed}"
+    finally:
+        mon.close()
