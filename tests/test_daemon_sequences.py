@@ -39,6 +39,7 @@ async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_r
     await world.scaler.wake(KEY, "test")
     assert world.rec.calls == [
         ("restore", "app", f"/images/{app.identity.container_id}"),
+        ("listening", (8080,)),
         ("unit_stop", SOCKET),
         ("image_remove", app.identity.container_id),
     ]

@@ -116,6 +116,7 @@ class IdleLoops:
     async def _run(self, key: PodKey) -> None:
         sockets: Any = None
         tracker: Any = None
+        last_error = ""
         try:
             while True:
                 await asyncio.sleep(self.interval)
@@ -134,10 +135,13 @@ class IdleLoops:
                     ports = await asyncio.to_thread(watched_ports, containers, self._detect)
                     snapshot = await asyncio.to_thread(sockets.snapshot, ports)
                 except OSError as err:
-                    self.journal.warning(
-                        f"{key.label}: activity unreadable: {err}", unit=key.service
-                    )
+                    if str(err) != last_error:  # once per distinct problem, not every second
+                        self.journal.warning(
+                            f"{key.label}: activity unreadable: {err}", unit=key.service
+                        )
+                    last_error = str(err)
                     continue
+                last_error = ""
                 now = self.clock()
                 if tracker is None:
                     tracker = self._make_tracker(now)

@@ -107,6 +107,26 @@ class HostNetwork:
     async def share_listeners(self, pid: int, ports: Sequence[int]) -> list[HeldPort]:
         return await asyncio.to_thread(_share_listeners, pid, tuple(ports))
 
+    async def wait_listening(self, netns: str, ports: Sequence[int], timeout: float) -> int:
+        from zeropod.activity.sockdiag import PodSockets, split
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sockets = await asyncio.to_thread(PodSockets, netns)
+        try:
+            polls = 0
+            while True:
+                listeners, _ = split(await asyncio.to_thread(sockets.dump), ports)
+                per_port = [sum(1 for x in listeners if x.local_port == p) for p in ports]
+                if all(count >= 2 for count in per_port):
+                    return polls
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"ports {list(ports)}: listeners per port {per_port}")
+                polls += 1
+                await asyncio.sleep(0.005)
+        finally:
+            sockets.close()
+
 
 def _share_listeners(pid: int, ports: tuple[int, ...]) -> list[HeldPort]:
     from zeropod.sockets.listeners import listeners

@@ -127,6 +127,11 @@ class Scaler:
             held.close()
             return
         pod = self.pods.get(key)
+        if pod_phase(self.pods.scaled(key)) is Phase.RUNNING:
+            # A late activation after the wake (systemd re-triggered before the stop): the
+            # app listens again, so our copies must go for the queue to migrate to it.
+            held.close()
+            return
         if pod.handoff is not None:
             pod.handoff.close()
         pod.handoff = held
@@ -160,6 +165,8 @@ class Scaler:
             await self._wake_quietly(pod.key, f"hand-off watch failed: {err}")
         finally:
             gone.cancel()
+            if pod.handoff is not held:
+                held.close()  # released or replaced meanwhile: never keep a stale copy
 
     async def _serve_probes(self, pod: Pod, held: HeldSockets, listener: socket.socket) -> bool:
         """One round: True to keep watching, False once a wake has been asked for."""

@@ -141,9 +141,6 @@ async def _give_up(
     timer: StepTimer,
 ) -> None:
     """Step 5 on failure: bring back what was dumped, release the ports, all RUNNING."""
-    if pod.handoff is not None:  # a client came during the dump: it goes to the app
-        pod.handoff.close()
-        pod.handoff = None
     for container in dumped:
         container.phase.transition(Phase.SCALED_DOWN, "checkpointed")
         container.phase.transition(Phase.RESTORING, "another container's checkpoint failed")
@@ -163,6 +160,9 @@ async def _give_up(
             await machinery.units.stop(pod.key)
         except Exception as err:  # logged: the unit may hold ports until the next wake
             journal.error(f"{pod.key.label}: stopping {pod.key.socket} failed: {err}")
+        if pod.handoff is not None:  # a client came during the dump: it goes to the app
+            pod.handoff.close()  # after the unit stop, as in wake.py
+            pod.handoff = None
     pod.held_ports = ()
     for container in containers:
         if container.phase.phase is Phase.CHECKPOINTING:

@@ -70,6 +70,11 @@ class Network(Protocol):
         return them; raises OSError."""
         ...
 
+    async def wait_listening(self, netns: str, ports: Sequence[int], timeout: float) -> int:
+        """Wait until each of ``ports`` has a listener besides the holder's (the restored
+        app); return how many polls that took beyond the first. Raises TimeoutError."""
+        ...
+
 
 class SocketUnits(Protocol):
     """The pod's transient socket unit and its activated service."""

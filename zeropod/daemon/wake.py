@@ -6,9 +6,12 @@ The steps, as in docs/scale-to-zero.md ("Wake"); probes were already answered by
 1. Shim ``restore`` of each scaled container while the held sockets still listen (the
    restored socket joins their reuseport group). No image (disable-checkpointing) or a
    failed restore: the shim starts the container cold; logged and counted.
-2. Release the held sockets: close the daemon's copies, end the activated service's
-   connection, stop the socket unit. With ``tcp_migrate_req=1`` every pending connection
-   moves to the app.
+2. Release the held sockets: stop the socket unit (and the activated service), then close
+   the daemon's copies and end the activator's connection. With ``tcp_migrate_req=1`` every
+   pending connection moves to the app when the last copy closes. The order matters
+   (measured): when the activated service exits first, systemd sees the socket readable
+   again with its stop job pending and flushes it, accepting and closing (resetting) every
+   pending connection; while the service runs systemd does not watch the socket.
 3. Delete the images of good restores. Phase RUNNING; journal: restore ms and wake ms.
 
 The caller holds the pod's lock. A container neither restored nor cold-started is FAILED (a
@@ -25,6 +28,9 @@ from zeropod.daemon.pods import Pod
 from zeropod.daemon.registry import Container
 from zeropod.daemon.steps import Machinery, ShimError, StepTimer
 from zeropod.journal import Journal
+
+LISTEN_TIMEOUT = 2.0
+"""Seconds to wait for the restored app's listeners before releasing the held ones anyway."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,28 @@ async def wake_pod(
         else:
             errors.append(error)
 
+    # 1b: the restored app listens next to the holder, or the queue would have no taker.
+    ports = sorted({p.port for p in pod.held_ports})
+    polls = 0
+    if restored and ports:
+        with timer.step("listening"):
+            try:
+                polls = await machinery.network.wait_listening(
+                    restored[0].identity.netns, ports, LISTEN_TIMEOUT
+                )
+            except (OSError, TimeoutError) as err:
+                polls = -1
+                journal.warning(f"{pod.key.label}: the restored app does not listen yet: {err}")
+
     # 2: release the held sockets; pending connections migrate to the app.
     with timer.step("release"):
-        if pod.handoff is not None:
-            pod.handoff.close()
-            pod.handoff = None
         try:
             await machinery.units.stop(pod.key)
         except Exception as err:  # the unit keeps the ports: a client may wait, log it loudly
             errors.append(f"stopping {pod.key.socket} failed: {err}")
+        if pod.handoff is not None:
+            pod.handoff.close()
+            pod.handoff = None
         pod.held_ports = ()
 
     # 3: clean up and report.
@@ -81,6 +100,7 @@ async def wake_pod(
             f"(restore {container.measured.last_restore_ms:g} ms)",
             wake_ms=wake_ms,
             restore_ms=container.measured.last_restore_ms,
+            listen_polls=polls,
             **timer.fields(),
             **container.journal_fields(),
         )
