@@ -14,11 +14,17 @@ printing the tracker's view every 0.2 s. Traffic comes from three places:
 
 Only the first may count. The monitor also lists the connections it ignored, so the tests
 show the node's and the loopback's requests were seen and excluded, not missed.
+
+The last test needs root but not the node: it checks the kernel side of `PodSockets` (accept
+queue, tcp_info bytes, destroy events) in a private netns of a helper thread on the host.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import socket
 import subprocess
 import threading
 import uuid
@@ -27,10 +33,17 @@ from typing import Any
 
 import pytest
 
-from e2e.cri import ContainerSpec, Cri, RunningPod
+from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for
 from e2e.images import APP_PORT
 from e2e.node import NODE_SCRIPTS, Node
 from zeropod._gen.cri.runtime.v1 import api_pb2 as api
+from zeropod.activity.sockdiag import (
+    CLONE_NEWNET,
+    Connection,
+    PodSockets,
+    TcpState,
+    run_in_netns,
+)
 
 INTERVAL = 0.2
 # Polls to wait after a request that must *not* count, so its close has surely been seen.
@@ -293,3 +306,74 @@ def test_short_connection_between_slow_polls_is_seen(
         assert peer not in listed, f"the server closed first after all: {listed}"
     finally:
         mon.close()
+
+
+# --- the kernel side on the host, without the node: a private netns of a helper thread ---
+
+
+@pytest.fixture
+def private_netns() -> Iterator[str]:
+    """A fresh network namespace with loopback up, as a path (/proc/self/fd/N); needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare CLONE_NEWNET)")
+    iproute = pytest.importorskip("pyroute2").IPRoute
+    box: dict[str, Any] = {}
+
+    def enter() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+            with iproute() as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            box["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except Exception as err:  # raised again in the test's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield f"/proc/self/fd/{box['fd']}"
+    finally:
+        os.close(box["fd"])
+
+
+def test_pod_sockets_see_queue_bytes_and_freed_connections(private_netns: str) -> None:
+    server = run_in_netns(private_netns, lambda: socket.create_server(("127.0.0.1", 0)))
+    port = server.getsockname()[1]
+    with server, PodSockets(private_netns) as pod:
+        snap = pod.snapshot({port})
+        assert [(li.local_port, li.accept_queue) for li in snap.listeners] == [(port, 0)]
+        assert snap.connections == snap.closed == ()
+
+        client = run_in_netns(private_netns, lambda: socket.create_connection(("127.0.0.1", port)))
+        client_port = client.getsockname()[1]
+        snap = pod.snapshot({port})
+        assert [li.accept_queue for li in snap.listeners] == [1]
+        (conn,) = snap.connections
+        assert (conn.state, str(conn.remote_addr), conn.remote_port) == (
+            TcpState.ESTABLISHED,
+            "127.0.0.1",
+            client_port,
+        )
+
+        accepted, _ = server.accept()
+        client.sendall(b"0123456789")
+        assert accepted.recv(10) == b"0123456789"
+        (conn,) = pod.snapshot({port}).connections
+        assert (conn.bytes_received, conn.last_data_recv_ms is not None) == (10, True)
+
+        client.close()  # the client closes first: the server side leaves no TIME_WAIT
+        accepted.close()
+        freed: list[Connection] = []
+
+        def seen_freed() -> bool:
+            snap = pod.snapshot({port})
+            freed.extend(snap.closed)
+            return any(c.remote_port == client_port for c in freed) and not snap.connections
+
+        wait_for(seen_freed, 10, 0.05, what="the destroy event of the server-side socket")
+        assert all(c.state is TcpState.CLOSE for c in freed), freed
