@@ -341,22 +341,38 @@ def private_netns() -> Iterator[str]:
         os.close(box["fd"])
 
 
-def test_pod_sockets_see_queue_bytes_and_freed_connections(private_netns: str) -> None:
-    server = run_in_netns(private_netns, lambda: socket.create_server(("127.0.0.1", 0)))
+@pytest.mark.parametrize(
+    ("listen", "connect", "family"),
+    [
+        ("127.0.0.1", "127.0.0.1", socket.AF_INET),
+        ("::1", "::1", socket.AF_INET6),
+        ("::", "127.0.0.1", socket.AF_INET6),  # dual-stack: the client shows as plain IPv4
+    ],
+    ids=["ipv4", "ipv6", "dual-stack"],
+)
+def test_pod_sockets_see_queue_bytes_and_freed_connections(
+    private_netns: str, listen: str, connect: str, family: int
+) -> None:
+    server = run_in_netns(
+        private_netns,
+        lambda: socket.create_server((listen, 0), family=family, dualstack_ipv6=listen == "::"),
+    )
     port = server.getsockname()[1]
     with server, PodSockets(private_netns) as pod:
         snap = pod.snapshot({port})
-        assert [(li.local_port, li.accept_queue) for li in snap.listeners] == [(port, 0)]
+        assert [(li.family, li.local_port, li.accept_queue) for li in snap.listeners] == [
+            (family, port, 0)
+        ]
         assert snap.connections == snap.closed == ()
 
-        client = run_in_netns(private_netns, lambda: socket.create_connection(("127.0.0.1", port)))
+        client = run_in_netns(private_netns, lambda: socket.create_connection((connect, port)))
         client_port = client.getsockname()[1]
         snap = pod.snapshot({port})
         assert [li.accept_queue for li in snap.listeners] == [1]
         (conn,) = snap.connections
         assert (conn.state, str(conn.remote_addr), conn.remote_port) == (
             TcpState.ESTABLISHED,
-            "127.0.0.1",
+            connect,
             client_port,
         )
 

@@ -36,7 +36,11 @@ def _ports(value: str) -> frozenset[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m zeropod.activity", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python3 -m zeropod.activity",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("netns", help="the pod's network namespace, e.g. /proc/PID/ns/net")
     p.add_argument("--ports", type=_ports, required=True, help="watched ports, e.g. 80,8080")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")

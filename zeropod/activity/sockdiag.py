@@ -266,7 +266,8 @@ class PodSockets:
         try:
             self._dump, self._events = run_in_netns(netns_path, _open_sockets)
         except OSError as err:
-            raise OSError(err.errno, f"sock_diag in netns {netns_path}: {err}") from err
+            reason = err.strerror or str(err)
+            raise OSError(err.errno, f"sock_diag in netns {netns_path}: {reason}") from err
 
     def close(self) -> None:
         self._dump.close()
