@@ -64,8 +64,10 @@ class FakeNetwork:
         self.rec.calls.append(("reuseport", pid, tuple(ports)))
         return [PORT]
 
-    async def wait_listening(self, netns: str, ports: Sequence[int], timeout: float) -> int:
-        self.rec.calls.append(("listening", tuple(ports)))
+    async def wait_listening(
+        self, netns: str, ports: Sequence[int], count: int, timeout: float
+    ) -> int:
+        self.rec.calls.append(("listening", tuple(ports), count))
         return 0
 
 

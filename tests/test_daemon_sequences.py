@@ -39,7 +39,7 @@ async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_r
     await world.scaler.wake(KEY, "test")
     assert world.rec.calls == [
         ("restore", "app", f"/images/{app.identity.container_id}"),
-        ("listening", (8080,)),
+        ("listening", (8080,), 2),
         ("unit_stop", SOCKET),
         ("image_remove", app.identity.container_id),
     ]
@@ -134,8 +134,15 @@ async def test_disable_checkpointing_stops_and_cold_starts() -> None:
     world.register(annotations={DISABLE_CHECKPOINTING: "true"})
     await world.scaler.sleep(KEY, "forced")
     assert ("checkpoint", "app", "stop") in world.rec.calls
+    world.rec.calls.clear()
     await world.scaler.wake(KEY, "test")
-    assert ("restore", "app", None) in world.rec.calls
+    # A cold start cannot take over the queue: release the ports first, then start.
+    assert world.rec.calls == [
+        ("unit_stop", SOCKET),
+        ("restore", "app", None),
+        ("listening", (8080,), 1),
+        ("image_remove", "id-web-1-app"),
+    ]
 
 
 async def test_only_named_containers_sleep_and_the_pod_wakes_for_an_exec() -> None:

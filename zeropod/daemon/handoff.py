@@ -55,6 +55,18 @@ class HeldSockets:
             self.connection.shutdown(socket.SHUT_RDWR)
         self.connection.close()
 
+    def drain(self) -> list[socket.socket]:
+        """Accept every connection waiting in the queues now (never blocks)."""
+        accepted: list[socket.socket] = []
+        for sock in self.sockets:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, OSError):
+                    break
+                accepted.append(conn)
+        return accepted
+
     async def readable(self) -> socket.socket:
         """Wait until one of the sockets has a connection queued; return that socket."""
         loop = asyncio.get_running_loop()

@@ -107,7 +107,9 @@ class HostNetwork:
     async def share_listeners(self, pid: int, ports: Sequence[int]) -> list[HeldPort]:
         return await asyncio.to_thread(_share_listeners, pid, tuple(ports))
 
-    async def wait_listening(self, netns: str, ports: Sequence[int], timeout: float) -> int:
+    async def wait_listening(
+        self, netns: str, ports: Sequence[int], count: int, timeout: float
+    ) -> int:
         from zeropod.activity.sockdiag import PodSockets, split
 
         loop = asyncio.get_running_loop()
@@ -118,7 +120,7 @@ class HostNetwork:
             while True:
                 listeners, _ = split(await asyncio.to_thread(sockets.dump), ports)
                 per_port = [sum(1 for x in listeners if x.local_port == p) for p in ports]
-                if all(count >= 2 for count in per_port):
+                if all(n >= count for n in per_port):
                     return polls
                 if loop.time() >= deadline:
                     raise TimeoutError(f"ports {list(ports)}: listeners per port {per_port}")

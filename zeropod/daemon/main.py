@@ -65,7 +65,12 @@ def _reload(service: ControlService, journal: Journal) -> None:
     """Bring back the containers saved before a restart (see zeropod.daemon.state)."""
     assert service.store is not None
     for saved in service.store.load(journal.error):
-        phase = recovered_phase(saved.phase, pid_alive(saved.pid))
+        alive = pid_alive(saved.pid)
+        if saved.phase is Phase.RUNNING and not alive:
+            # Its task ended while the daemon was down; a live one is re-registered by its shim.
+            service.store.remove(saved.identity.container_id)
+            continue
+        phase = recovered_phase(saved.phase, alive)
         container = service.restore_container(saved.identity, saved.pid, saved.annotations, phase)
         container.measured.last_checkpoint_ms = saved.last_checkpoint_ms
         container.measured.last_restore_ms = saved.last_restore_ms

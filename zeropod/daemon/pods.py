@@ -93,6 +93,10 @@ class Handoff(Protocol):
         """Close the daemon's copies of the held sockets and end the activator's connection."""
         ...
 
+    def drain(self) -> list[socket.socket]:
+        """Accept every connection waiting in the held sockets' queues (never blocks)."""
+        ...
+
 
 @dataclass
 class Pod:

@@ -17,6 +17,19 @@ import socket
 from zeropod.netns.sysctl import run_in_netns
 
 CONNECT_TIMEOUT = 5.0
+_RELAYS: set[asyncio.Task[None]] = set()
+
+
+def relay_in_background(client: socket.socket, netns: str) -> None:
+    """Relay ``client`` to the app in a task of its own (kept until the relay ends)."""
+    task = asyncio.create_task(_relay_quietly(client, netns))
+    _RELAYS.add(task)
+    task.add_done_callback(_RELAYS.discard)
+
+
+async def _relay_quietly(client: socket.socket, netns: str) -> None:
+    with contextlib.suppress(OSError, TimeoutError):
+        await relay(client, b"", netns)
 
 
 def target_address(family: int, address: str) -> str:

@@ -110,6 +110,7 @@ class Container:
             "pid": self.pid,
             "state": self.phase.phase.value,
             "since": iso_time(self.phase.since),
+            "unit": self.unit,
             "managed": self.managed,
             "unmanaged_reason": self.unmanaged_reason,
             "ports": list(self.ports),

@@ -70,9 +70,12 @@ class Network(Protocol):
         return them; raises OSError."""
         ...
 
-    async def wait_listening(self, netns: str, ports: Sequence[int], timeout: float) -> int:
-        """Wait until each of ``ports`` has a listener besides the holder's (the restored
-        app); return how many polls that took beyond the first. Raises TimeoutError."""
+    async def wait_listening(
+        self, netns: str, ports: Sequence[int], count: int, timeout: float
+    ) -> int:
+        """Wait until each of ``ports`` has ``count`` listeners (2: the holder and the
+        restored app; 1: a cold-started app alone); return how many polls that took beyond
+        the first. Raises TimeoutError."""
         ...
 
 

@@ -7,11 +7,13 @@ The steps, as in docs/scale-to-zero.md ("Wake"); probes were already answered by
    restored socket joins their reuseport group). No image (disable-checkpointing) or a
    failed restore: the shim starts the container cold; logged and counted.
 2. Release the held sockets: stop the socket unit (and the activated service), then close
-   the daemon's copies and end the activator's connection. With ``tcp_migrate_req=1`` every
-   pending connection moves to the app when the last copy closes. The order matters
-   (measured): when the activated service exits first, systemd sees the socket readable
-   again with its stop job pending and flushes it, accepting and closing (resetting) every
-   pending connection; while the service runs systemd does not watch the socket.
+   the daemon's copies and end the activator's connection (in this order, see
+   :func:`_release`). With ``tcp_migrate_req=1`` every pending connection moves to the app
+   when the last copy closes.
+
+A cold start (disable-checkpointing, or no image) cannot take over the queue: the clients
+waiting in it are accepted first, the ports released, the app started, and the clients
+relayed to it (:mod:`zeropod.daemon.proxy`).
 3. Delete the images of good restores. Phase RUNNING; journal: restore ms and wake ms.
 
 The caller holds the pod's lock. A container neither restored nor cold-started is FAILED (a
@@ -21,8 +23,10 @@ left waiting forever.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
+from zeropod.daemon import proxy
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import Pod
 from zeropod.daemon.registry import Container
@@ -54,41 +58,51 @@ async def wake_pod(
     timer = StepTimer()
     for container in containers:
         container.phase.transition(Phase.RESTORING, reason)
-
-    # 1: restore while the held sockets listen.
-    restored: list[Container] = []
+    images = {c.identity.container_id: _image_dir(c, machinery) for c in containers}
+    cold = any(image is None for image in images.values())
+    ports = sorted({p.port for p in pod.held_ports})
+    netns = containers[0].identity.netns
     errors: list[str] = []
+
+    # 1 (cold start only): a fresh app binds without SO_REUSEPORT, so it can neither join
+    # the holder's group nor bind while the holder listens. Take the waiting clients out of
+    # the queue first, release the ports, and relay the clients once the app listens.
+    drained: list[socket.socket] = []
+    if cold:
+        with timer.step("drain"):
+            drained = pod.handoff.drain() if pod.handoff is not None else []
+            errors += await _release(pod, machinery)
+
+    # 1: restore (or start cold) while the held sockets still listen.
+    restored: list[Container] = []
     for container in containers:
         with timer.step(f"restore_{container.identity.container}"):
-            error = await _restore(container, machinery, journal)
+            error = await _restore(
+                container, images[container.identity.container_id], machinery, journal
+            )
         if error is None:
             restored.append(container)
         else:
             errors.append(error)
 
-    # 1b: the restored app listens next to the holder, or the queue would have no taker.
-    ports = sorted({p.port for p in pod.held_ports})
+    # 1b: the app listens (next to the holder), or the queue would have no taker.
     polls = 0
     if restored and ports:
         with timer.step("listening"):
             try:
                 polls = await machinery.network.wait_listening(
-                    restored[0].identity.netns, ports, LISTEN_TIMEOUT
+                    netns, ports, 1 if cold else 2, LISTEN_TIMEOUT
                 )
             except (OSError, TimeoutError) as err:
                 polls = -1
-                journal.warning(f"{pod.key.label}: the restored app does not listen yet: {err}")
+                journal.warning(f"{pod.key.label}: the woken app does not listen yet: {err}")
 
     # 2: release the held sockets; pending connections migrate to the app.
-    with timer.step("release"):
-        try:
-            await machinery.units.stop(pod.key)
-        except Exception as err:  # the unit keeps the ports: a client may wait, log it loudly
-            errors.append(f"stopping {pod.key.socket} failed: {err}")
-        if pod.handoff is not None:
-            pod.handoff.close()
-            pod.handoff = None
-        pod.held_ports = ()
+    if not cold:
+        with timer.step("release"):
+            errors += await _release(pod, machinery)
+    for client in drained:
+        proxy.relay_in_background(client, netns)
 
     # 3: clean up and report.
     wake_ms = timer.total_ms()
@@ -97,10 +111,11 @@ async def wake_pod(
         container.phase.transition(Phase.RUNNING, f"woken ({reason})")
         journal.info(
             f"{container.identity.label}: woke in {wake_ms:g} ms "
-            f"(restore {container.measured.last_restore_ms:g} ms)",
+            f"({'cold start' if cold else 'restore'} {container.measured.last_restore_ms:g} ms)",
             wake_ms=wake_ms,
             restore_ms=container.measured.last_restore_ms,
             listen_polls=polls,
+            relayed=len(drained),
             **timer.fields(),
             **container.journal_fields(),
         )
@@ -116,11 +131,37 @@ async def wake_pod(
     return WakeOutcome(not errors, timer.steps, wake_ms, "; ".join(errors) or None)
 
 
-async def _restore(container: Container, machinery: Machinery, journal: Journal) -> str | None:
+async def _release(pod: Pod, machinery: Machinery) -> list[str]:
+    """Stop the socket unit (and the activated service), then close the daemon's copies.
+
+    The daemon's copy must be the last one closed: when the activated service exits first,
+    systemd sees the socket readable with a stop pending and flushes it (accepts and closes,
+    resetting every waiting client; measured). While the service runs, systemd does not
+    watch the socket.
+    """
+    errors: list[str] = []
+    try:
+        await machinery.units.stop(pod.key)
+    except Exception as err:  # the unit keeps the ports: a client may wait, log it loudly
+        errors.append(f"stopping {pod.key.socket} failed: {err}")
+    if pod.handoff is not None:
+        pod.handoff.close()
+        pod.handoff = None
+    pod.held_ports = ()
+    return errors
+
+
+def _image_dir(container: Container, machinery: Machinery) -> str | None:
+    """The image to restore from; None means a cold start (disable-checkpointing, or none)."""
+    if container.config is not None and container.config.disable_checkpointing:
+        return None
+    return machinery.images.path(container.identity.container_id)
+
+
+async def _restore(
+    container: Container, image_dir: str | None, machinery: Machinery, journal: Journal
+) -> str | None:
     """Step 1 for one container; returns an error when it does not run afterwards."""
-    container_id = container.identity.container_id
-    stops = container.config is not None and container.config.disable_checkpointing
-    image_dir = None if stops else machinery.images.path(container_id)
     try:
         reply = await machinery.shim.restore(container, image_dir)
     except ShimError as err:
