@@ -364,6 +364,8 @@ def test_pod_sockets_see_queue_bytes_and_freed_connections(
             (family, port, 0)
         ]
         assert snap.connections == snap.closed == ()
+        # Nothing accepted since: no dump needed (the PassiveOpens counter did not move).
+        assert pod.snapshot({port}).listeners == snap.listeners and pod.dumps == 1
 
         client = run_in_netns(private_netns, lambda: socket.create_connection((connect, port)))
         client_port = client.getsockname()[1]
@@ -393,3 +395,5 @@ def test_pod_sockets_see_queue_bytes_and_freed_connections(
 
         wait_for(seen_freed, 10, 0.05, what="the destroy event of the server-side socket")
         assert all(c.state is TcpState.CLOSE for c in freed), freed
+        dumps = pod.dumps
+        assert pod.snapshot({port}).connections == () and pod.dumps == dumps  # idle again

@@ -176,11 +176,18 @@ class FakeEvents:
         pass
 
 
-def fake_pod_sockets(dump: FakeDump, events: FakeEvents) -> sockdiag.PodSockets:
+def fake_pod_sockets(
+    dump: FakeDump, events: FakeEvents, opens: list[int | None] | None = None
+) -> sockdiag.PodSockets:
+    """A PodSockets on fakes; OPENS are the PassiveOpens readings, one per snapshot."""
     pod = object.__new__(sockdiag.PodSockets)
     pod.netns_path = "/fake"
     pod._states = sockdiag.SS_ALL
+    pod._dump_again, pod._dumped_ports, pod._dumped_opens = True, frozenset(), None
+    pod._listeners, pod.dumps, pod._snmp = (), 0, -1
     pod._dump, pod._events = dump, events  # type: ignore[assignment]
+    readings = list(opens or [])
+    pod.passive_opens = lambda: readings.pop(0) if readings else None  # type: ignore[method-assign]
     return pod
 
 
@@ -216,3 +223,58 @@ def test_other_event_socket_errors_propagate() -> None:
 def test_node_networks_lists_own_loopback() -> None:
     pytest.importorskip("pyroute2")
     assert ipaddress.ip_network("127.0.0.1/32") in sources.node_networks()
+
+
+SNMP = """Ip: Forwarding DefaultTTL InReceives
+Ip: 1 64 42
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails
+Tcp: 1 200 120000 -1 3 17 0
+Udp: InDatagrams NoPorts
+Udp: 0 0
+"""
+
+
+def test_passive_opens_parses_proc_net_snmp() -> None:
+    assert sockdiag.passive_opens(SNMP) == 17
+
+
+def test_passive_opens_missing_counter_raises() -> None:
+    with pytest.raises(ValueError, match="PassiveOpens"):
+        sockdiag.passive_opens("Ip: Forwarding\nIp: 1\n")
+
+
+LISTEN = FakeMsg(idiag_state=10)
+OPEN = FakeMsg(INFO)
+TIME_WAIT = FakeMsg(idiag_state=6, idiag_timer=3)
+
+
+@pytest.mark.parametrize(
+    ("msgs", "opens", "ports", "dumps"),
+    [
+        ([LISTEN], [5, 5, 5], [{8080}] * 3, 1),  # idle: one dump, then the counter says no
+        ([LISTEN], [5, 6, 6], [{8080}] * 3, 2),  # a connection was accepted in between
+        ([LISTEN, TIME_WAIT], [5, 5], [{8080}] * 2, 1),  # closed ones need no second look
+        ([LISTEN, OPEN], [5, 5, 5], [{8080}] * 3, 3),  # open: watch it until it goes
+        ([LISTEN], [5, 5], [{8080}, {8080, 9090}], 2),  # other ports asked for
+        ([LISTEN], [None, None], [{8080}] * 2, 2),  # counter unreadable: always dump
+    ],
+    ids=["idle", "accepted", "time-wait", "open", "ports-changed", "no-counter"],
+)
+def test_dump_only_when_something_can_be_new(
+    msgs: list[FakeMsg], opens: list[int | None], ports: list[set[int]], dumps: int
+) -> None:
+    pod = fake_pod_sockets(FakeDump(msgs), FakeEvents([]), opens)
+    snaps = [pod.snapshot(p) for p in ports]
+    assert pod.dumps == dumps
+    # A skipped dump still reports the listeners of the last one.
+    assert all([li.local_port for li in s.listeners] == [8080] for s in snaps)
+
+
+def test_skipped_dump_still_reports_freed_connections() -> None:
+    events = FakeEvents([])
+    pod = fake_pod_sockets(FakeDump([LISTEN]), events, [5, 5])
+    pod.snapshot({8080})
+    events.queue.append([FakeMsg(idiag_state=7, idiag_dport=41000)])
+    snap = pod.snapshot({8080})
+    assert pod.dumps == 1
+    assert [c.remote_port for c in snap.closed] == [41000]

@@ -29,7 +29,8 @@ however short it lived; the poll only drains them. The alternatives were weaker:
 entry exists only when the server closed first (a client that closes first leaves nothing
 behind a moment later); the netns-wide ``Tcp: PassiveOpens`` counter sees every accepted
 connection but not where it came from, so kubelet's TCP and HTTP probes would keep every pod
-awake; a listener's tcp_info has its queue length but no count of accepted connections.
+awake (sockdiag uses it only to skip dumps that cannot show anything new); a listener's
+tcp_info has its queue length but no count of accepted connections.
 TIME_WAIT entries serve one case: the first snapshot of a netns lists them (later ones do
 not, see sockdiag), so after a daemon restart they date the server-closed connections of the
 last minute, which no destroy event will report any more.
