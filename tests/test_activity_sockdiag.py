@@ -278,3 +278,41 @@ def test_skipped_dump_still_reports_freed_connections() -> None:
     snap = pod.snapshot({8080})
     assert pod.dumps == 1
     assert [c.remote_port for c in snap.closed] == [41000]
+
+
+class FakeNode:
+    """The node's addresses as READ returns them, changed by the test; counts the reads."""
+
+    def __init__(self, *networks: str) -> None:
+        self.networks = [ipaddress.ip_network(n) for n in networks]
+        self.reads = 0
+        self.fail = False
+
+    def read(self) -> tuple[sources.Network, ...]:
+        self.reads += 1
+        if self.fail:
+            raise OSError(105, "No buffer space available")
+        return tuple(self.networks)
+
+
+def test_excluded_sources_follow_new_node_addresses() -> None:
+    node, now = FakeNode("192.168.1.5/32"), [0.0]
+    exc = sources.ExcludedSources(sources.LOOPBACK, node.read, 1.0, lambda: now[0])
+    bridge = ipaddress.ip_address("10.88.0.1")
+    assert ipaddress.ip_address("127.0.0.1") in exc and node.reads == 1
+    assert bridge not in exc  # read less than a second ago: not again
+    node.networks.append(ipaddress.ip_network("10.88.0.1/32"))  # the first pod's CNI bridge
+    assert bridge not in exc and node.reads == 1
+    now[0] = 1.5
+    assert bridge in exc and node.reads == 2
+    assert sources.excluded(ipaddress.ip_address("::ffff:10.88.0.1"), exc)
+    assert ipaddress.ip_network("10.88.0.1/32") in list(exc)
+
+
+def test_excluded_sources_keep_the_last_list_when_a_read_fails() -> None:
+    node, now = FakeNode("10.88.0.1/32"), [0.0]
+    exc = sources.ExcludedSources((), node.read, 1.0, lambda: now[0])
+    node.fail, now[0] = True, 5.0
+    assert ipaddress.ip_address("10.0.0.9") not in exc
+    assert isinstance(exc.error, OSError)
+    assert ipaddress.ip_address("10.88.0.1") in exc

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from zeropod.activity.sockdiag import Connection, Snapshot, TcpState
-from zeropod.activity.sources import LOOPBACK
+from zeropod.activity.sources import LOOPBACK, ExcludedSources
 from zeropod.activity.tracker import ActivityTracker
 
 POD = "10.88.0.31"
@@ -164,3 +164,14 @@ def test_default_excludes_only_loopback() -> None:
     assert tracker.idle_for(3) == 0
     tracker.observe(snap(conn("127.0.0.1", local="127.0.0.1")), 4)
     assert tracker.idle_for(10) == 7
+
+
+def test_node_address_that_appears_later_does_not_count() -> None:
+    node = [ipaddress.ip_network("192.168.1.5/32")]
+    now = [0.0]
+    exc = ExcludedSources(LOOPBACK, lambda: tuple(node), 1.0, lambda: now[0])
+    tracker = ActivityTracker(0.0, exc)
+    node.append(NODE)  # the CNI bridge comes up with the first pod
+    now[0] = 3.0
+    tracker.observe(snap(conn("10.88.0.1")), 3.0)
+    assert tracker.idle_for(3.0) == 3.0

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from zeropod.activity.sockdiag import PodSockets, Snapshot
-from zeropod.activity.sources import LOOPBACK, node_networks, parse_networks
+from zeropod.activity.sources import LOOPBACK, ExcludedSources, Network, parse_networks
 from zeropod.activity.tracker import ActivityTracker
 
 
@@ -73,9 +73,11 @@ def line(seq: int, tracker: ActivityTracker, snap: Snapshot, now: float) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    networks = LOOPBACK + parse_networks("--exclude", args.exclude)
+    networks: tuple[Network, ...] | ExcludedSources = LOOPBACK + parse_networks(
+        "--exclude", args.exclude
+    )
     if not args.no_node:
-        networks += node_networks()
+        networks = ExcludedSources(networks)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

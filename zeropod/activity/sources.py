@@ -3,14 +3,16 @@
 kubelet reaches a pod from the node's own network namespace, so its probes arrive from one of
 the node's addresses (on the test node: 10.88.0.1, the CNI bridge). Traffic inside the pod
 arrives from loopback. Neither should keep a container awake. :func:`node_networks` lists the
-addresses of the namespace it is called in (the daemon runs in the node's), and
-:func:`parse_networks` reads an operator's extra list.
+addresses of the namespace it is called in (the daemon runs in the node's);
+:class:`ExcludedSources` keeps that list current, since the CNI bridge only appears with the
+first pod, after the daemon started; :func:`parse_networks` reads an operator's extra list.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -53,8 +55,64 @@ def node_networks() -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(a) for a in addrs if a)
 
 
-def excluded(addr: IPAddress, networks: Iterable[Network]) -> bool:
-    """True when ADDR (an IPv4-mapped IPv6 address as its IPv4 one) lies in one of NETWORKS."""
+def _in(addr: IPAddress, networks: Iterable[Network]) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr.version == net.version and addr in net for net in networks)
+
+
+class ExcludedSources:
+    """Fixed NETWORKS plus the node's own addresses, kept current.
+
+    The node's addresses change after the daemon starts: the CNI bridge (kubelet's source
+    towards bridged pods) appears with the first pod. So an address not among them makes
+    them be read again (READ, default :func:`node_networks`), at most once per
+    REFRESH_SECONDS on CLOCK. A failed read keeps the last list; ``error`` says why.
+    Iterating yields the networks as last read.
+    """
+
+    def __init__(
+        self,
+        networks: Iterable[Network] = LOOPBACK,
+        read: Callable[[], tuple[Network, ...]] = node_networks,
+        refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fixed = tuple(networks)
+        self._read = read
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._node: tuple[Network, ...] = ()
+        self._read_at: float | None = None
+        self.error: OSError | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the node's addresses now."""
+        self._read_at = self._clock()
+        try:
+            self._node = self._read()
+            self.error = None
+        except OSError as err:
+            self.error = err
+
+    def __iter__(self) -> Iterator[Network]:
+        return iter(self.fixed + self._node)
+
+    def __contains__(self, addr: IPAddress) -> bool:
+        if _in(addr, self.fixed) or _in(addr, self._node):
+            return True
+        if self._read_at is not None and self._clock() - self._read_at < self._refresh_seconds:
+            return False
+        self.refresh()
+        return _in(addr, self._node)
+
+
+def excluded(addr: IPAddress, networks: Iterable[Network] | ExcludedSources) -> bool:
+    """True when ADDR (an IPv4-mapped IPv6 address as its IPv4 one) lies in one of NETWORKS.
+
+    With an :class:`ExcludedSources`, an address not yet known may re-read the node's.
+    """
+    if isinstance(networks, ExcludedSources):
+        return addr in networks
+    return _in(addr, networks)

@@ -56,7 +56,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from zeropod.activity.sockdiag import Connection, Snapshot, TcpState
-from zeropod.activity.sources import LOOPBACK, Network, excluded
+from zeropod.activity.sources import LOOPBACK, ExcludedSources, Network, excluded
 
 # Linux's TCP_TIMEWAIT_LEN: how long a TIME_WAIT entry lives.
 TIME_WAIT_SECONDS = 60.0
@@ -74,12 +74,21 @@ class Activity:
 class ActivityTracker:
     """Idle tracking for one container's ports; times are seconds on one monotonic clock.
 
-    STARTED_AT is when tracking began (the container counts as active then). EXCLUDED are
-    the client networks that never count (default: loopback).
+    STARTED_AT is when tracking began (the container counts as active then).
+    EXCLUDED_NETWORKS are the clients that never count (default: loopback); pass an
+    :class:`~zeropod.activity.sources.ExcludedSources` to follow the node's addresses.
     """
 
-    def __init__(self, started_at: float, excluded_networks: Iterable[Network] = LOOPBACK) -> None:
-        self.excluded_networks = tuple(excluded_networks)
+    def __init__(
+        self,
+        started_at: float,
+        excluded_networks: Iterable[Network] | ExcludedSources = LOOPBACK,
+    ) -> None:
+        self.excluded_networks: tuple[Network, ...] | ExcludedSources = (
+            excluded_networks
+            if isinstance(excluded_networks, ExcludedSources)
+            else tuple(excluded_networks)
+        )
         self._last = Activity(started_at, "tracking started")
         self._open: tuple[Connection, ...] = ()
 
