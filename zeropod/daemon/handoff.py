@@ -34,21 +34,36 @@ def activation_path(control_path: str | None = None) -> str:
 
 
 class HeldSockets:
-    """Listening sockets received from the activated service, and its connection."""
+    """Listening sockets received from the activated service, and its connection.
+
+    Waiting on them registers their fds with the event loop; :meth:`close` unregisters every
+    fd before closing it. (Closing an fd the loop still watches is a trap: the number is
+    reused by the next socket, say a control connection, and the stale registration then
+    swallows or removes that socket's reader, so the connection is never served.)
+    """
 
     def __init__(self, unit: str, sockets: list[socket.socket], connection: socket.socket) -> None:
         self.unit = unit
         self.sockets = sockets
         self.connection = connection
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched: dict[int, asyncio.Future[None]] = {}
         for sock in (*sockets, connection):
             sock.setblocking(False)
 
     def close(self) -> None:
-        """Close the daemon's copies and end the activator's connection (idempotent)."""
+        """Close the daemon's copies and end the activator's connection (idempotent).
+
+        Pending waits (:meth:`readable`, :meth:`activator_gone`) return.
+        """
         if self.closed:
             return
         self.closed = True
+        for fd, waiter in list(self._watched.items()):
+            self._unwatch(fd)
+            if not waiter.done():
+                waiter.set_result(None)
         for sock in self.sockets:
             sock.close()
         with contextlib.suppress(OSError):
@@ -59,38 +74,58 @@ class HeldSockets:
         """Accept every connection waiting in the queues now (never blocks)."""
         accepted: list[socket.socket] = []
         for sock in self.sockets:
-            while True:
+            while not self.closed:
                 try:
                     conn, _ = sock.accept()
-                except (BlockingIOError, OSError):
+                except OSError:  # BlockingIOError: the queue is empty
                     break
                 accepted.append(conn)
         return accepted
 
-    async def readable(self) -> socket.socket:
-        """Wait until one of the sockets has a connection queued; return that socket."""
+    def _watch(self, fd: int, waiter: asyncio.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, lambda: waiter.done() or waiter.set_result(None))
+        self._watched[fd] = waiter
+
+    def _unwatch(self, fd: int) -> None:
+        if self._watched.pop(fd, None) is not None and self._loop is not None:
+            self._loop.remove_reader(fd)
+
+    async def _wait_readable(self, socks: list[socket.socket]) -> socket.socket | None:
+        """The first of ``socks`` that is readable; None once closed."""
+        if self.closed:
+            return None
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[socket.socket] = loop.create_future()
-        fds = [sock.fileno() for sock in self.sockets]
-        for sock in self.sockets:
-
-            def mark(sock: socket.socket = sock) -> None:
-                if not ready.done():
-                    ready.set_result(sock)
-
-            loop.add_reader(sock.fileno(), mark)
+        waiters = {sock.fileno(): loop.create_future() for sock in socks}
+        for fd, waiter in waiters.items():
+            self._watch(fd, waiter)
         try:
-            return await ready
+            await asyncio.wait(waiters.values(), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fd in fds:
-                loop.remove_reader(fd)
+            for fd in waiters:
+                self._unwatch(fd)
+        if self.closed:
+            return None
+        return next(s for s in socks if waiters[s.fileno()].done())
+
+    async def readable(self) -> socket.socket | None:
+        """Wait until one of the sockets has a connection queued; return that socket, or
+        None when the hand-off was closed meanwhile."""
+        return await self._wait_readable(self.sockets)
 
     async def activator_gone(self) -> None:
-        """Return when the activated service closes its side (it died or was stopped)."""
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(OSError):
-            while await loop.sock_recv(self.connection, 64):
-                pass
+        """Return when the activated service closes its side (it died or was stopped), or
+        the hand-off is closed."""
+        while not self.closed:
+            if await self._wait_readable([self.connection]) is None:
+                return
+            try:
+                if not self.connection.recv(64):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
 
 
 Callback = Callable[[HeldSockets], Awaitable[None]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -66,9 +67,12 @@ def _reload(service: ControlService, journal: Journal) -> None:
     assert service.store is not None
     for saved in service.store.load(journal.error):
         alive = pid_alive(saved.pid)
-        if saved.phase is Phase.RUNNING and not alive:
-            # Its task ended while the daemon was down; a live one is re-registered by its shim.
+        shim = saved.identity.shim_socket
+        if (saved.phase is Phase.RUNNING and not alive) or (shim and not os.path.exists(shim)):
+            # Its task ended (or its shim went) while the daemon was down; a live container
+            # is re-registered by its shim anyway.
             service.store.remove(saved.identity.container_id)
+            journal.info(f"{saved.identity.label}: gone while the daemon was down, forgotten")
             continue
         phase = recovered_phase(saved.phase, alive)
         container = service.restore_container(saved.identity, saved.pid, saved.annotations, phase)
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         help="control socket path (default: $ZEROPOD_CONTROL_SOCKET or /run/zeropod/control.sock)",
     )
     args = parser.parse_args(argv)
+    # `systemctl kill -s USR1 zeropod` writes every thread's stack to the journal (stderr).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     journal = open_journal()
     path = args.socket or socket_path()
     try:

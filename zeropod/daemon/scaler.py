@@ -156,9 +156,10 @@ class Scaler:
                     ready.cancel()
                     self._drop_handoff(pod, held)
                     return
-                if held.closed:
+                listener = ready.result()
+                if held.closed or listener is None:
                     return
-                if not await self._serve_probes(pod, held, ready.result()):
+                if not await self._serve_probes(pod, held, listener):
                     return
         except Exception as err:  # a broken watch must not leave the pod asleep forever
             self.journal.error(f"{pod.key.label}: watching held sockets failed: {err!r}")
