@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,17 @@ FAKE_RUNC_SHIM = textwrap.dedent(
         asyncio.run(main())
     """
 )
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A short temporary directory: the shim's unix socket paths must fit in 107 bytes.
+
+    pytest's own (/tmp/pytest-of-root/pytest-N/<test name>/) grows with N and the test name.
+    """
+    path = Path(tempfile.mkdtemp(prefix="zp-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
