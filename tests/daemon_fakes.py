@@ -129,7 +129,7 @@ class World:
         self.pods = Pods(self.registry)
         self.connections: list[Any] = []
         self.scaler = Scaler(
-            self.pods, self.machinery, self.journal, (), lambda netns, ports: self.connections
+            self.pods, self.machinery, self.journal, tuple, lambda netns, ports: self.connections
         )
         self.service = ControlService(
             self.registry, self.journal, EventHub(), pods=self.pods, scaler=self.scaler

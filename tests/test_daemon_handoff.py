@@ -118,7 +118,7 @@ def client(port: int, request: bytes) -> bytes:
 
 async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
     world = World()
-    world.scaler.node_networks = LOOPBACK
+    world.scaler.node_networks = lambda: LOOPBACK
     app = world.register()
     key = PodKey.of(app)
     await world.scaler.sleep(key, "forced")

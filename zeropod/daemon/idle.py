@@ -73,7 +73,7 @@ class IdleLoops:
         pods: Pods,
         sleep: Callable[[PodKey, str], Any],
         journal: Journal,
-        excluded: Sequence[Any],
+        excluded: Callable[[], Sequence[Any]],
         *,
         open_sockets: Callable[[str], Any] | None = None,
         make_tracker: Callable[[float], Any] | None = None,
@@ -84,7 +84,8 @@ class IdleLoops:
         self.pods = pods
         self._sleep = sleep
         self.journal = journal
-        self.excluded = tuple(excluded)
+        self.excluded = excluded
+        """Loopback and the node's addresses now (clients there do not count)."""
         self._open_sockets = open_sockets or _pod_sockets
         self._make_tracker = make_tracker or self._tracker
         self._detect = detect
@@ -95,7 +96,7 @@ class IdleLoops:
     def _tracker(self, now: float) -> Any:
         from zeropod.activity.tracker import ActivityTracker
 
-        return ActivityTracker(now, self.excluded)
+        return ActivityTracker(now, self.excluded())
 
     def ensure(self, key: PodKey) -> None:
         """Start the pod's loop unless it runs."""
@@ -145,6 +146,7 @@ class IdleLoops:
                 now = self.clock()
                 if tracker is None:
                     tracker = self._make_tracker(now)
+                tracker.excluded_networks = tuple(self.excluded())
                 tracker.observe(snapshot, now)
                 idle = tracker.idle_for(now)
                 if idle < after or not ports:

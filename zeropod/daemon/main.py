@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 
-from zeropod.activity.sources import LOOPBACK, node_networks
 from zeropod.control.protocol import socket_path
 from zeropod.control.server import ControlServer
 from zeropod.daemon.events import EventHub
@@ -27,6 +26,7 @@ from zeropod.daemon.machinery import (
     SystemdUnits,
     read_connections,
 )
+from zeropod.daemon.nodeaddrs import NodeAddresses
 from zeropod.daemon.notify import notify, run_watchdog, watchdog_interval
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import PodKey, Pods
@@ -40,11 +40,10 @@ from zeropod.journal import Journal, open_journal
 
 def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
     """The daemon's parts, wired to the node's real machinery."""
-    try:
-        excluded = (*LOOPBACK, *node_networks())
-    except OSError as err:
-        journal.warning(f"cannot list the node's addresses, only loopback is excluded: {err}")
-        excluded = LOOPBACK
+    excluded = NodeAddresses()
+    excluded()
+    if excluded.last_error is not None:
+        journal.warning(f"cannot list the node's addresses yet: {excluded.last_error}")
     registry = Registry()
     pods = Pods(registry)
     machinery = Machinery(ShimClient(), HostNetwork(), SystemdUnits(), ImageStore())

@@ -44,13 +44,14 @@ class Scaler:
         pods: Pods,
         machinery: Machinery,
         journal: Journal,
-        node_networks: Sequence[Network],
+        node_networks: Callable[[], Sequence[Network]],
         read_queue: QueueReader,
     ) -> None:
         self.pods = pods
         self.machinery = machinery
         self.journal = journal
-        self.node_networks = tuple(node_networks)
+        self.node_networks = node_networks
+        """Loopback and the node's addresses now (e.g. a NodeAddresses)."""
         self.read_queue = read_queue
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -177,7 +178,8 @@ class Scaler:
         netns = containers[0].identity.netns
         ports = [p.port for p in pod.held_ports] or [listener.getsockname()[1]]
         connections = await asyncio.to_thread(self.read_queue, netns, ports)
-        decision = probes.decide(connections, ports, self.node_networks)
+        node = self.node_networks()
+        decision = probes.decide(connections, ports, node)
         if decision.verdict is probes.Verdict.WAKE:
             await self._wake_quietly(pod.key, decision.reason)
             return False
@@ -186,7 +188,7 @@ class Scaler:
         except BlockingIOError:
             await asyncio.sleep(0.01)  # another round took it; look again
             return True
-        if not excluded(normalise(peer[0]), self.node_networks):
+        if not excluded(normalise(peer[0]), node):
             await self._wake_and_relay(pod, conn, b"", f"connection from {peer[0]}")
             return False
         kind, data = await probes.answer(conn)
