@@ -1,0 +1,94 @@
+"""The daemon as an operator sees it on the node: unit status and journal of a sleeping pod,
+zeropodctl inside the node, and a daemon killed while a pod sleeps (systemd restarts it and
+the pod still wakes on the next client)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from e2e import http
+from e2e.cri import ContainerSpec, Cri, RunningPod
+from e2e.images import APP_PORT
+from e2e.node import Node
+from e2e.scaling import Daemon, annotations, client_get, ensure_client_netns, journal
+from zeropod.control.protocol import DaemonUnavailable
+
+pytestmark = pytest.mark.node
+
+NEVER_ON_ITS_OWN = annotations(scaledown_duration="10m")
+
+
+@pytest.fixture
+def daemon(node: Node) -> Daemon:
+    d = Daemon(node)
+    state_of(d, "-")  # waits for the daemon
+    return d
+
+
+def state_of(daemon: Daemon, cid: str, timeout: float = 30.0) -> str | None:
+    """The container's state; waits out a restarting daemon (its socket refuses meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return daemon.state(cid)
+        except DaemonUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def counter_pod(cri: Cri, node: Node, daemon: Daemon) -> Iterator[tuple[RunningPod, str, str]]:
+    name = f"d-{uuid.uuid4().hex[:6]}"
+    with cri.pod(name, [ContainerSpec("app", "counter")], annotations=NEVER_ON_ITS_OWN) as pod:
+        ensure_client_netns(node)
+        cid = pod.containers["app"]
+        daemon.wait_state(cid, "RUNNING")
+        yield pod, cid, http.url(cri.pod_ip(pod.pod), APP_PORT)
+
+
+def ctl(node: Node, *args: str) -> str:
+    return node.run(["python3", "-m", "zeropod.cli.main", *args], check=True).stdout
+
+
+def test_unit_status_and_journal_tell_the_story(node: Node, cri: Cri, daemon: Daemon) -> None:
+    with counter_pod(cri, node, daemon) as (running, cid, url):
+        name = running.pod.name
+        assert "SCALED_DOWN" in ctl(node, "sleep", name)
+        unit = daemon.container(cid)["unit"]
+        assert unit == f"zeropod@default_{name.replace('-', chr(92) + 'x2d')}.service"
+        status = node.run(["systemctl", "status", "--no-pager", "-n", "20", unit]).stdout
+        assert "CHECKPOINTING -> SCALED_DOWN" in status, status
+        listening = node.run(["systemctl", "is-active", unit.replace(".service", ".socket")])
+        assert listening.stdout.strip() == "active"
+
+        assert client_get(node, url, timeout=10).bodies() == ["count=1\n"]
+        daemon.wait_state(cid, "RUNNING")
+        assert "RUNNING" in ctl(node, "wake", name)  # already awake: a no-op
+        entries = journal(node, f"POD={name}")
+        assert {"CONTAINER", "NAMESPACE", "STATE"} <= set(entries[-1])
+        assert any("CHECKPOINT_MS" in e for e in entries)
+        woke = [e for e in entries if "WAKE_MS" in e]
+        assert woke and "RESTORE_MS" in woke[-1] and woke[-1]["OBJECT_SYSTEMD_UNIT"] == unit
+        gone = node.run(["systemctl", "is-active", unit.replace(".service", ".socket")])
+        assert gone.stdout.strip() != "active"
+
+
+def test_daemon_killed_while_asleep_still_wakes_the_pod(
+    node: Node, cri: Cri, daemon: Daemon
+) -> None:
+    with counter_pod(cri, node, daemon) as (running, cid, url):
+        assert client_get(node, url).bodies() == ["count=1\n"]
+        daemon.sleep(running.pod.name)
+        node.run(["systemctl", "kill", "--signal=KILL", "zeropod.service"], check=True)
+        deadline = time.monotonic() + 30
+        while state_of(daemon, cid) != "SCALED_DOWN":
+            assert time.monotonic() < deadline, "the daemon did not come back with the pod"
+            time.sleep(0.05)
+        assert client_get(node, url, timeout=15).bodies() == ["count=2\n"]
+        daemon.wait_state(cid, "RUNNING")

@@ -1,0 +1,63 @@
+"""zeropodctl sleep and wake: requests, one-line errors, and the summary line."""
+
+from __future__ import annotations
+
+import pytest
+
+from zeropod.cli import main as cli
+from zeropod.cli.render import pod_summary
+from zeropod.control.protocol import NOT_FOUND, ControlError
+
+
+class FakeClient:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        FakeClient.last = self
+
+    def sleep(self, pod: str, namespace: str, container: str | None = None) -> dict[str, object]:
+        self.calls.append(("sleep", pod, namespace, container))
+        if pod == "missing":
+            raise ControlError(NOT_FOUND, "pod shop/missing has no scaled containers")
+        return {"pod": POD}
+
+    def wake(self, pod: str, namespace: str) -> dict[str, object]:
+        self.calls.append(("wake", pod, namespace))
+        return {"pod": POD}
+
+
+POD = {
+    "namespace": "shop",
+    "name": "web-1",
+    "unit": "zeropod@shop_web\\x2d1.service",
+    "state": "SCALED_DOWN",
+    "containers": [{"container": "app", "last_checkpoint_ms": 180.5, "last_restore_ms": None}],
+}
+
+
+@pytest.fixture(autouse=True)
+def fake_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "ControlClient", FakeClient)
+
+
+def test_sleep_and_wake(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sleep", "web-1", "app", "-n", "shop"]) == 0
+    assert FakeClient.last.calls == [("sleep", "web-1", "shop", "app")]
+    out = capsys.readouterr().out
+    assert (
+        out == "shop/web-1 SCALED_DOWN (zeropod@shop_web\\x2d1.service); app: checkpoint 180.5 ms\n"
+    )
+    assert cli.main(["wake", "web-1"]) == 0
+    assert FakeClient.last.calls == [("wake", "web-1", "default")]
+
+
+def test_refusal_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sleep", "missing", "-n", "shop"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == "zeropodctl: daemon refused: pod shop/missing has no scaled containers (not_found)\n"
+    )
+
+
+def test_summary_without_timings() -> None:
+    pod = {**POD, "containers": [{"container": "app"}]}
+    assert pod_summary(pod).endswith("app: no timings")
