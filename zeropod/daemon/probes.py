@@ -15,6 +15,11 @@ When one of them is readable:
   and hangs up (a TCP probe) is closed. Anything else is not a probe: the caller wakes the
   pod and proxies that connection to the app.
 
+Measured (kernel 6.18, sock_diag): a connection still in a listener's accept queue is
+ESTABLISHED with ``idiag_inode`` 0, an accepted one has the inode of its file. The state
+test above is enough because the daemon handles one probe at a time and closes it before
+looking again; the inode would tell the two apart if that ever changes.
+
 Why sock_diag and not the accepted socket's peer name: accepting takes the queue's head,
 whoever it is, and an accepted real client could only be proxied (losing its address for
 the app). Reading the queue first keeps real clients un-accepted; they migrate to the
