@@ -62,10 +62,12 @@ def test_daemon_notifies_pings_watchdog_and_stops_on_sigterm(tmp_short: str) -> 
         messages = [receive(manager, deadline)]
         assert messages[0].startswith("READY=1")
         assert os.path.exists(control_path)
-        pings = 0
+        pings, stored = 0, []
         while pings < 2:
             message = receive(manager, deadline)
             pings += message == "WATCHDOG=1"
+            if message.startswith("FDSTORE=1"):
+                stored.append(message.split("FDNAME=")[1])
         daemon.send_signal(signal.SIGTERM)
         while (message := receive(manager, deadline)) != "STOPPING=1":
             assert message == "WATCHDOG=1"
@@ -73,7 +75,9 @@ def test_daemon_notifies_pings_watchdog_and_stops_on_sigterm(tmp_short: str) -> 
     assert daemon.stderr is not None
     log = daemon.stderr.read().decode()
     assert "listening on" in log and "stopping" in log
-    assert not os.path.exists(control_path)
+    # Both listening sockets went to the fd store, so their files stay for the next start.
+    assert sorted(stored) == ["activator", "control"]
+    assert os.path.exists(control_path)
 
 
 def test_daemon_refuses_a_live_socket(tmp_short: str) -> None:

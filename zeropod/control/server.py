@@ -69,22 +69,39 @@ class ControlServer:
         log_error: Callable[[str], None],
         *,
         mode: int = 0o660,
+        sock: socket.socket | None = None,
     ) -> None:
         self.path = path
         self._handler = handler
         self._log_error = log_error
         self._mode = mode
+        self._sock = sock
+        self.keep_file = sock is not None
+        """Leave the socket file at close (its socket lives on, e.g. in systemd's fd store)."""
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._inode: int | None = None
 
     async def start(self) -> None:
-        """Listen on the socket; a stale socket file is replaced, a live one is an error."""
+        """Listen on the socket; a stale socket file is replaced, a live one is an error.
+
+        With ``sock`` (an inherited listening socket) it serves that one instead.
+        """
+        if self._sock is not None:
+            self._server = await asyncio.start_unix_server(
+                self._serve, sock=self._sock, limit=MAX_LINE
+            )
+            return
         _clear_stale_socket(self.path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE)
         os.chmod(self.path, self._mode)
         self._inode = os.stat(self.path).st_ino
+
+    def listening_fd(self) -> int:
+        """The fd of the listening socket (to hand to systemd's fd store)."""
+        assert self._server is not None and self._server.sockets
+        return self._server.sockets[0].fileno()
 
     async def close(self) -> None:
         """Stop listening, end every open connection and remove the socket file."""
@@ -99,6 +116,8 @@ class ControlServer:
             await asyncio.gather(*self._connections, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
+        if self.keep_file:
+            return
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)

@@ -136,26 +136,39 @@ class ActivationServer:
     ``on_activation``; ``log_error`` gets one line per malformed hand-off."""
 
     def __init__(
-        self, path: str, on_activation: Callback, log_error: Callable[[str], None]
+        self,
+        path: str,
+        on_activation: Callback,
+        log_error: Callable[[str], None],
+        sock: socket.socket | None = None,
     ) -> None:
         self.path = path
+        self.keep_file = sock is not None
+        """Leave the socket file at close (the socket lives on in systemd's fd store)."""
         self._on_activation = on_activation
         self._log_error = log_error
-        self._listener: socket.socket | None = None
+        self._listener: socket.socket | None = sock
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Listen (a leftover socket file is replaced: only the daemon serves it)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        listener.bind(self.path)
-        os.chmod(self.path, 0o600)
-        listener.listen(64)
-        listener.setblocking(False)
-        self._listener = listener
+        """Listen (a leftover socket file is replaced: only the daemon serves it), or serve
+        the inherited socket given at construction."""
+        if self._listener is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            listener.bind(self.path)
+            os.chmod(self.path, 0o600)
+            listener.listen(64)
+            self._listener = listener
+        self._listener.setblocking(False)
         self._task = asyncio.create_task(self._accept_loop())
+
+    def listening_fd(self) -> int:
+        """The fd of the listening socket (to hand to systemd's fd store)."""
+        assert self._listener is not None
+        return self._listener.fileno()
 
     async def close(self) -> None:
         """Stop accepting and remove the socket file."""
@@ -165,10 +178,12 @@ class ActivationServer:
                 await self._task
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.sleep(0)  # let the cancelled accept unregister its fd before the close
         if self._listener is not None:
             self._listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            if not self.keep_file:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()

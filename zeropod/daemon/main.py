@@ -27,7 +27,13 @@ from zeropod.daemon.machinery import (
     read_connections,
 )
 from zeropod.daemon.nodeaddrs import NodeAddresses
-from zeropod.daemon.notify import notify, run_watchdog, watchdog_interval
+from zeropod.daemon.notify import (
+    inherited_fds,
+    notify,
+    run_watchdog,
+    store_fd,
+    watchdog_interval,
+)
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import PodKey, Pods
 from zeropod.daemon.registry import Registry
@@ -36,6 +42,9 @@ from zeropod.daemon.service import ControlService
 from zeropod.daemon.state import STATE_DIR, StateStore, pid_alive, recovered_phase
 from zeropod.daemon.steps import Machinery
 from zeropod.journal import Journal, open_journal
+
+CONTROL_FD = "control"
+ACTIVATOR_FD = "activator"
 
 
 def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
@@ -95,13 +104,25 @@ async def run(
         loop.add_signal_handler(signum, stop.set)
     service, scaler, idle = _build(journal, state_dir)
     _reload(service, journal)
-    server = ControlServer(path, service, journal.error)
+    # Both listening sockets live in systemd's fd store: while the daemon restarts (even
+    # after a crash) clients queue on them instead of being refused.
+    inherited = inherited_fds()
+    server = ControlServer(path, service, journal.error, sock=inherited.get(CONTROL_FD))
     await server.start()
-    activation = ActivationServer(activation_path(path), scaler.on_activation, journal.error)
+    activation = ActivationServer(
+        activation_path(path), scaler.on_activation, journal.error, inherited.get(ACTIVATOR_FD)
+    )
     await activation.start()
     watchdog: asyncio.Task[None] | None = None
     try:
         notify(f"READY=1\nSTATUS=listening on {path}")
+        try:
+            if store_fd(CONTROL_FD, server.listening_fd()):
+                server.keep_file = True
+            if store_fd(ACTIVATOR_FD, activation.listening_fd()):
+                activation.keep_file = True
+        except OSError as err:  # without the store a restart refuses clients for a moment
+            journal.warning(f"cannot keep the listening sockets in the fd store: {err}")
         journal.info(f"zeropod daemon listening on {path}", control_socket=path)
         interval = watchdog_interval()
         if interval is not None:

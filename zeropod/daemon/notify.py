@@ -7,6 +7,7 @@ no-op that returns False.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import socket
@@ -66,3 +67,51 @@ async def run_watchdog(interval: float, env: Mapping[str, str] | None = None) ->
     while True:
         notify("WATCHDOG=1", env)
         await asyncio.sleep(interval)
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def store_fd(name: str, fd: int, env: Mapping[str, str] | None = None) -> bool:
+    """Put ``fd`` into the service manager's fd store under ``name`` (FDSTORE=1).
+
+    systemd hands stored fds back (``LISTEN_FDS``/``LISTEN_FDNAMES``) when the service
+    restarts, even after a crash, and keeps listening sockets queueing meanwhile. Needs
+    ``FileDescriptorStoreMax=`` in the unit. False outside systemd.
+    """
+    env = os.environ if env is None else env
+    address = env.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    message = f"FDSTORE=1\nFDNAME={name}".encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            # sendmsg, not socket.send_fds: Python 3.11's send_fds drops the address.
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            sock.sendmsg([message], rights, 0, address)
+        except OSError as err:
+            raise OSError(err.errno, f"FDSTORE of {name} to {address!r} failed: {err}") from err
+    return True
+
+
+def inherited_fds(env: dict[str, str] | None = None) -> dict[str, socket.socket]:
+    """The named sockets systemd passed to this process (``LISTEN_FDS``), by FDNAME.
+
+    The variables are removed from the environment afterwards (children must not see
+    them). Empty when none were passed to this pid.
+    """
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    assert env is not None
+    found: dict[str, socket.socket] = {}
+    if env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "").isdigit():
+        names = env.get("LISTEN_FDNAMES", "").split(":")
+        for index in range(int(env["LISTEN_FDS"])):
+            fd = SD_LISTEN_FDS_START + index
+            os.set_inheritable(fd, False)
+            name = names[index] if index < len(names) else f"fd{index}"
+            found[name] = socket.socket(fileno=fd)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    return found
