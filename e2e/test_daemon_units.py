@@ -92,3 +92,18 @@ def test_daemon_killed_while_asleep_still_wakes_the_pod(
             time.sleep(0.05)
         assert client_get(node, url, timeout=15).bodies() == ["count=2\n"]
         daemon.wait_state(cid, "RUNNING")
+
+
+def test_a_request_from_the_node_that_is_no_probe_wakes_and_is_relayed(
+    node: Node, cri: Cri, daemon: Daemon
+) -> None:
+    with counter_pod(cri, node, daemon) as (running, cid, url):
+        assert client_get(node, url).bodies() == ["count=1\n"]
+        daemon.sleep(running.pod.name)
+        # From the node's own address (like kubelet) but without kube-probe's User-Agent:
+        # the daemon accepts it as a possible probe, wakes the pod, then relays it.
+        res = http.get(node, url, timeout=15)
+        assert res.bodies() == ["count=2\n"], res.describe()
+        daemon.wait_state(cid, "RUNNING")
+        probe = http.get(node, url, headers=["User-Agent: kube-probe/1.31"])
+        assert probe.bodies() == ["count=3\n"]  # awake: the app itself answers

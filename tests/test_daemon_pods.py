@@ -89,3 +89,5 @@ def test_node_addresses_are_refreshed_and_keep_the_last_good_list() -> None:
     assert addresses() == (*LOOPBACK, bridge)  # the first pod created it
     now[0] = 10.0
     assert addresses() == (*LOOPBACK, bridge) and addresses.last_error is not None
+    reads.append([])
+    assert addresses.refresh() == LOOPBACK  # read at once, whatever the cache's age

@@ -33,6 +33,12 @@ class NodeAddresses:
         self._read_at: float | None = None
         self.last_error: OSError | None = None
 
+    def refresh(self) -> tuple[Network, ...]:
+        """Read the addresses now (e.g. before waking a pod for a client from an address not
+        in the cached list: the bridge may be newer than the cache)."""
+        self._read_at = None
+        return self()
+
     def __call__(self) -> tuple[Network, ...]:
         """The networks whose clients do not count (probes, the pod itself)."""
         now = self._clock()

@@ -180,6 +180,10 @@ class Scaler:
         connections = await asyncio.to_thread(self.read_queue, netns, ports)
         node = self.node_networks()
         decision = probes.decide(connections, ports, node)
+        refresh = getattr(self.node_networks, "refresh", None)
+        if decision.verdict is probes.Verdict.WAKE and refresh is not None:
+            node = refresh()  # the source may be a node address newer than the cache
+            decision = probes.decide(connections, ports, node)
         if decision.verdict is probes.Verdict.WAKE:
             await self._wake_quietly(pod.key, decision.reason)
             return False
