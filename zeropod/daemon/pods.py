@@ -111,7 +111,6 @@ class Pod:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     held_ports: tuple[HeldPort, ...] = ()
     handoff: Handoff | None = None
-    wake_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Pods:
@@ -127,19 +126,6 @@ class Pods:
         if pod is None:
             pod = self._pods[key] = Pod(key)
         return pod
-
-    def find(self, key: PodKey) -> Pod | None:
-        """The pod object for ``key`` if it has scaled containers or state."""
-        if key in self._pods or self.scaled(key):
-            return self.get(key)
-        return None
-
-    def by_instance(self, instance: str) -> PodKey | None:
-        """The pod whose systemd instance is ``instance``."""
-        for key in self.pod_keys():
-            if key.instance == instance:
-                return key
-        return None
 
     def scaled(self, key: PodKey) -> list[Container]:
         """The pod's managed containers still registered (not STOPPED), by container name."""

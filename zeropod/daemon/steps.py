@@ -9,7 +9,7 @@ control socket, /proc and pidfd_getfd, systemd over D-Bus, the image directory).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -121,14 +121,14 @@ class Machinery:
 class StepTimer:
     """Milliseconds per named step, in order; ``fields()`` gives them as journal fields."""
 
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     steps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._start = self._now()
 
     def _now(self) -> float:
-        return self.clock()  # type: ignore[operator]
+        return self.clock()
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
