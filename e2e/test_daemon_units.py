@@ -5,6 +5,7 @@ the pod still wakes on the next client)."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,9 +15,16 @@ import pytest
 from e2e import http
 from e2e.cri import ContainerSpec, Cri, RunningPod
 from e2e.images import APP_PORT
-from e2e.node import Node
-from e2e.scaling import Daemon, annotations, client_get, ensure_client_netns, journal
-from zeropod.control.protocol import DaemonUnavailable
+from e2e.node import NODE_SCRIPTS, Node
+from e2e.scaling import (
+    CLIENT_NETNS,
+    Daemon,
+    annotations,
+    client_get,
+    ensure_client_netns,
+    journal,
+)
+from zeropod.control.protocol import ControlError, DaemonUnavailable
 
 pytestmark = pytest.mark.node
 
@@ -107,3 +115,49 @@ def test_a_request_from_the_node_that_is_no_probe_wakes_and_is_relayed(
         daemon.wait_state(cid, "RUNNING")
         probe = http.get(node, url, headers=["User-Agent: kube-probe/1.31"])
         assert probe.bodies() == ["count=3\n"]  # awake: the app itself answers
+
+
+def test_a_refused_dump_leaves_the_pod_running_and_the_ports_released(
+    node: Node, cri: Cri, daemon: Daemon
+) -> None:
+    with counter_pod(cri, node, daemon) as (running, cid, url):
+        host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+        # An open client connection: CRIU refuses to dump a connected TCP socket.
+        script = (
+            "import socket, sys\n"
+            f"s = socket.create_connection(({host!r}, {port}), timeout=5)\n"
+            "print('open', flush=True)\n"
+            "sys.stdin.read()\n"
+            "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "print(s.recv(4096).decode().splitlines()[-1], flush=True)\n"
+        )
+        holder = subprocess.Popen(
+            [
+                str(NODE_SCRIPTS / "run"),
+                "ip",
+                "netns",
+                "exec",
+                CLIENT_NETNS,
+                "python3",
+                "-c",
+                script,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+            with pytest.raises(ControlError) as info:
+                daemon.sleep(running.pod.name)
+            assert info.value.code == "sleep_failed", info.value
+            described = daemon.container(cid)
+            assert described["state"] == "RUNNING" and described["checkpoint_errors"] == 1
+            socket_unit = described["unit"].replace(".service", ".socket")
+            active = node.run(["systemctl", "is-active", socket_unit]).stdout.strip()
+            assert active != "active"
+            out, _ = holder.communicate("go\n", timeout=15)
+            assert out.strip() == "count=1", out  # the open connection was never cut
+        finally:
+            holder.kill()
+        assert client_get(node, url).bodies() == ["count=2\n"]
