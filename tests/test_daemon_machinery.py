@@ -1,0 +1,105 @@
+"""The daemon's client of the interposer's control socket, against a fake shim server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from daemon_fakes import World
+
+from zeropod.daemon.machinery import ImageStore, ShimClient
+from zeropod.daemon.registry import Container
+from zeropod.daemon.steps import ShimError
+
+
+@pytest.fixture
+def tmp_short() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="zp-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def serve(path: str, answer: dict[str, Any] | bytes, seen: list[dict[str, Any]]) -> Any:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(json.loads(await reader.readline()))
+        writer.write(answer if isinstance(answer, bytes) else json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(handle, path=path)
+
+
+def container_at(path: str) -> Container:
+    world = World()
+    app = world.register()
+    app.identity = dataclasses.replace(app.identity, shim_socket=path)
+    return app
+
+
+async def test_checkpoint_and_restore_messages_and_replies(tmp_short: str) -> None:
+    path = os.path.join(tmp_short, "shim.sock")
+    seen: list[dict[str, Any]] = []
+    server = await serve(path, {"ok": True, "pid": 42, "duration_ms": 12.5}, seen)
+    app = container_at(path)
+    reply = await ShimClient().checkpoint(app, "/images/x", "checkpoint")
+    assert reply.pid == 42 and reply.duration_ms == 12.5 and not reply.cold
+    assert seen[-1] == {
+        "v": 1,
+        "op": "checkpoint",
+        "container_id": app.identity.container_id,
+        "image_dir": "/images/x",
+        "mode": "checkpoint",
+    }
+    server.close()
+    await server.wait_closed()
+
+    answer = {"ok": True, "pid": 43, "cold": True, "duration_ms": 3, "error": {"message": "criu"}}
+    server = await serve(path, answer, seen)
+    reply = await ShimClient().restore(app, None)
+    assert seen[-1]["op"] == "restore" and seen[-1]["image_dir"] is None
+    assert reply.cold and reply.error == "criu" and reply.pid == 43
+    server.close()
+    await server.wait_closed()
+
+
+async def test_errors_carry_the_shims_code(tmp_short: str) -> None:
+    path = os.path.join(tmp_short, "shim.sock")
+    app = container_at(path)
+    with pytest.raises(ShimError) as info:
+        await ShimClient().checkpoint(app, "/i", "checkpoint")
+    assert info.value.code == "unavailable"
+
+    failed = {"ok": False, "error": {"code": "checkpoint_failed", "message": "see criu.log"}}
+    server = await serve(path, failed, [])
+    with pytest.raises(ShimError) as info:
+        await ShimClient().checkpoint(app, "/i", "checkpoint")
+    assert info.value.code == "checkpoint_failed" and info.value.message == "see criu.log"
+    server.close()
+    await server.wait_closed()
+
+    server = await serve(path, b"not json\n", [])
+    with pytest.raises(ShimError) as info:
+        await ShimClient().restore(app, "/i")
+    assert info.value.code == "bad_json"
+    server.close()
+    await server.wait_closed()
+
+
+def test_image_store(tmp_short: str) -> None:
+    store = ImageStore(tmp_short)
+    assert store.path("c1") is None
+    path = store.prepare("c1")
+    assert store.path("c1") is None  # empty: nothing to restore from
+    open(os.path.join(path, "pages-1.img"), "w").close()
+    assert store.path("c1") == path
+    assert store.prepare("c1") == path and os.listdir(path) == []  # fresh for a new dump
+    store.remove("c1")
+    store.remove("c1")
+    assert not os.path.exists(path)
