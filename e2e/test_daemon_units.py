@@ -161,3 +161,27 @@ def test_a_refused_dump_leaves_the_pod_running_and_the_ports_released(
         finally:
             holder.kill()
         assert client_get(node, url).bodies() == ["count=2\n"]
+
+
+def test_two_scaled_containers_sleep_and_wake_together(
+    node: Node, cri: Cri, daemon: Daemon
+) -> None:
+    containers = [
+        ContainerSpec("app", "counter"),
+        ContainerSpec("side", "counter", env={"PORT": "8081"}),
+    ]
+    with cri.pod(f"d2-{uuid.uuid4().hex[:6]}", containers, annotations=NEVER_ON_ITS_OWN) as pod:
+        ensure_client_netns(node)
+        app, side = pod.containers["app"], pod.containers["side"]
+        daemon.wait_state(app, "RUNNING")
+        daemon.wait_state(side, "RUNNING")
+        ip = cri.pod_ip(pod.pod)
+        assert client_get(node, http.url(ip, 8081)).bodies() == ["count=1\n"]
+        described = daemon.sleep(pod.pod.name)["pod"]
+        assert described["state"] == "SCALED_DOWN"
+        assert sorted(described["ports"]) == ["[::]:8080", "[::]:8081"]
+        # A client of either container wakes both.
+        assert client_get(node, http.url(ip, 8081), timeout=10).bodies() == ["count=2\n"]
+        daemon.wait_state(app, "RUNNING")
+        assert daemon.state(side) == "RUNNING"
+        assert client_get(node, http.url(ip, APP_PORT)).bodies() == ["count=1\n"]
