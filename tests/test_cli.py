@@ -80,7 +80,16 @@ def test_status_table_and_json(daemon_socket: str, capsys: pytest.CaptureFixture
 
     assert main(["--socket", daemon_socket, "status"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "PORTS"]
+    assert lines[0].split() == [
+        "NAMESPACE",
+        "POD",
+        "CONTAINER",
+        "STATE",
+        "SINCE",
+        "CHECKPOINT",
+        "RESTORE",
+        "PORTS",
+    ]
     assert lines[1].split()[:4] == ["shop", "web-1", "app", "RUNNING"]
     assert lines[1].split()[-1] == "80,443"
     assert "RUNNING (unmanaged)" in lines[2]
@@ -182,7 +191,16 @@ def test_age_of_garbage() -> None:
 def test_render_helpers() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     table = status_table([], now)
-    assert table.split() == ["NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "PORTS"]
+    assert table.split() == [
+        "NAMESPACE",
+        "POD",
+        "CONTAINER",
+        "STATE",
+        "SINCE",
+        "CHECKPOINT",
+        "RESTORE",
+        "PORTS",
+    ]
     line = event_line(
         {
             "type": "transition",

@@ -61,3 +61,24 @@ def test_refusal_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_summary_without_timings() -> None:
     pod = {**POD, "containers": [{"container": "app"}]}
     assert pod_summary(pod).endswith("app: no timings")
+
+
+def test_status_table_shows_the_last_timings() -> None:
+    from datetime import UTC, datetime
+
+    from zeropod.cli.render import millis, status_table
+
+    assert [millis(v) for v in (180.4, 0, None, "x", True)] == ["180ms", "0ms", "-", "-", "-"]
+    row = {
+        "namespace": "shop",
+        "pod": "web-1",
+        "container": "app",
+        "state": "SCALED_DOWN",
+        "managed": True,
+        "since": "2026-01-01T00:00:00.000Z",
+        "last_checkpoint_ms": 181.2,
+        "last_restore_ms": None,
+        "ports": [8080],
+    }
+    lines = status_table([row], datetime(2026, 1, 1, 0, 1, tzinfo=UTC)).splitlines()
+    assert lines[1].split() == ["shop", "web-1", "app", "SCALED_DOWN", "1m0s", "181ms", "-", "8080"]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-COLUMNS = ("NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "PORTS")
+COLUMNS = ("NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "CHECKPOINT", "RESTORE", "PORTS")
 
 
 def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
@@ -24,12 +24,21 @@ def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
                 str(entry.get("container", "?")),
                 state,
                 age(entry.get("since"), now),
+                millis(entry.get("last_checkpoint_ms")),
+                millis(entry.get("last_restore_ms")),
                 ports,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def millis(value: object) -> str:
+    """A duration in milliseconds as ``180ms``, or ``-`` when there is none yet."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value:.0f}ms"
 
 
 def age(since: object, now: datetime) -> str:
