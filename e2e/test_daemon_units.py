@@ -185,3 +185,24 @@ def test_two_scaled_containers_sleep_and_wake_together(
         daemon.wait_state(app, "RUNNING")
         assert daemon.state(side) == "RUNNING"
         assert client_get(node, http.url(ip, APP_PORT)).bodies() == ["count=1\n"]
+
+
+def test_no_process_stays_up_for_a_sleeping_pod_between_probes(
+    node: Node, cri: Cri, daemon: Daemon
+) -> None:
+    with counter_pod(cri, node, daemon) as (running, cid, url):
+        daemon.sleep(running.pod.name)
+        unit = daemon.container(cid)["unit"]
+        probe = ["User-Agent: kube-probe/1.31"]
+        for _ in range(2):
+            answered = http.get(node, url, headers=probe)
+            assert [r.status for r in answered.results] == [200], answered.describe()
+            # The hand-off ends after a quiet while; the socket unit keeps listening.
+            deadline = time.monotonic() + 15
+            while node.run(["systemctl", "is-active", unit]).stdout.strip() == "active":
+                assert time.monotonic() < deadline, f"{unit} stays up"
+                time.sleep(0.2)
+            socket_unit = unit.replace(".service", ".socket")
+            assert node.run(["systemctl", "is-active", socket_unit]).stdout.strip() == "active"
+        assert daemon.state(cid) == "SCALED_DOWN"
+        assert client_get(node, url, timeout=10).bodies() == ["count=1\n"]

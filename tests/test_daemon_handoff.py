@@ -149,3 +149,24 @@ async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
     real.close()
     sock.close()
     activator_side.close()
+
+
+async def test_a_quiet_hand_off_ends_and_the_pod_stays_asleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zeropod.daemon import scaler
+
+    monkeypatch.setattr(scaler, "HANDOFF_IDLE", 0.05)
+    world = World()
+    world.scaler.node_networks = lambda: LOOPBACK
+    app = world.register()
+    key = PodKey.of(app)
+    await world.scaler.sleep(key, "forced")
+    sock = listener()
+    ours, activator_side = socket.socketpair()
+    await world.scaler.on_activation(HeldSockets(UNIT, [sock.dup()], ours))
+    await wait_until(lambda: world.pods.get(key).handoff is None, "the hand-off to end")
+    assert activator_side.recv(10) == b""  # the activated service may exit now
+    assert app.phase.phase is Phase.SCALED_DOWN
+    sock.close()
+    activator_side.close()

@@ -28,6 +28,8 @@ from zeropod.daemon.steps import Machinery
 from zeropod.daemon.wake import wake_pod
 from zeropod.journal import Journal
 
+HANDOFF_IDLE = 5.0
+"""Seconds without a connection after which a probe-only hand-off ends."""
 SLEEP_FAILED = "sleep_failed"
 WAKE_FAILED = "wake_failed"
 CONFLICT = "conflict"
@@ -152,8 +154,13 @@ class Scaler:
         try:
             while not held.closed:
                 ready = asyncio.ensure_future(held.readable())
-                await asyncio.wait({ready, gone}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {ready, gone}, timeout=HANDOFF_IDLE, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not ready.done():
+                    # The activated service died, or nothing came for a while: end the
+                    # hand-off so no process stays up per sleeping pod; systemd starts the
+                    # service again for the next connection.
                     ready.cancel()
                     self._drop_handoff(pod, held)
                     return
