@@ -1,7 +1,9 @@
 """Entry point of the ``zeropod`` node daemon (``python3 -m zeropod.daemon.main``).
 
-Starts the control server on the control socket, tells systemd it is ready, pings the
-watchdog, and shuts down cleanly on SIGTERM or SIGINT.
+Starts the control server on the control socket and the Prometheus metrics endpoint
+(``--metrics-address`` or ``$ZEROPOD_METRICS_ADDRESS``, default ``127.0.0.1:9925``: this node
+only; ``off`` disables it), tells systemd it is ready, pings the watchdog, and shuts down
+cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from zeropod.daemon.machinery import (
     SystemdUnits,
     read_connections,
 )
+from zeropod.daemon.metrics import AddressError, Metrics, MetricsServer, parse_address, serve
 from zeropod.daemon.nodeaddrs import NodeAddresses
 from zeropod.daemon.notify import (
     inherited_fds,
@@ -45,6 +48,8 @@ from zeropod.journal import Journal, open_journal
 
 CONTROL_FD = "control"
 ACTIVATOR_FD = "activator"
+METRICS_ENV = "ZEROPOD_METRICS_ADDRESS"
+METRICS_DEFAULT = "127.0.0.1:9925"
 
 
 def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
@@ -94,8 +99,32 @@ def _reload(service: ControlService, journal: Journal) -> None:
         )
 
 
+def _start_metrics(
+    service: ControlService, journal: Journal, address: tuple[str, int] | None
+) -> tuple[asyncio.Task[None], MetricsServer | None]:
+    """Follow the event hub into the metrics and serve them on ``address`` (None: not served).
+
+    A metrics address that cannot be bound is logged; the daemon scales pods anyway.
+    """
+    metrics = Metrics(service.registry)
+    follower = asyncio.create_task(metrics.follow(service.hub))
+    if address is None:
+        return follower, None
+    try:
+        server = serve(metrics, *address)
+    except OSError as err:
+        journal.error(f"cannot serve metrics on {address[0]}:{address[1]}: {err}")
+        return follower, None
+    journal.info(f"metrics on http://{address[0]}:{address[1]}/metrics")
+    return follower, server
+
+
 async def run(
-    path: str, journal: Journal, stop: asyncio.Event | None = None, state_dir: str = STATE_DIR
+    path: str,
+    journal: Journal,
+    stop: asyncio.Event | None = None,
+    state_dir: str = STATE_DIR,
+    metrics_address: tuple[str, int] | None = None,
 ) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
@@ -104,6 +133,7 @@ async def run(
         loop.add_signal_handler(signum, stop.set)
     service, scaler, idle = _build(journal, state_dir)
     _reload(service, journal)
+    follower, metrics_server = _start_metrics(service, journal, metrics_address)
     # Both listening sockets live in systemd's fd store: while the daemon restarts (even
     # after a crash) clients queue on them instead of being refused.
     inherited = inherited_fds()
@@ -139,6 +169,11 @@ async def run(
         await idle.close()
         await scaler.close()
         await server.close()
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
@@ -157,14 +192,27 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="control socket path (default: $ZEROPOD_CONTROL_SOCKET or /run/zeropod/control.sock)",
     )
+    parser.add_argument(
+        "--metrics-address",
+        default=None,
+        help=f"HOST:PORT of the Prometheus endpoint, or 'off' (default: ${METRICS_ENV} or "
+        f"{METRICS_DEFAULT}, this node only)",
+    )
     args = parser.parse_args(argv)
+    try:
+        if args.metrics_address is not None:
+            metrics_address = parse_address(args.metrics_address, "--metrics-address")
+        else:
+            metrics_address = parse_address(os.environ.get(METRICS_ENV, METRICS_DEFAULT))
+    except AddressError as err:
+        parser.error(str(err))
     # `systemctl kill -s USR1 zeropod` writes every thread's stack to the journal (stderr).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     journal = open_journal()
     path = args.socket or socket_path()
     try:
         state_dir = args.state_dir or os.path.join(os.path.dirname(path), "state")
-        asyncio.run(run(path, journal, state_dir=state_dir))
+        asyncio.run(run(path, journal, state_dir=state_dir, metrics_address=metrics_address))
     except (OSError, RuntimeError) as err:
         journal.error(f"zeropod daemon failed: {err}")
         return 1

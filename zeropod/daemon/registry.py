@@ -45,6 +45,16 @@ class Measurements:
     checkpoint_errors: int = 0
     restore_errors: int = 0
     cold_starts: int = 0
+    last_image_bytes: int | None = None
+    """Size of the last checkpoint image (None: never dumped, or stopped without an image)."""
+    last_rss_bytes: int | None = None
+    """The app's resident memory just before the last checkpoint: what sleeping frees."""
+    last_pss_bytes: int | None = None
+    """Its proportional share (shared pages split between their users)."""
+    probes_answered: int = 0
+    """Probes the daemon answered for the container's pod while it slept."""
+    client_waiting_since: float | None = None
+    """While a client's connection wakes the pod: when the daemon first saw it (epoch s)."""
 
 
 class Container:
@@ -121,6 +131,10 @@ class Container:
             "checkpoint_errors": self.measured.checkpoint_errors,
             "restore_errors": self.measured.restore_errors,
             "cold_starts": self.measured.cold_starts,
+            "image_bytes": self.measured.last_image_bytes,
+            "rss_bytes": self.measured.last_rss_bytes,
+            "pss_bytes": self.measured.last_pss_bytes,
+            "probes_answered": self.measured.probes_answered,
             "history": [
                 {
                     "from": t.previous.value,

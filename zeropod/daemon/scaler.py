@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,8 +79,15 @@ class Scaler:
             raise ControlError(SLEEP_FAILED, f"pod {key.label}: {outcome.error}")
         return self._describe(key)
 
-    async def wake(self, key: PodKey, reason: str) -> dict[str, Any]:
-        """Wake the pod (no-op when it runs); raises ControlError when it does not run after."""
+    async def wake(
+        self, key: PodKey, reason: str, client_since: float | None = None
+    ) -> dict[str, Any]:
+        """Wake the pod (no-op when it runs); raises ControlError when it does not run after.
+
+        ``client_since``: when the daemon first saw the client whose connection wakes the pod
+        (epoch seconds); kept in the containers' ``measured`` record while the wake runs, so
+        that the RUNNING event tells how long the client waited (the wake-latency metric).
+        """
         self._scaled(key, None)
         pod = self.pods.get(key)
         async with pod.lock:
@@ -87,7 +95,13 @@ class Scaler:
             sleeping = [c for c in containers if c.phase.phase in (Phase.SCALED_DOWN, Phase.FAILED)]
             if not sleeping:
                 return self._describe(key)
-            outcome = await wake_pod(pod, sleeping, self.machinery, self.journal, reason)
+            for container in sleeping:
+                container.measured.client_waiting_since = client_since
+            try:
+                outcome = await wake_pod(pod, sleeping, self.machinery, self.journal, reason)
+            finally:
+                for container in sleeping:
+                    container.measured.client_waiting_since = None
         if not outcome.ok:
             raise ControlError(WAKE_FAILED, f"pod {key.label}: {outcome.error}")
         return self._describe(key)
@@ -144,13 +158,19 @@ class Scaler:
             pod=key.pod,
             namespace=key.namespace,
         )
-        task = asyncio.create_task(self._watch(pod, held))
+        task = asyncio.create_task(self._watch(pod, held, time.time()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _watch(self, pod: Pod, held: HeldSockets) -> None:
-        """Answer probes on the held sockets; wake the pod for anything else."""
+    async def _watch(self, pod: Pod, held: HeldSockets, handed_over: float) -> None:
+        """Answer probes on the held sockets; wake the pod for anything else.
+
+        A client's wait is counted from ``handed_over`` for the connection that made systemd
+        start the activated service (its start, tens of ms, is not seen), from the moment a
+        held socket turned readable for later ones.
+        """
         gone = asyncio.ensure_future(held.activator_gone())
+        first_seen: float | None = handed_over
         try:
             while not held.closed:
                 ready = asyncio.ensure_future(held.readable())
@@ -167,7 +187,9 @@ class Scaler:
                 listener = ready.result()
                 if held.closed or listener is None:
                     return
-                if not await self._serve_probes(pod, held, listener):
+                seen = first_seen if first_seen is not None else time.time()
+                first_seen = None
+                if not await self._serve_probes(pod, held, listener, seen):
                     return
         except Exception as err:  # a broken watch must not leave the pod asleep forever
             self.journal.error(f"{pod.key.label}: watching held sockets failed: {err!r}")
@@ -177,7 +199,9 @@ class Scaler:
             if pod.handoff is not held:
                 held.close()  # released or replaced meanwhile: never keep a stale copy
 
-    async def _serve_probes(self, pod: Pod, held: HeldSockets, listener: socket.socket) -> bool:
+    async def _serve_probes(
+        self, pod: Pod, held: HeldSockets, listener: socket.socket, seen: float
+    ) -> bool:
         """One round: True to keep watching, False once a wake has been asked for."""
         containers = self.pods.scaled(pod.key)
         if not containers:
@@ -192,7 +216,7 @@ class Scaler:
             node = refresh()  # the source may be a node address newer than the cache
             decision = probes.decide(connections, ports, node)
         if decision.verdict is probes.Verdict.WAKE:
-            await self._wake_quietly(pod.key, decision.reason)
+            await self._wake_quietly(pod.key, decision.reason, seen)
             return False
         try:
             conn, peer = listener.accept()
@@ -200,12 +224,14 @@ class Scaler:
             await asyncio.sleep(0.01)  # another round took it; look again
             return True
         if not excluded(normalise(peer[0]), node):
-            await self._wake_and_relay(pod, conn, b"", f"connection from {peer[0]}")
+            await self._wake_and_relay(pod, conn, b"", f"connection from {peer[0]}", seen)
             return False
         kind, data = await probes.answer(conn)
         if kind is probes.Kind.OTHER:
-            await self._wake_and_relay(pod, conn, data, f"request from the node {peer[0]}")
+            await self._wake_and_relay(pod, conn, data, f"request from the node {peer[0]}", seen)
             return False
+        for container in containers:
+            container.measured.probes_answered += 1
         self.journal.info(
             f"{pod.key.label}: answered a {kind.value} from {peer[0]} without waking",
             unit=pod.key.service,
@@ -215,18 +241,20 @@ class Scaler:
         )
         return True
 
-    async def _wake_and_relay(self, pod: Pod, conn: socket.socket, data: bytes, why: str) -> None:
+    async def _wake_and_relay(
+        self, pod: Pod, conn: socket.socket, data: bytes, why: str, seen: float
+    ) -> None:
         netns = self.pods.scaled(pod.key)[0].identity.netns
-        if await self._wake_quietly(pod.key, why):
+        if await self._wake_quietly(pod.key, why, seen):
             try:
                 await proxy.relay(conn, data, netns)
             except (OSError, TimeoutError) as err:
                 self.journal.warning(f"{pod.key.label}: relaying a node connection failed: {err}")
         conn.close()
 
-    async def _wake_quietly(self, key: PodKey, reason: str) -> bool:
+    async def _wake_quietly(self, key: PodKey, reason: str, seen: float | None = None) -> bool:
         try:
-            await self.wake(key, reason)
+            await self.wake(key, reason, seen)
         except ControlError as err:
             self.journal.error(f"{key.label}: wake failed: {err.message}")
             return False

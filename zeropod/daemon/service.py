@@ -10,6 +10,7 @@ the :class:`~zeropod.daemon.scaler.Scaler`; a managed container's pod gets its i
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from zeropod.config.annotations import (
@@ -250,4 +251,6 @@ class ControlService:
             "previous": transition.previous.value if transition else None,
             "reason": transition.reason if transition else container.unmanaged_reason,
             "managed": container.managed,
+            # What the container measured so far, as of this event (metrics read it).
+            "measured": asdict(container.measured),
         }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from zeropod.daemon import footprint
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import HeldPort, Pod
 from zeropod.daemon.registry import Container
@@ -82,11 +83,16 @@ async def sleep_pod(
     # 5: asleep.
     for container in containers:
         container.phase.transition(Phase.SCALED_DOWN, "checkpointed")
+        measured = container.measured
         journal.info(
             f"{container.identity.label}: scaled down in {timer.total_ms():g} ms "
-            f"(checkpoint {container.measured.last_checkpoint_ms:g} ms)",
+            f"(checkpoint {measured.last_checkpoint_ms:g} ms, "
+            f"image {_mib(measured.last_image_bytes)}, frees {_mib(measured.last_pss_bytes)} PSS)",
             duration_ms=timer.total_ms(),
-            checkpoint_ms=container.measured.last_checkpoint_ms,
+            checkpoint_ms=measured.last_checkpoint_ms,
+            image_bytes=measured.last_image_bytes,
+            rss_bytes=measured.last_rss_bytes,
+            pss_bytes=measured.last_pss_bytes,
             **timer.fields(),
             **container.journal_fields(),
         )
@@ -111,6 +117,7 @@ async def _checkpoint(container: Container, machinery: Machinery, journal: Journ
     """Step 4 for one container, retrying a refused dump a bounded number of times."""
     stop = container.config is not None and container.config.disable_checkpointing
     mode = "stop" if stop else "checkpoint"
+    memory = footprint.memory(container.pid)  # what the sleep frees, read before the dump
     for attempt in range(1, DUMP_ATTEMPTS + 1):
         image_dir = machinery.images.prepare(container.identity.container_id)
         try:
@@ -128,6 +135,9 @@ async def _checkpoint(container: Container, machinery: Machinery, journal: Journ
             await asyncio.sleep(RETRY_PAUSE)
             continue
         container.measured.last_checkpoint_ms = reply.duration_ms
+        container.measured.last_rss_bytes = memory.rss if memory else None
+        container.measured.last_pss_bytes = memory.pss if memory else None
+        container.measured.last_image_bytes = None if stop else footprint.directory_bytes(image_dir)
         return
 
 
@@ -177,3 +187,7 @@ async def _give_up(
 
 def _stops(container: Container) -> bool:
     return container.config is not None and container.config.disable_checkpointing
+
+
+def _mib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.1f} MiB"
