@@ -42,6 +42,7 @@ def daemon_socket() -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix="zp-", dir="/tmp")
     path = os.path.join(directory, "control.sock")
     env = {**os.environ, "PYTHONPATH": REPO, "ZEROPOD_CONTROL_SOCKET": path}
+    env["ZEROPOD_METRICS_ADDRESS"] = "off"  # tests run side by side; the port is tested apart
     env.pop("NOTIFY_SOCKET", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "zeropod.daemon.main"],
@@ -88,6 +89,7 @@ def test_status_table_and_json(daemon_socket: str, capsys: pytest.CaptureFixture
         "SINCE",
         "CHECKPOINT",
         "RESTORE",
+        "IMAGE",
         "PORTS",
     ]
     assert lines[1].split()[:4] == ["shop", "web-1", "app", "RUNNING"]
@@ -199,6 +201,7 @@ def test_render_helpers() -> None:
         "SINCE",
         "CHECKPOINT",
         "RESTORE",
+        "IMAGE",
         "PORTS",
     ]
     line = event_line(

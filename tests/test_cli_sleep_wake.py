@@ -78,7 +78,17 @@ def test_status_table_shows_the_last_timings() -> None:
         "since": "2026-01-01T00:00:00.000Z",
         "last_checkpoint_ms": 181.2,
         "last_restore_ms": None,
+        "image_bytes": 15 * 2**20,
         "ports": [8080],
     }
     lines = status_table([row], datetime(2026, 1, 1, 0, 1, tzinfo=UTC)).splitlines()
-    assert lines[1].split() == ["shop", "web-1", "app", "SCALED_DOWN", "1m0s", "181ms", "-", "8080"]
+    assert lines[1].split() == [
+        *("shop", "web-1", "app", "SCALED_DOWN", "1m0s", "181ms", "-", "15.0M", "8080")
+    ]
+
+
+def test_sizes_read_like_ls_h() -> None:
+    from zeropod.cli.render import size
+
+    values = (None, True, -1, 0, 1000, 2048, 15 * 2**20 + 300_000, 2**31)
+    assert [size(v) for v in values] == ["-", "-", "-", "0B", "1000B", "2.0K", "15.3M", "2.0G"]

@@ -6,7 +6,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-COLUMNS = ("NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "CHECKPOINT", "RESTORE", "PORTS")
+COLUMNS = (
+    "NAMESPACE",
+    "POD",
+    "CONTAINER",
+    "STATE",
+    "SINCE",
+    "CHECKPOINT",
+    "RESTORE",
+    "IMAGE",
+    "PORTS",
+)
 
 
 def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
@@ -26,6 +36,7 @@ def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
                 age(entry.get("since"), now),
                 millis(entry.get("last_checkpoint_ms")),
                 millis(entry.get("last_restore_ms")),
+                size(entry.get("image_bytes")),
                 ports,
             )
         )
@@ -39,6 +50,19 @@ def millis(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
     return f"{value:.0f}ms"
+
+
+def size(value: object) -> str:
+    """A byte count as ``812K``, ``14.2M``, ``1.3G``, or ``-`` when there is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return "-"
+    if value < 1024:
+        return f"{value:.0f}B"
+    for unit in ("K", "M", "G"):
+        value /= 1024
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if value >= 100 else f"{value:.1f}{unit}"
+    return "-"
 
 
 def age(since: object, now: datetime) -> str:
