@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_fakes import World
 from zeropod.config.annotations import CONTAINER_NAMES
-from zeropod.daemon import footprint
+from zeropod.daemon import footprint, proctime
 from zeropod.daemon.metrics import AddressError, Metrics, parse_address, serve
 from zeropod.daemon.pods import PodKey
 
@@ -230,3 +232,19 @@ def test_directory_bytes(tmp_path) -> None:
     (tmp_path / "sub" / "b").write_bytes(b"y" * 24)
     assert footprint.directory_bytes(str(tmp_path)) == 1024
     assert footprint.directory_bytes(str(tmp_path / "missing")) is None
+
+
+def test_a_peer_process_start_time() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        assert proctime.peer_pid(left) == os.getpid()
+        started = proctime.connection_peer_started(left)
+    assert started is not None and started <= time.time()
+    child = subprocess.Popen(["sleep", "10"])
+    try:
+        began = time.time()
+        assert abs(proctime.started_at(child.pid) - began) < 0.5  # ticks are 10 ms
+    finally:
+        child.kill()
+        child.wait()
+    assert proctime.started_at(2**22 + 7) is None

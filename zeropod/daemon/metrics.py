@@ -4,8 +4,8 @@ Names and labels (``container``, ``pod``, ``namespace``) follow upstream zeropod
 them; the rest are ours:
 
 - histograms ``zeropod_checkpoint_duration_seconds``, ``zeropod_restore_duration_seconds``
-  and ``zeropod_wake_latency_seconds`` (a client's wait: from the daemon first seeing its
-  connection to the held sockets being released to the app), buckets from 10 ms to 10 s;
+  and ``zeropod_wake_latency_seconds`` (a client's wait: from its arrival, as the daemon
+  knows it, to the held sockets being released to the app), buckets from 10 ms to 10 s;
   fed from the daemon's event hub (:meth:`Metrics.follow`), the durations taken from the
   ``measured`` record each transition event carries;
 - read from the registry at scrape time (:class:`StateCollector`): ``zeropod_running``
@@ -82,8 +82,8 @@ class Metrics:
         )
         self.wake_latency = Histogram(
             "zeropod_wake_latency_seconds",
-            "How long a client that woke a sleeping pod waited: from the daemon first seeing "
-            "its connection to the release of the held sockets to the app.",
+            "How long a client that woke a sleeping pod waited: from its arrival (the start "
+            "of the activated service) to the release of the held sockets to the app.",
             LABELS,
             buckets=BUCKETS,
             registry=self.collectors,

@@ -19,7 +19,7 @@ from typing import Any
 from zeropod.activity.sockdiag import normalise
 from zeropod.activity.sources import Network, excluded
 from zeropod.control.protocol import NOT_FOUND, ControlError
-from zeropod.daemon import probes, proxy
+from zeropod.daemon import probes, proctime, proxy
 from zeropod.daemon.handoff import HeldSockets
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import Pod, PodKey, Pods, pod_phase
@@ -158,16 +158,18 @@ class Scaler:
             pod=key.pod,
             namespace=key.namespace,
         )
-        task = asyncio.create_task(self._watch(pod, held, time.time()))
+        # The connection that made systemd start the activated service waits since its start.
+        started = proctime.connection_peer_started(held.connection)
+        task = asyncio.create_task(self._watch(pod, held, started or time.time()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _watch(self, pod: Pod, held: HeldSockets, handed_over: float) -> None:
         """Answer probes on the held sockets; wake the pod for anything else.
 
-        A client's wait is counted from ``handed_over`` for the connection that made systemd
-        start the activated service (its start, tens of ms, is not seen), from the moment a
-        held socket turned readable for later ones.
+        A client's wait is counted from ``handed_over`` (when the activated service started,
+        see :mod:`.proctime`) for the connection that made systemd start the service, from the
+        moment a held socket turned readable for later ones.
         """
         gone = asyncio.ensure_future(held.activator_gone())
         first_seen: float | None = handed_over
