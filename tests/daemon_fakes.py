@@ -13,7 +13,7 @@ from zeropod.daemon.pods import HeldPort, PodKey, Pods
 from zeropod.daemon.registry import Container, Registry
 from zeropod.daemon.scaler import Scaler
 from zeropod.daemon.service import ControlService
-from zeropod.daemon.steps import Machinery, ShimError, ShimReply
+from zeropod.daemon.steps import RESTORE_FAILED, Machinery, ShimError, ShimReply
 from zeropod.journal import Journal
 
 PORT = HeldPort(socket.AF_INET, "0.0.0.0", 8080, False)
@@ -34,6 +34,7 @@ class FakeShim:
         self.rec = rec
         self.refusals: dict[str, list[ShimError]] = {}
         self.restore_reply: dict[str, ShimReply | ShimError] = {}
+        self.broken_images: dict[str, str] = {}  # container -> why its restore fails
 
     async def checkpoint(self, container: Container, image_dir: str, mode: str) -> ShimReply:
         self.rec.calls.append(("checkpoint", container.identity.container, mode))
@@ -42,8 +43,15 @@ class FakeShim:
             raise pending.pop(0)
         return ShimReply(pid=container.pid, duration_ms=120.0)
 
-    async def restore(self, container: Container, image_dir: str | None) -> ShimReply:
+    async def restore(
+        self, container: Container, image_dir: str | None, *, fallback: bool = True
+    ) -> ShimReply:
         self.rec.calls.append(("restore", container.identity.container, image_dir))
+        broken = self.broken_images.get(container.identity.container)
+        if broken is not None and image_dir is not None:
+            if not fallback:
+                raise ShimError(RESTORE_FAILED, broken)
+            return ShimReply(pid=container.pid + 1000, duration_ms=90.0, cold=True, error=broken)
         reply = self.restore_reply.get(container.identity.container)
         if isinstance(reply, ShimError):
             raise reply

@@ -1,5 +1,5 @@
 """The sleep and wake sequences against fakes: the order of the steps and the failure paths
-(a failed sleep never loses a container; a failed restore starts it cold)."""
+(a failed sleep never loses a container; a failed restore takes the cold path)."""
 
 from __future__ import annotations
 
@@ -127,6 +127,68 @@ async def test_failed_restore_cold_start_is_counted_and_total_failure_is_failed(
     world.shim.restore_reply.pop("app")
     await world.scaler.wake(KEY, "retry")
     assert app.phase.phase is Phase.RUNNING
+
+
+async def test_failed_restore_takes_the_cold_path() -> None:
+    world = World()
+    app = world.register()
+    await world.scaler.sleep(KEY, "forced")
+    world.shim.broken_images["app"] = "criu: pages-1.img truncated (CRIU log: /i/restore.log)"
+    world.rec.calls.clear()
+    await world.scaler.wake(KEY, "test")
+    # restore without the shim's fallback while the holder listens; it fails, so the
+    # waiting clients are taken, the ports released, and only then the app starts cold
+    image = f"/images/{app.identity.container_id}"
+    assert world.rec.calls == [
+        ("restore", "app", image),
+        ("unit_stop", SOCKET),
+        ("restore", "app", None),
+        ("listening", (8080,), 1),
+    ]  # the image stays: it holds CRIU's restore log
+    assert app.phase.phase is Phase.RUNNING
+    assert app.measured.restore_errors == 1
+    line = next(e for e in world.captured.entries if "restore failed, starting it cold" in e[0])
+    assert "/i/restore.log" in line[0] and line[2]["IMAGE_DIR"] == image
+    assert any("woke in" in m and "cold start" in m for m in world.captured.messages())
+
+
+async def test_one_failed_restore_of_two_containers() -> None:
+    world = World()
+    app = world.register("app")
+    side = world.register("side")
+    await world.scaler.sleep(KEY, "forced")
+    world.shim.broken_images["side"] = "criu failed"
+    world.rec.calls.clear()
+    await world.scaler.wake(KEY, "test")
+    assert world.rec.calls == [
+        ("restore", "app", f"/images/{app.identity.container_id}"),
+        ("restore", "side", f"/images/{side.identity.container_id}"),
+        ("unit_stop", SOCKET),
+        ("restore", "side", None),
+        ("listening", (8080,), 1),
+        ("image_remove", app.identity.container_id),
+    ]
+    assert app.phase.phase is Phase.RUNNING and side.phase.phase is Phase.RUNNING
+
+
+async def test_failed_restore_and_failed_cold_start_is_failed() -> None:
+    world = World()
+    app = world.register()
+    await world.scaler.sleep(KEY, "forced")
+    world.shim.broken_images["app"] = "criu failed"
+
+    async def refuse_cold(container, image_dir, *, fallback=True):  # type: ignore[no-untyped-def]
+        world.rec.calls.append(("restore", container.identity.container, image_dir))
+        if image_dir is None:
+            raise ShimError("restore_failed", "cold start: exec failed")
+        raise ShimError("restore_failed", "criu failed")
+
+    world.shim.restore = refuse_cold  # type: ignore[method-assign]
+    with pytest.raises(ControlError) as info:
+        await world.scaler.wake(KEY, "test")
+    assert info.value.code == "wake_failed" and "cold start failed" in info.value.message
+    assert app.phase.phase is Phase.FAILED
+    assert world.rec.names()[-1] == "restore" and "unit_stop" in world.rec.names()
 
 
 async def test_disable_checkpointing_stops_and_cold_starts() -> None:

@@ -263,6 +263,28 @@ async def test_failed_restore_starts_cold(rig: Rig) -> None:
     assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
 
 
+async def test_failed_restore_without_fallback_stays_asleep(rig: Rig) -> None:
+    await rig.run_container()
+    image = str(rig.tmp / "img")
+    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    rig.runc.fail_restore = True
+    calls = len(rig.runc.calls)
+    answer = await rig.control.answer(
+        json.dumps(rig.op("restore", image_dir=image, fallback=False)).encode()
+    )
+    assert answer["ok"] is False and answer["error"]["code"] == "restore_failed"
+    assert "criu failed" in answer["error"]["message"]
+    assert f"{image}/restore.log" in answer["error"]["message"]
+    assert rig.runc.calls[calls:] == ["Create", "Start", "Delete"]  # no cold start
+    assert rig.ctx.tracker.get(CID).phase is Phase.SCALED_DOWN
+    state = await rig.call("State", "StateResponse", id=CID)
+    assert state.status == RUNNING  # containerd still sees it running
+    woke = await rig.control.handle(rig.op("restore", image_dir=None))  # the daemon's cold start
+    assert woke["cold"] is True and "error" not in woke
+    assert rig.runc.created[-1].checkpoint == ""
+    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+
+
 async def test_restore_clears_a_task_left_by_the_checkpoint(rig: Rig) -> None:
     await rig.run_container()
     image = str(rig.tmp / "img")
@@ -314,6 +336,7 @@ async def test_stop_mode_and_cold_restore(rig: Rig) -> None:
         ({"op": "checkpoint", "container_id": CID, "image_dir": "relative"}, "bad_request"),
         ({"op": "checkpoint", "container_id": CID, "image_dir": "/x", "mode": "x"}, "bad_request"),
         ({"v": 2, "op": "status"}, "unsupported_version"),
+        ({"op": "restore", "container_id": CID, "fallback": "no"}, "bad_request"),
     ],
 )
 async def test_control_errors(rig: Rig, request_: dict, code: str) -> None:

@@ -42,12 +42,15 @@ class ShimClient:
         }
         return _reply(await self._call(container, message, CHECKPOINT_TIMEOUT))
 
-    async def restore(self, container: Container, image_dir: str | None) -> ShimReply:
+    async def restore(
+        self, container: Container, image_dir: str | None, *, fallback: bool = True
+    ) -> ShimReply:
         message = {
             "v": VERSION,
             "op": "restore",
             "container_id": container.identity.container_id,
             "image_dir": image_dir,
+            "fallback": fallback,
         }
         return _reply(await self._call(container, message, RESTORE_TIMEOUT))
 

@@ -18,6 +18,7 @@ from zeropod.daemon.pods import HeldPort, PodKey
 from zeropod.daemon.registry import Container
 
 CHECKPOINT_FAILED = "checkpoint_failed"
+RESTORE_FAILED = "restore_failed"
 
 
 class ShimError(Exception):
@@ -50,10 +51,13 @@ class Shim(Protocol):
         """
         ...
 
-    async def restore(self, container: Container, image_dir: str | None) -> ShimReply:
+    async def restore(
+        self, container: Container, image_dir: str | None, *, fallback: bool = True
+    ) -> ShimReply:
         """Re-create the task from ``image_dir``, or cold when ``None`` or the restore fails.
 
-        Raises :class:`ShimError` when neither worked.
+        Raises :class:`ShimError` when neither worked; with ``fallback=False`` a failed
+        restore is not followed by a cold start (code :data:`RESTORE_FAILED`, still asleep).
         """
         ...
 

@@ -4,16 +4,17 @@ The steps, as in docs/scale-to-zero.md ("Wake"); probes were already answered by
 :mod:`zeropod.daemon.probes` before this runs:
 
 1. Shim ``restore`` of each scaled container while the held sockets still listen (the
-   restored socket joins their reuseport group). No image (disable-checkpointing) or a
-   failed restore: the shim starts the container cold; logged and counted.
+   restored socket joins their reuseport group), without the shim's own cold fallback
+   (``fallback: false``): a cold app could not bind while the holder listens.
 2. Release the held sockets: stop the socket unit (and the activated service), then close
    the daemon's copies and end the activator's connection (in this order, see
    :func:`_release`). With ``tcp_migrate_req=1`` every pending connection moves to the app
    when the last copy closes.
 
-A cold start (disable-checkpointing, or no image) cannot take over the queue: the clients
-waiting in it are accepted first, the ports released, the app started, and the clients
-relayed to it (:mod:`zeropod.daemon.proxy`).
+A cold start (disable-checkpointing, no image, or a failed restore: logged with CRIU's
+restore log and counted) cannot take over the queue: the clients waiting in it are accepted
+first, the ports released, the app started, and the clients relayed to it
+(:mod:`zeropod.daemon.proxy`).
 3. Delete the images of good restores. Phase RUNNING; journal: restore ms and wake ms.
 
 The caller holds the pod's lock. A container neither restored nor cold-started is FAILED (a
@@ -30,7 +31,7 @@ from zeropod.daemon import proxy
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import Pod
 from zeropod.daemon.registry import Container
-from zeropod.daemon.steps import Machinery, ShimError, StepTimer
+from zeropod.daemon.steps import RESTORE_FAILED, Machinery, ShimError, StepTimer
 from zeropod.journal import Journal
 
 LISTEN_TIMEOUT = 2.0
@@ -75,15 +76,35 @@ async def wake_pod(
 
     # 1: restore (or start cold) while the held sockets still listen.
     restored: list[Container] = []
+    failed_restores: list[Container] = []
     for container in containers:
         with timer.step(f"restore_{container.identity.container}"):
-            error = await _restore(
-                container, images[container.identity.container_id], machinery, journal
-            )
+            try:
+                error = await _restore(
+                    container, images[container.identity.container_id], machinery, journal
+                )
+            except _RestoreFailed:
+                failed_restores.append(container)
+                continue
         if error is None:
             restored.append(container)
         else:
             errors.append(error)
+
+    # 1 (a restore failed): the cold path as above, then start those containers cold.
+    if failed_restores:
+        if not cold:
+            cold = True
+            with timer.step("drain"):
+                drained = pod.handoff.drain() if pod.handoff is not None else []
+                errors += await _release(pod, machinery)
+        for container in failed_restores:
+            with timer.step(f"cold_start_{container.identity.container}"):
+                error = await _restore(container, None, machinery, journal)
+            if error is None:
+                restored.append(container)
+            else:
+                errors.append(error)
 
     # 1b: the app listens (next to the holder), or the queue would have no taker.
     polls = 0
@@ -107,7 +128,8 @@ async def wake_pod(
     # 3: clean up and report.
     wake_ms = timer.total_ms()
     for container in restored:
-        machinery.images.remove(container.identity.container_id)
+        if container not in failed_restores:  # a failed one keeps CRIU's log till next sleep
+            machinery.images.remove(container.identity.container_id)
         container.phase.transition(Phase.RUNNING, f"woken ({reason})")
         journal.info(
             f"{container.identity.label}: woke in {wake_ms:g} ms "
@@ -158,21 +180,37 @@ def _image_dir(container: Container, machinery: Machinery) -> str | None:
     return machinery.images.path(container.identity.container_id)
 
 
+class _RestoreFailed(Exception):
+    """The shim could not restore from the image and left the container asleep."""
+
+
 async def _restore(
     container: Container, image_dir: str | None, machinery: Machinery, journal: Journal
 ) -> str | None:
-    """Step 1 for one container; returns an error when it does not run afterwards."""
+    """Step 1 for one container; returns an error when it does not run afterwards.
+
+    Raises :class:`_RestoreFailed` (logged, counted) when the restore from ``image_dir``
+    failed: the container is still asleep and the caller starts it cold.
+    """
     try:
-        reply = await machinery.shim.restore(container, image_dir)
+        reply = await machinery.shim.restore(container, image_dir, fallback=False)
     except ShimError as err:
         container.measured.restore_errors += 1
-        container.phase.transition(Phase.FAILED, f"restore and cold start failed: {err.message}")
-        return f"{container.identity.label}: restore and cold start failed: {err.message}"
+        if image_dir is not None and err.code == RESTORE_FAILED:
+            journal.error(
+                f"{container.identity.label}: restore failed, starting it cold: {err.message}",
+                image_dir=image_dir,
+                **container.journal_fields(),
+            )
+            raise _RestoreFailed(err.message) from err
+        what = "restore" if image_dir is not None else "cold start"
+        container.phase.transition(Phase.FAILED, f"{what} failed: {err.message}")
+        return f"{container.identity.label}: {what} failed: {err.message}"
     container.pid = reply.pid
     container.measured.last_restore_ms = reply.duration_ms
     if reply.cold:
         container.measured.cold_starts += 1
-        if image_dir is not None:
+        if image_dir is not None:  # a shim that still falls back by itself
             container.measured.restore_errors += 1
             journal.error(
                 f"{container.identity.label}: restore failed, started cold instead: "

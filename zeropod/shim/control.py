@@ -4,8 +4,10 @@ JSON lines with :mod:`zeropod.control.protocol`'s framing and error shape; every
 ``status`` names ``container_id`` (``id`` is accepted too). See docs/scale-to-zero.md.
 
 - ``checkpoint {container_id, image_dir, mode?: "checkpoint"|"stop"}`` -> ``{pid, duration_ms}``
-- ``restore {container_id, image_dir?}`` -> ``{pid, cold, duration_ms, error?}``; ``image_dir``
-  null starts cold, absent uses the last checkpoint's image.
+- ``restore {container_id, image_dir?, fallback?}`` -> ``{pid, cold, duration_ms, error?}``;
+  ``image_dir`` null starts cold, absent uses the last checkpoint's image. ``fallback`` (default
+  true) false: a failed restore is not followed by a cold start; the container stays scaled
+  down and the answer is a ``restore_failed`` error (the daemon then runs its own cold path).
 - ``status`` -> ``{containers: [{container_id, phase, pid, last_pid, ...}]}``
 """
 
@@ -109,7 +111,10 @@ class ShimControl:
         image_dir = _path(request, "image_dir", required=False) if "image_dir" in request else None
         if "image_dir" not in request:
             image_dir = c.image_dir
-        return await restore(self.ctx, c, image_dir)
+        fallback = request.get("fallback", True)
+        if not isinstance(fallback, bool):
+            raise ControlError(BAD_REQUEST, f"field 'fallback': true or false, got {fallback!r}")
+        return await restore(self.ctx, c, image_dir, fallback=fallback)
 
     def _container(self, request: dict[str, Any]) -> Container:
         cid = request.get("container_id", request.get("id"))

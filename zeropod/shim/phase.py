@@ -31,8 +31,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     # a failed dump leaves the process running
     Phase.CHECKPOINTING: frozenset({Phase.SCALED_DOWN, Phase.RUNNING}),
     Phase.SCALED_DOWN: frozenset({Phase.RESTORING, Phase.ENDED}),
-    # neither the restore nor a cold start brought a process back: ENDED
-    Phase.RESTORING: frozenset({Phase.RUNNING, Phase.ENDED}),
+    # neither the restore nor a cold start brought a process back: ENDED; a failed restore
+    # without fallback (the daemon starts it cold itself): back to SCALED_DOWN
+    Phase.RESTORING: frozenset({Phase.RUNNING, Phase.ENDED, Phase.SCALED_DOWN}),
     Phase.EXITED: frozenset({Phase.DELETED}),
     Phase.ENDED: frozenset({Phase.DELETED}),
     Phase.DELETED: frozenset(),

@@ -5,7 +5,9 @@
 2. Create the task again exactly as containerd first did, plus ``checkpoint=image_dir`` and
    CRIU's work dir in the runc options; Start runs CRIU's restore and gives the new pid.
 3. If that fails (or there is no image): clear the half-made task and start it cold from the
-   original request (``cold: true``, the failure in ``error``).
+   original request (``cold: true``, the failure in ``error``). With ``fallback=False`` (the
+   daemon, which must release the pod's ports before a cold app can bind) a failed restore
+   goes back to SCALED_DOWN and raises ``restore_failed`` instead; the image stays.
 4. -> RUNNING; our stdio FIFO ends are closed (the runc shim holds its own again), a pending
    Wait from containerd now waits on the new task.
 If even the cold start fails, the task ends (exit published, status 255).
@@ -34,8 +36,13 @@ log = logging.getLogger(__name__)
 FAILED_WAKE_STATUS = 255
 
 
-async def restore(ctx: ShimContext, c: Container, image_dir: str | None) -> dict[str, Any]:
-    """Bring ``c`` back; ``{"pid", "cold", "duration_ms", "error"?}`` or ControlError."""
+async def restore(
+    ctx: ShimContext, c: Container, image_dir: str | None, *, fallback: bool = True
+) -> dict[str, Any]:
+    """Bring ``c`` back; ``{"pid", "cold", "duration_ms", "error"?}`` or ControlError.
+
+    ``fallback=False``: a failed restore from ``image_dir`` is not followed by a cold start.
+    """
     async with c.lock:
         if c.phase is Phase.RUNNING:
             return {"pid": c.pid, "cold": False, "duration_ms": 0}
@@ -51,6 +58,10 @@ async def restore(ctx: ShimContext, c: Container, image_dir: str | None) -> dict
             except (TtrpcError, ConnectionError) as err:
                 log_path = os.path.join(image_dir, "restore.log")
                 result["error"] = f"restore from {image_dir} failed: {err} (CRIU log: {log_path})"
+                if not fallback:
+                    ctx.tracker.move(c, Phase.SCALED_DOWN, "restore failed, no fallback")
+                    log.warning("container %s: %s; not starting it cold", c.id, result["error"])
+                    raise ControlError(RESTORE_FAILED, f"{c.id}: {result['error']}") from err
                 result["cold"] = True
                 log.warning("container %s: %s; starting it cold", c.id, result["error"])
         if result["cold"]:
