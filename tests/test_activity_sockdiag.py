@@ -316,3 +316,19 @@ def test_excluded_sources_keep_the_last_list_when_a_read_fails() -> None:
     assert ipaddress.ip_address("10.0.0.9") not in exc
     assert isinstance(exc.error, OSError)
     assert ipaddress.ip_address("10.88.0.1") in exc
+
+
+def test_excluded_sources_called_rereads_a_stale_list() -> None:
+    node, now = FakeNode(), [0.0]
+    exc = sources.ExcludedSources(sources.LOOPBACK, node.read, 5.0, lambda: now[0])
+    assert exc() == sources.LOOPBACK and node.reads == 1  # the bridge does not exist yet
+    bridge = ipaddress.ip_network("10.88.0.1/32")
+    node.networks.append(bridge)  # the first pod created it
+    now[0] = 4.0
+    assert exc() == sources.LOOPBACK and node.reads == 1  # cached
+    now[0] = 5.0
+    assert exc() == (*sources.LOOPBACK, bridge) and node.reads == 2
+    node.fail, now[0] = True, 10.0
+    assert exc() == (*sources.LOOPBACK, bridge) and exc.error is not None  # the last good one
+    node.fail, node.networks = False, []
+    assert exc.refresh() == sources.LOOPBACK and exc.error is None  # at once, whatever the age

@@ -63,31 +63,3 @@ def test_watched_ports_use_the_ports_map_else_detection() -> None:
     assert ports == [80, 81, 9000]
     assert side.listen_ports == (9000,) and side.ports == (9000,)
     assert app.ports == (80, 81)
-
-
-def test_node_addresses_are_refreshed_and_keep_the_last_good_list() -> None:
-    import ipaddress
-
-    from zeropod.activity.sources import LOOPBACK
-    from zeropod.daemon.nodeaddrs import NodeAddresses
-
-    bridge = ipaddress.ip_network("10.88.0.1/32")
-    reads: list[object] = [[], [bridge], OSError("netlink")]
-    now = [0.0]
-
-    def read() -> list[ipaddress.IPv4Network]:
-        value = reads.pop(0)
-        if isinstance(value, Exception):
-            raise value
-        return value  # type: ignore[return-value]
-
-    addresses = NodeAddresses(read, ttl=5.0, clock=lambda: now[0])
-    assert addresses() == LOOPBACK  # the bridge does not exist yet
-    now[0] = 4.0
-    assert addresses() == LOOPBACK  # cached
-    now[0] = 5.0
-    assert addresses() == (*LOOPBACK, bridge)  # the first pod created it
-    now[0] = 10.0
-    assert addresses() == (*LOOPBACK, bridge) and addresses.last_error is not None
-    reads.append([])
-    assert addresses.refresh() == LOOPBACK  # read at once, whatever the cache's age

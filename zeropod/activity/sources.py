@@ -5,7 +5,9 @@ the node's addresses (on the test node: 10.88.0.1, the CNI bridge). Traffic insi
 arrives from loopback. Neither should keep a container awake. :func:`node_networks` lists the
 addresses of the namespace it is called in (the daemon runs in the node's);
 :class:`ExcludedSources` keeps that list current, since the CNI bridge only appears with the
-first pod, after the daemon started; :func:`parse_networks` reads an operator's extra list.
+first pod, after the daemon started (the one refresher of the node's addresses: the daemon's
+idle loops, probe answers and wakes use it as well as ``zeropod.activity``);
+:func:`parse_networks` reads an operator's extra list.
 """
 
 from __future__ import annotations
@@ -65,16 +67,17 @@ class ExcludedSources:
     """Fixed NETWORKS plus the node's own addresses, kept current.
 
     The node's addresses change after the daemon starts: the CNI bridge (kubelet's source
-    towards bridged pods) appears with the first pod. So an address not among them makes
-    them be read again (READ, default :func:`node_networks`), at most once per
-    REFRESH_SECONDS on CLOCK. A failed read keeps the last list; ``error`` says why.
-    Iterating yields the networks as last read.
+    towards bridged pods) appears with the first pod. They are read (READ, default
+    :func:`node_networks`) at construction, again when the list is older than
+    REFRESH_SECONDS on CLOCK and it is asked for (calling the object), and when an address not
+    among them is tested (``addr in sources``, at most once per REFRESH_SECONDS). A failed
+    read keeps the last list; ``error`` says why. Iterating yields the networks as last read.
     """
 
     def __init__(
         self,
         networks: Iterable[Network] = LOOPBACK,
-        read: Callable[[], tuple[Network, ...]] = node_networks,
+        read: Callable[[], Iterable[Network]] = node_networks,
         refresh_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,14 +90,26 @@ class ExcludedSources:
         self.error: OSError | None = None
         self.refresh()
 
-    def refresh(self) -> None:
-        """Read the node's addresses now."""
+    def refresh(self) -> tuple[Network, ...]:
+        """Read the node's addresses now, whatever the list's age; the networks after it."""
         self._read_at = self._clock()
         try:
-            self._node = self._read()
-            self.error = None
+            found = tuple(self._read())
         except OSError as err:
             self.error = err
+        else:
+            self.error = None
+            self._node = tuple(n for n in found if n not in self.fixed)
+        return self.fixed + self._node
+
+    def _stale(self) -> bool:
+        return self._read_at is None or self._clock() - self._read_at >= self._refresh_seconds
+
+    def __call__(self) -> tuple[Network, ...]:
+        """The networks whose clients do not count, re-read first if the list is stale."""
+        if self._stale():
+            return self.refresh()
+        return self.fixed + self._node
 
     def __iter__(self) -> Iterator[Network]:
         return iter(self.fixed + self._node)
@@ -102,7 +117,7 @@ class ExcludedSources:
     def __contains__(self, addr: IPAddress) -> bool:
         if _in(addr, self.fixed) or _in(addr, self._node):
             return True
-        if self._read_at is not None and self._clock() - self._read_at < self._refresh_seconds:
+        if not self._stale():
             return False
         self.refresh()
         return _in(addr, self._node)

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+from zeropod.activity.sources import ExcludedSources
 from zeropod.control.protocol import socket_path
 from zeropod.control.server import ControlServer
 from zeropod.daemon.events import EventHub
@@ -29,7 +30,6 @@ from zeropod.daemon.machinery import (
     read_connections,
 )
 from zeropod.daemon.metrics import AddressError, Metrics, MetricsServer, parse_address, serve
-from zeropod.daemon.nodeaddrs import NodeAddresses
 from zeropod.daemon.notify import (
     inherited_fds,
     notify,
@@ -54,10 +54,9 @@ METRICS_DEFAULT = "127.0.0.1:9925"
 
 def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
     """The daemon's parts, wired to the node's real machinery."""
-    excluded = NodeAddresses()
-    excluded()
-    if excluded.last_error is not None:
-        journal.warning(f"cannot list the node's addresses yet: {excluded.last_error}")
+    excluded = ExcludedSources(refresh_seconds=5.0)  # the node's addresses, re-read
+    if excluded.error is not None:
+        journal.warning(f"cannot list the node's addresses yet: {excluded.error}")
     registry = Registry()
     pods = Pods(registry)
     machinery = Machinery(ShimClient(), HostNetwork(), SystemdUnits(), ImageStore())

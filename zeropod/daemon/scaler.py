@@ -54,7 +54,7 @@ class Scaler:
         self.machinery = machinery
         self.journal = journal
         self.node_networks = node_networks
-        """Loopback and the node's addresses now (e.g. a NodeAddresses)."""
+        """Loopback and the node's addresses now (e.g. an ExcludedSources)."""
         self.read_queue = read_queue
         self._tasks: set[asyncio.Task[None]] = set()
 
