@@ -154,6 +154,10 @@ def test_zeropodctl_status_sleep_wake_and_events(node: Node, cri: Cri, daemon: D
                 10,
                 what="zeropodctl events running",
             )
+            # A container the daemon does not scale: one line, nothing changes.
+            refused = ctl(node, "sleep", runner.pod.name, "sidecar", check=False)
+            assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused
+            assert "'sidecar' is not a scaled container" in refused.stderr, refused.stderr
             out = ctl(node, "sleep", sleeper.pod.name).stdout
             assert f"default/{sleeper.pod.name} SCALED_DOWN" in out, out
 

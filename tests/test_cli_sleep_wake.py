@@ -53,8 +53,8 @@ def test_sleep_and_wake(capsys: pytest.CaptureFixture[str]) -> None:
 def test_refusal_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["sleep", "missing", "-n", "shop"]) == 1
     err = capsys.readouterr().err
-    assert (
-        err == "zeropodctl: daemon refused: pod shop/missing has no scaled containers (not_found)\n"
+    assert err == (
+        "zeropodctl: pod shop/missing has no scaled containers (see 'zeropodctl status')\n"
     )
 
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from zeropod.cli.render import event_line, pod_summary, status_table
 from zeropod.control.client import ControlClient
-from zeropod.control.protocol import ControlError, DaemonUnavailable
+from zeropod.control.protocol import NOT_FOUND, ControlError, DaemonUnavailable
 
 PROG = "zeropodctl"
 
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonUnavailable as err:
         return _fail(f"daemon not reachable: {err.message} (is zeropod.service running?)")
     except ControlError as err:
+        if err.code == NOT_FOUND:  # an unknown pod, or a container the daemon does not scale
+            return _fail(f"{err.message} (see '{PROG} status')")
         return _fail(f"daemon refused: {err.message} ({err.code})")
     except KeyboardInterrupt:
         return 130
