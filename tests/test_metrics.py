@@ -15,9 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_fakes import World
 from zeropod.config.annotations import CONTAINER_NAMES
+from zeropod.control.protocol import ControlError
 from zeropod.daemon import footprint, proctime
 from zeropod.daemon.metrics import AddressError, Metrics, parse_address, serve
 from zeropod.daemon.pods import PodKey
+from zeropod.daemon.steps import ShimError
 
 POD = PodKey("shop", "web-1")
 SCALED = {"zeropod.ctrox.dev/scaledown-duration": "10s"}
@@ -127,6 +129,22 @@ async def test_memory_and_image_size_of_the_last_checkpoint() -> None:
         app.measured.last_image_bytes = 4096
         found = samples(metrics.exposition().decode())
         assert value(found, "zeropod_checkpoint_image_bytes", **LABELS) == 4096.0
+    finally:
+        follower.cancel()
+
+
+async def test_a_failed_sleep_counts_an_error_and_no_duration() -> None:
+    world, metrics, follower = await followed_world()
+    try:
+        world.register("app", annotations=SCALED)
+        world.shim.refusals["app"] = [ShimError("unavailable", "shim gone")]
+        with pytest.raises(ControlError):
+            await world.scaler.sleep(POD, "test")
+        found = samples(metrics.exposition().decode())
+        assert value(found, "zeropod_checkpoint_errors_total", **LABELS) == 1.0
+        assert value(found, "zeropod_running", **LABELS) == 1.0
+        assert value(found, "zeropod_checkpoint_duration_seconds_count", **LABELS) is None
+        assert value(found, "zeropod_last_checkpoint_time", **LABELS) is None
     finally:
         follower.cancel()
 
