@@ -5,7 +5,7 @@ export ZEROPOD_CACHE ?= /var/cache/zeropod
 PY := .venv/bin/python
 CONTAINERD_VERSIONS ?= 2.1 1.7
 
-.PHONY: setup demo test unit lint e2e bench-shim-memory node-start node-stop clean
+.PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean
 
 ## setup: host packages, CRIU 4.2.1, generated protos, venv, node rootfs (setup-host), test images
 setup:
@@ -28,6 +28,14 @@ unit:
 
 e2e:
 	.venv/bin/pytest -q -m node e2e --containerd "$(CONTAINERD_VERSIONS)"
+
+## bench: zeropod beside raw CRIU, a cold start and plain runc (5/100/500 MB, N=7): bench/results
+bench: setup
+	$(PY) bench/run.py
+
+## bench-quick: the same at 5 MB, N=2 (CI: keeps the suite from rotting; numbers never fail it)
+bench-quick: setup
+	$(PY) bench/run.py --quick
 
 bench-shim-memory: setup
 	$(PY) bench/shim_memory.py

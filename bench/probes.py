@@ -1,0 +1,111 @@
+"""What the benchmark reads from the node: raw CRIU runs, process memory, versions, the machine.
+
+The raw baseline runs bench/rawcr.py inside the node, in a systemd scope of its own so the
+containers it starts outlive the transient service `node/run` uses (that service's end would
+kill them). Process memory is read from the node's /proc through the host (Node.host_path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from e2e.node import Node
+
+RAWCR = "/opt/zeropod/src/bench/rawcr.py"
+ZEROPOD_IMAGES = "/var/lib/zeropod/images"
+# How each zeropod process of a pod shows in its command line.
+SHIM_KINDS = {"interposer": "zeropod.shim", "runc shim": "containerd-shim-runc-v2"}
+ACTIVATOR = "zeropod.activator"
+
+
+def rawcr(node: Node, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """Run rawcr.py ARGS in the node (in a scope of its own); its JSON answer."""
+    argv = ["systemd-run", "--scope", "--quiet", "--collect", "python3", RAWCR, *args]
+    proc = node.run(argv, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rawcr {' '.join(args)}: exit {proc.returncode}: {proc.stderr[-800:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def criu_stats(node: Node, container_id: str) -> dict[str, Any]:
+    """CRIU's stats files in zeropod's image directory of CONTAINER_ID (while it sleeps)."""
+    return rawcr(node, "stats", f"{ZEROPOD_IMAGES}/{container_id}")
+
+
+def processes(node: Node) -> list[tuple[int, str]]:
+    """(pid, command line) of every process in the node, as the node numbers them."""
+    out = []
+    proc_dir = node.host_path("/proc")
+    for entry in os.listdir(proc_dir):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue  # gone meanwhile
+        out.append((int(entry), cmdline.decode(errors="replace").strip()))
+    return out
+
+
+def pss_mb(node: Node, pid: int) -> float:
+    """Proportional set size of node process PID in MB (0 when it is gone)."""
+    try:
+        text = node.host_path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    kib = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:"))
+    return kib / 1024
+
+
+def zeropod_pss(node: Node, pod_id: str) -> dict[str, float]:
+    """PSS in MB of each zeropod process serving POD_ID: shims, and activators if running."""
+    found: dict[str, float] = {}
+    for pid, args in processes(node):
+        for kind, marker in SHIM_KINDS.items():
+            if marker in args and pod_id in args:
+                found[kind] = found.get(kind, 0.0) + pss_mb(node, pid)
+        if ACTIVATOR in args:
+            found["activator"] = found.get("activator", 0.0) + pss_mb(node, pid)
+    return found
+
+
+def daemon_pss(node: Node) -> float:
+    """The node's zeropod daemon (shared by all pods), in MB."""
+    return sum(pss_mb(node, pid) for pid, args in processes(node) if "zeropod.daemon" in args)
+
+
+def _version(node: Node, argv: list[str]) -> str:
+    proc = node.run(argv)
+    return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout else "?"
+
+
+def machine(node: Node, date: str, quick: bool) -> dict[str, Any]:
+    """The machine and the versions under test."""
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    kernel = platform.release()
+    nproc = os.cpu_count()
+    return {
+        "date": date,
+        "mode": "quick" if quick else "full",
+        "description": f"{cpu}, {nproc} cores, {mem_kib / 2**20:.0f} GiB, kernel {kernel}, "
+        "systemd-nspawn node (Debian 12)",
+        "versions": {
+            "containerd": _version(node, ["containerd", "--version"]).split(" ")[-1],
+            "runc": _version(node, ["runc", "--version"]).split(" ")[-1],
+            "criu": _version(node, ["criu", "--version"]).split(" ")[-1],
+            "python": _version(node, ["python3", "--version"]).split(" ")[-1],
+        },
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }

@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""zeropod side by side with raw CRIU, a cold start and plain runc, on the node test-bed.
+
+`make bench` (full: 5, 100 and 500 MB, N=7 interleaved repetitions) or `make bench-quick`
+(5 MB, N=2: keeps the suite from rotting; no number ever fails it). Prints one progress line
+per step and writes bench/results/latest.json, latest.md and latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import probes, report  # noqa: E402
+from e2e import http  # noqa: E402
+from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
+from e2e.images import APP_PORT  # noqa: E402
+from e2e.node import Node  # noqa: E402
+from e2e.scaling import CLIENT_NETNS, Daemon, annotations, client_get, ensure_client_netns  # noqa: E402
+from zeropod.control.protocol import ControlError  # noqa: E402
+
+ASLEEP_UNTIL_FORCED = annotations(scaledown_duration="10m")
+STATS_MS = {"dump": ("freezing_time", "frozen_time", "memdump_time", "memwrite_time")}
+STATS_MS["restore"] = ("forking_time", "restore_time")
+
+
+class Bench:
+    def __init__(self, node: Node, cri: Cri, reps: int, quick: bool) -> None:
+        self.node, self.cri, self.reps, self.quick = node, cri, reps, quick
+        self.daemon = Daemon(node, timeout=120)
+        self.measures: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+
+    def step(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    @contextlib.contextmanager
+    def pod(
+        self, image: str, env: dict[str, str] | None = None, handler: str = "zeropod"
+    ) -> Iterator[tuple[RunningPod, str, str]]:
+        """A pod of IMAGE; yields (pod, container id, URL) once it answers a real client."""
+        name = f"bench-{image}-{uuid.uuid4().hex[:6]}"
+        spec = ContainerSpec("app", image, env=env or {})
+        pod_ann = ASLEEP_UNTIL_FORCED if handler == "zeropod" else None
+        with self.cri.pod(name, [spec], runtime_handler=handler, annotations=pod_ann) as running:
+            ensure_client_netns(self.node)
+            cid = running.containers["app"]
+            if handler == "zeropod":
+                self.daemon.wait_state(cid, "RUNNING", timeout=120)
+            url = http.url(self.cri.pod_ip(running.pod), APP_PORT)
+            wait_for(
+                lambda: client_get(self.node, url, timeout=30).ok,
+                120,
+                interval=0.2,
+                what=f"{name} answering",
+            )
+            yield running, cid, url
+
+    def sleep(self, running: RunningPod, cid: str) -> dict[str, Any]:
+        self.daemon.sleep(running.pod.name)
+        return self.daemon.wait_state(cid, "SCALED_DOWN", timeout=120)
+
+    def wake(self, cid: str, url: str) -> float:
+        """The first request to a sleeping pod: connect to first response byte, in ms."""
+        res = client_get(self.node, url, timeout=60)
+        if not res.ok:
+            raise RuntimeError(f"wake failed: {res.describe()}")
+        self.daemon.wait_state(cid, "RUNNING", timeout=120)
+        return res.results[0].latency_ms
+
+    # --- measures ----------------------------------------------------------------------
+
+    def wake_and_checkpoint(self, size: int) -> None:
+        env = {"MEM_MB": str(size)}
+        z_wake, z_dump, z_freed, raw_wake, raw_dump, z_restore = [], [], [], [], [], []
+        z_stats: list[dict] = []
+        raw_stats: list[dict] = []
+        with self.pod("memhog", env) as (running, cid, url):
+            for rep in range(1, self.reps + 1):
+                app_pid = self.daemon.container(cid)["pid"]
+                before = probes.pss_mb(self.node, app_pid) + sum(
+                    probes.zeropod_pss(self.node, running.pod.id).values()
+                )
+                info = self.sleep(running, cid)
+                z_dump.append(info["last_checkpoint_ms"])
+                z_stats.append(probes.criu_stats(self.node, cid))
+                after = sum(probes.zeropod_pss(self.node, running.pod.id).values())
+                z_freed.append(before - after)
+                z_wake.append(self.wake(cid, url))
+                z_restore.append(self.daemon.container(cid)["last_restore_ms"])
+                raw = probes.rawcr(self.node, "cycle", "--image", "memhog", f"--env=MEM_MB={size}")
+                raw_wake.append(raw["restore_answer_ms"])
+                raw_dump.append(raw["checkpoint_ms"])
+                raw_stats.append(raw["criu"])
+                self.step(
+                    f"{size} MB rep {rep}/{self.reps}: wake {z_wake[-1]:.0f} ms vs runc restore "
+                    f"{raw_wake[-1]:.0f} ms; checkpoint {z_dump[-1]:.0f} ms vs runc checkpoint "
+                    f"{raw_dump[-1]:.0f} ms; freed {z_freed[-1]:.1f} MB"
+                )
+        baseline = "runc restore (raw CRIU), until the same request is answered"
+        z_crit, raw_crit = criu_medians(z_stats), criu_medians(raw_stats)
+        self.add(
+            "wake_latency",
+            "ms",
+            z_wake,
+            raw_wake,
+            size,
+            baseline_is=baseline,
+            zeropod_restore_ms=report.summary(z_restore),
+            criu_zeropod=z_crit,
+            criu_baseline=raw_crit,
+        )
+        self.add(
+            "checkpoint_time",
+            "ms",
+            z_dump,
+            raw_dump,
+            size,
+            baseline_is="runc checkpoint",
+            criu_zeropod=z_crit,
+            criu_baseline=raw_crit,
+        )
+        self.add(
+            "memory_freed",
+            "MB",
+            z_freed,
+            (),
+            size,
+            baseline_is="none: app + shims PSS, running minus sleeping",
+        )
+
+    def cold_start(self) -> None:
+        z_wake, cold = [], []
+        with self.pod("warmup") as (running, cid, url):
+            for rep in range(1, self.reps + 1):
+                self.sleep(running, cid)
+                z_wake.append(self.wake(cid, url))
+                cold.append(self.fresh_pod_answer_ms())
+                self.step(
+                    f"cold start rep {rep}/{self.reps}: wake {z_wake[-1]:.0f} ms vs "
+                    f"fresh pod {cold[-1]:.0f} ms"
+                )
+        self.add(
+            "wake_vs_cold_start",
+            "ms",
+            z_wake,
+            cold,
+            None,
+            baseline_is="delete the pod, run a fresh one (runc handler) until it answers",
+            app="warmup: ~2 s to build its in-memory state",
+        )
+
+    def fresh_pod_answer_ms(self) -> float:
+        t0 = time.time()
+        name = f"bench-cold-{uuid.uuid4().hex[:6]}"
+        pod = self.cri.run_pod(name, "default", "runc", None)
+        cid = None
+        try:
+            url = http.url(self.cri.pod_ip(pod), APP_PORT)
+            poll = http._background.submit(
+                probes.rawcr, self.node, "poll", url, "--netns", CLIENT_NETNS, timeout=120
+            )
+            cid = self.cri.create_container(pod, "app", "warmup")
+            self.cri.start_container(cid)
+            answered = poll.result(120)["answered_at"]
+            if answered is None:
+                raise RuntimeError(f"{name} never answered")
+            return (answered - t0) * 1000
+        finally:
+            self.cri.cleanup(pod, [cid] if cid else [])
+
+    def resets(self) -> None:
+        asleep, dumping, raw = [], [], []
+        counts = {"asleep": {}, "dumping": {}, "baseline": {}}
+        with self.pod("counter") as (running, cid, url):
+            for rep in range(1, self.reps + 1):
+                self.sleep(running, cid)
+                res = client_get(self.node, url, concurrency=50, timeout=30)
+                asleep.append(failed(res, counts["asleep"]))
+                self.daemon.wait_state(cid, "RUNNING", timeout=120)
+                log = self.node.host_path(self.cri.log_file(cid))
+                served = served_lines(log)
+                load = http.start(
+                    self.node,
+                    url,
+                    netns=CLIENT_NETNS,
+                    concurrency=50,
+                    duration=1.5,
+                    interval=0.02,
+                    timeout=30,
+                )
+                # Force the dump once the clients' requests reach the app.
+                wait_for(lambda: served_lines(log) > served + 50, 60, 0.02)  # noqa: B023
+                try:
+                    self.daemon.sleep(running.pod.name)
+                    counts["dumping"]["dumps"] = counts["dumping"].get("dumps", 0) + 1
+                except ControlError:
+                    counts["dumping"]["dump_refused"] = counts["dumping"].get("dump_refused", 0) + 1
+                dumping.append(failed(load.result(300), counts["dumping"]))
+                self.daemon.wait_state(cid, "RUNNING", timeout=120)
+                r = probes.rawcr(self.node, "clients", "--image", "counter", "--clients", "50")
+                raw.append(r["reset"] + r["refused"] + r["error"])
+                for k, v in r.items():
+                    counts["baseline"][k] = counts["baseline"].get(k, 0) + v
+                self.step(
+                    f"resets rep {rep}/{self.reps}: asleep {asleep[-1]} failed of 50, "
+                    f"dump under load {dumping[-1]} failed, runc restore {raw[-1]} failed"
+                )
+        self.add(
+            "resets_sleeping",
+            "failed of 50",
+            asleep,
+            raw,
+            None,
+            baseline_is="50 clients during runc restore",
+            totals=counts["asleep"],
+            totals_baseline=counts["baseline"],
+        )
+        self.add(
+            "resets_during_dump",
+            "failed requests",
+            dumping,
+            (),
+            None,
+            baseline_is="none",
+            totals=counts["dumping"],
+            load="50 clients for 1.5 s, dump forced once 50 requests were served",
+        )
+
+    def throughput_and_footprint(self) -> None:
+        seconds = 2.0 if self.quick else 4.0
+        zp, plain, foot, foot_base = [], [], [], []
+        with (
+            self.pod("counter") as (zrun, zcid, zurl),
+            self.pod("counter", handler="runc") as (rrun, _, rurl),
+        ):
+            for rep in range(1, self.reps + 1):
+                for url, out in ((zurl, zp), (rurl, plain)):
+                    res = client_get(
+                        self.node, url, duration=seconds, concurrency=8, timeout=10, keep_alive=True
+                    )
+                    out.append(len(res.ok) / seconds)
+                foot_base.append(sum(probes.zeropod_pss(self.node, rrun.pod.id).values()))
+                self.sleep(zrun, zcid)
+                parts = probes.zeropod_pss(self.node, zrun.pod.id)
+                foot.append(sum(parts.values()))
+                self.wake(zcid, zurl)
+                self.step(
+                    f"throughput rep {rep}/{self.reps}: zeropod {zp[-1]:.0f} req/s vs "
+                    f"runc {plain[-1]:.0f} req/s; asleep footprint {foot[-1]:.1f} MB "
+                    f"({', '.join(f'{k} {v:.1f}' for k, v in parts.items())})"
+                )
+        self.add(
+            "throughput",
+            "req/s",
+            zp,
+            plain,
+            None,
+            baseline_is="same image, runc handler",
+            load="8 keep-alive clients",
+        )
+        self.add(
+            "footprint",
+            "MB",
+            foot,
+            foot_base,
+            None,
+            baseline_is="runc shim of a running pod (runc handler)",
+            daemon_mb=round(probes.daemon_pss(self.node), 1),
+            note="PSS of interposer + runc shim + activator; the daemon is shared",
+        )
+
+    def storm(self, pods: int = 10) -> None:
+        with contextlib.ExitStack() as stack:
+            running = [
+                stack.enter_context(self.pod("memhog", {"MEM_MB": "5"})) for _ in range(pods)
+            ]
+            for r, cid, _ in running:
+                self.sleep(r, cid)
+            urls = [url for _, _, url in running]
+            futures = [http.start(self.node, u, netns=CLIENT_NETNS, timeout=60) for u in urls]
+            results = [f.result(300) for f in futures]
+            lat = [r.results[0].latency_ms for r in results if r.ok]
+            for _, cid, _ in running:
+                self.daemon.wait_state(cid, "RUNNING", timeout=120)
+        raw = probes.rawcr(
+            self.node, "storm", "--image", "memhog", "--env=MEM_MB=5", "--slots", str(pods)
+        )["latency_ms"]
+        raw_ok = [x for x in raw if x is not None]
+        self.step(
+            f"storm: {len(lat)}/{pods} pods answered, slowest {max(lat, default=0):.0f} "
+            f"ms; raw {len(raw_ok)}/{pods}, slowest {max(raw_ok, default=0):.0f} ms"
+        )
+        self.add(
+            "storm_wake_latency",
+            "ms",
+            lat,
+            raw_ok,
+            5,
+            pods=pods,
+            answered=len(lat),
+            answered_baseline=len(raw_ok),
+            baseline_is="10 runc restores at once",
+        )
+
+    def add(
+        self,
+        name: str,
+        unit: str,
+        zeropod: list[float],
+        baseline: list[float] | tuple[()],
+        size: int | None,
+        **extra: Any,
+    ) -> None:
+        self.measures.append(report.measure(name, unit, zeropod, baseline, size, **extra))
+
+
+def served_lines(log: Path) -> int:
+    """Requests the app logged as served (its CRI log, read from the host)."""
+    return log.read_text().count(" served ")
+
+
+def failed(res: http.Results, totals: dict[str, int]) -> int:
+    totals["answered"] = totals.get("answered", 0) + len(res.ok)
+    for kind in http.ERROR_KINDS:
+        totals[kind] = totals.get(kind, 0) + len(res.errors(kind))
+    return len(res.errors())
+
+
+def criu_medians(stats: list[dict]) -> dict[str, float]:
+    """Median of each CRIU timing over the runs, in ms (CRIU writes microseconds)."""
+    out = {}
+    for kind, keys in STATS_MS.items():
+        for key in keys:
+            values = [s[kind][key] for s in stats if key in s.get(kind, {})]
+            if values:
+                out[f"{kind}.{key}_ms"] = round(statistics.median(values) / 1000, 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 MB, N=2 (what CI runs)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 7, quick 2)")
+    parser.add_argument("--containerd", default="2.1", choices=["2.1", "1.7"])
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    args = parser.parse_args()
+    reps = args.reps or (2 if args.quick else 7)
+    sizes = (5,) if args.quick else (5, 100, 500)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    node = Node.ensure_started(containerd=args.containerd)
+    with Cri.for_node(node) as cri:
+        bench = Bench(node, cri, reps, args.quick)
+        bench.step(f"node up (containerd {args.containerd}); N={reps}, sizes {sizes} MB")
+        probes.rawcr(node, "cleanup")
+        try:
+            for size in sizes:
+                bench.wake_and_checkpoint(size)
+            bench.cold_start()
+            bench.resets()
+            bench.throughput_and_footprint()
+            bench.storm(3 if args.quick else 10)
+        finally:
+            probes.rawcr(node, "cleanup")
+        doc = report.document(bench.measures, probes.machine(node, date, args.quick))
+    report.write_json(args.out / "latest.json", doc)
+    (args.out / "latest.md").write_text(report.table(doc))
+    report.chart(doc, args.out / "latest.png")
+    bench.step(f"wrote {args.out}/latest.json, latest.md, latest.png")
+    print(report.table(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
