@@ -108,9 +108,16 @@ def bundle(cid: str, image: str, env: list[str]) -> Path:
     return path
 
 
-def ask(timeout: float = 30.0) -> str:
+# While CRIU restores, it locks the netns's network: a SYN sent then is dropped and TCP would
+# resend it only after 1 s. Polling connects therefore give up after CONNECT_TIMEOUT and retry.
+CONNECT_TIMEOUT = 0.005
+
+
+def ask(timeout: float = 30.0, connect_timeout: float | None = None) -> str:
     """One GET / on 127.0.0.1:PORT of this netns; the body. Raises OSError on failure."""
-    with socket.create_connection(("127.0.0.1", PORT), timeout=timeout) as sock:
+    addr = ("127.0.0.1", PORT)
+    with socket.create_connection(addr, timeout=connect_timeout or timeout) as sock:
+        sock.settimeout(timeout)
         sock.sendall(REQUEST)
         data = b""
         while chunk := sock.recv(65536):
@@ -125,7 +132,7 @@ def until_answered(deadline: float) -> float:
     """Poll GET / (refused while nothing listens) until answered; the monotonic time of it."""
     while True:
         try:
-            ask(timeout=max(0.1, deadline - time.monotonic()))
+            ask(timeout=max(0.1, deadline - time.monotonic()), connect_timeout=CONNECT_TIMEOUT)
             return time.monotonic()
         except OSError as err:
             if time.monotonic() > deadline:
@@ -298,7 +305,8 @@ def cmd_poll(args: argparse.Namespace) -> dict:
     deadline = time.monotonic() + args.timeout
     while True:
         try:
-            with socket.create_connection((host, int(port)), timeout=5) as sock:
+            with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT) as sock:
+                sock.settimeout(5)
                 sock.sendall(REQUEST)
                 first = sock.recv(65536)
                 if first.startswith(b"HTTP/1.1 200"):
