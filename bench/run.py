@@ -354,8 +354,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="5 MB, N=2 (what CI runs)")
     parser.add_argument("--reps", type=int, help="repetitions (default 7, quick 2)")
     parser.add_argument("--containerd", default="2.1", choices=["2.1", "1.7"])
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    parser.add_argument(
+        "--out", type=Path, help="where to write (default bench/results; quick: build/bench-quick)"
+    )
     args = parser.parse_args()
+    # A quick run must not overwrite the committed results of the last full run.
+    args.out = args.out or REPO / ("build/bench-quick" if args.quick else "bench/results")
+    args.out.mkdir(parents=True, exist_ok=True)
     reps = args.reps or (2 if args.quick else 7)
     sizes = (5,) if args.quick else (5, 100, 500)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
