@@ -14,6 +14,7 @@ import pytest
 
 from e2e.cri import Cri
 from e2e.node import Node
+from e2e.scaling import Daemon
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,3 +52,11 @@ def node(containerd_version: str) -> Node:
 def cri(node: Node) -> Iterator[Cri]:
     with Cri.for_node(node) as client:
         yield client
+
+
+@pytest.fixture
+def daemon(node: Node) -> Daemon:
+    """The node's zeropod daemon, once it answers on its control socket."""
+    d = Daemon(node)
+    d.state_waiting("-")
+    return d

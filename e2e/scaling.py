@@ -8,13 +8,19 @@ The daemon is reached from the host through its control socket in the node.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from e2e import http
-from e2e.cri import wait_for
+from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for
+from e2e.images import APP_PORT
 from e2e.node import Node
 from zeropod.control.client import ControlClient
+from zeropod.control.protocol import DaemonUnavailable
 
 CLIENT_NETNS = "zpclient"
 CLIENT_IP = "10.88.255.254"
@@ -57,12 +63,26 @@ def annotations(**values: str) -> dict[str, str]:
     return {ANNOTATION + key.replace("_", "-"): value for key, value in values.items()}
 
 
+NEVER_ON_ITS_OWN = annotations(scaledown_duration="10m")  # sleeps only when a test forces it
+
+
 class Daemon:
     """The zeropod daemon of the node, through its control socket."""
 
     def __init__(self, node: Node, timeout: float = 30.0) -> None:
         self.node = node
         self.client = ControlClient(str(node.host_path(CONTROL_SOCKET)), timeout=timeout)
+
+    def state_waiting(self, container_id: str, timeout: float = 30.0) -> str | None:
+        """The container's state; waits out a restarting daemon (its socket refuses meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.state(container_id)
+            except DaemonUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def container(self, container_id: str) -> dict[str, Any] | None:
         return next((c for c in self.client.status() if c["id"] == container_id), None)
@@ -92,3 +112,20 @@ def journal(node: Node, *matches: str) -> list[dict[str, Any]]:
     """Journal entries in the node matching MATCHES (e.g. "POD=web"), as JSON objects."""
     out = node.run(["journalctl", "--no-pager", "-o", "json", *matches], check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def counter_pod(
+    cri: Cri,
+    node: Node,
+    daemon: Daemon,
+    prefix: str = "pod",
+    pod_annotations: dict[str, str] = NEVER_ON_ITS_OWN,
+) -> Iterator[tuple[RunningPod, str, str]]:
+    """A counter pod; yields (pod, container id, URL) once the daemon has registered it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    with cri.pod(name, [ContainerSpec("app", "counter")], annotations=pod_annotations) as running:
+        ensure_client_netns(node)
+        cid = running.containers["app"]
+        daemon.wait_state(cid, "RUNNING")
+        yield running, cid, http.url(cri.pod_ip(running.pod), APP_PORT)

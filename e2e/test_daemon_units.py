@@ -4,60 +4,28 @@ the pod still wakes on the next client)."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, RunningPod
+from e2e.cri import ContainerSpec, Cri
 from e2e.images import APP_PORT
 from e2e.node import NODE_SCRIPTS, Node
 from e2e.scaling import (
     CLIENT_NETNS,
+    NEVER_ON_ITS_OWN,
     Daemon,
-    annotations,
     client_get,
+    counter_pod,
     ensure_client_netns,
     journal,
 )
-from zeropod.control.protocol import ControlError, DaemonUnavailable
+from zeropod.control.protocol import ControlError
 
 pytestmark = pytest.mark.node
-
-NEVER_ON_ITS_OWN = annotations(scaledown_duration="10m")
-
-
-@pytest.fixture
-def daemon(node: Node) -> Daemon:
-    d = Daemon(node)
-    state_of(d, "-")  # waits for the daemon
-    return d
-
-
-def state_of(daemon: Daemon, cid: str, timeout: float = 30.0) -> str | None:
-    """The container's state; waits out a restarting daemon (its socket refuses meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return daemon.state(cid)
-        except DaemonUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def counter_pod(cri: Cri, node: Node, daemon: Daemon) -> Iterator[tuple[RunningPod, str, str]]:
-    name = f"d-{uuid.uuid4().hex[:6]}"
-    with cri.pod(name, [ContainerSpec("app", "counter")], annotations=NEVER_ON_ITS_OWN) as pod:
-        ensure_client_netns(node)
-        cid = pod.containers["app"]
-        daemon.wait_state(cid, "RUNNING")
-        yield pod, cid, http.url(cri.pod_ip(pod.pod), APP_PORT)
 
 
 def ctl(node: Node, *args: str) -> str:
@@ -95,7 +63,7 @@ def test_daemon_killed_while_asleep_still_wakes_the_pod(
         daemon.sleep(running.pod.name)
         node.run(["systemctl", "kill", "--signal=KILL", "zeropod.service"], check=True)
         deadline = time.monotonic() + 30
-        while state_of(daemon, cid) != "SCALED_DOWN":
+        while daemon.state_waiting(cid) != "SCALED_DOWN":
             assert time.monotonic() < deadline, "the daemon did not come back with the pod"
             time.sleep(0.05)
         assert client_get(node, url, timeout=15).bodies() == ["count=2\n"]

@@ -8,46 +8,28 @@ only) and parsed with prometheus_client's own parser. zeropodctl runs inside the
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for
+from e2e.cri import Cri, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
-from e2e.scaling import Daemon, annotations, client_get, ensure_client_netns, journal
+from e2e.scaling import (
+    Daemon,
+    client_get,
+    counter_pod,
+    journal,
+)
 from zeropod.control.protocol import DaemonUnavailable
 
 METRICS_URL = "http://127.0.0.1:9925/metrics"
-NEVER_ON_ITS_OWN = annotations(scaledown_duration="10m")
 CLI = ["python3", "-m", "zeropod.cli.main"]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def daemon(node: Node) -> Daemon:
-    d = Daemon(node)
-    wait_for(lambda: d.client.status() is not None, 30, what="the zeropod daemon")
-    return d
-
-
-@contextlib.contextmanager
-def counter_pod(
-    cri: Cri, node: Node, daemon: Daemon, prefix: str
-) -> Iterator[tuple[RunningPod, str, str]]:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    with cri.pod(name, [ContainerSpec("app", "counter")], annotations=NEVER_ON_ITS_OWN) as running:
-        ensure_client_netns(node)
-        cid = running.containers["app"]
-        daemon.wait_state(cid, "RUNNING")
-        yield running, cid, http.url(cri.pod_ip(running.pod), APP_PORT)
 
 
 def scrape(node: Node) -> Samples:

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, wait_for
+from e2e.cri import ContainerSpec, Cri
 from e2e.images import APP_PORT
 from e2e.node import Node
-from e2e.scaling import Daemon, annotations, client_get, ensure_client_netns, journal
+from e2e.scaling import (
+    Daemon,
+    annotations,
+    client_get,
+    ensure_client_netns,
+    journal,
+)
 from zeropod.daemon.machinery import IMAGE_ROOT
 
 CLIENTS = 20
-
-
-@pytest.fixture
-def daemon(node: Node) -> Daemon:
-    d = Daemon(node)
-    wait_for(lambda: d.client.status() is not None, 30, what="the zeropod daemon")
-    return d
 
 
 def corrupt_image(node: Node, container_id: str) -> list[str]:

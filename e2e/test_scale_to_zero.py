@@ -8,51 +8,29 @@ socket where a test needs one now, or come from idleness with a short scaledown-
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, CriError, RunningPod, wait_for
+from e2e.cri import ContainerSpec, Cri, CriError, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
 from e2e.scaling import (
     CLIENT_IP,
     CLIENT_NETNS,
+    NEVER_ON_ITS_OWN,
     Daemon,
     annotations,
     client_get,
     client_start,
+    counter_pod,
     ensure_client_netns,
     journal,
 )
-from zeropod.control.protocol import DaemonUnavailable
 
-NEVER_ON_ITS_OWN = annotations(scaledown_duration="10m")  # sleeps only when a test forces it
 QUICK = annotations(scaledown_duration="2s")
-
-
-@pytest.fixture
-def daemon(node: Node) -> Daemon:
-    d = Daemon(node)
-    wait_for(lambda: d.client.status() is not None, 30, what="the zeropod daemon")
-    return d
-
-
-@contextlib.contextmanager
-def counter_pod(
-    cri: Cri, node: Node, daemon: Daemon, prefix: str, pod_annotations: dict[str, str]
-) -> Iterator[tuple[RunningPod, str, str]]:
-    """A counter pod; yields (pod, container id, URL) once the daemon has registered it."""
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    with cri.pod(name, [ContainerSpec("app", "counter")], annotations=pod_annotations) as running:
-        ensure_client_netns(node)
-        cid = running.containers["app"]
-        daemon.wait_state(cid, "RUNNING")
-        yield running, cid, http.url(cri.pod_ip(running.pod), APP_PORT)
 
 
 def pid_alive(node: Node, pid: int) -> bool:
@@ -258,13 +236,7 @@ def test_daemon_restart_while_asleep(node: Node, cri: Cri, daemon: Daemon) -> No
         daemon.sleep(running.pod.name)
         node.run(["systemctl", "kill", "--signal=KILL", "zeropod.service"], check=True)
 
-        def back_and_asleep() -> bool:
-            try:
-                return daemon.state(cid) == "SCALED_DOWN"
-            except DaemonUnavailable:  # systemd is still restarting it
-                return False
-
-        wait_for(back_and_asleep, 30, what="the daemon back, the pod still asleep")
+        assert daemon.state_waiting(cid) == "SCALED_DOWN"
         res = client_get(node, url, timeout=15)
         assert res.bodies() == ["count=2\n"], res.describe()
 
