@@ -21,7 +21,7 @@ BUILD_SCRIPT = REPO / "images" / "build"
 ARCHIVE_DIR = REPO / "build" / "images"
 REGISTRY = "localhost/zeropod-test"
 TAG = "1"
-NAMES = ("counter", "memhog", "pause")
+NAMES = ("counter", "memhog", "pause", "warmup")
 # The port the counter and memhog apps listen on unless PORT says otherwise.
 APP_PORT = 8080
 SANDBOX_IMAGE = f"{REGISTRY}/pause:{TAG}"
