@@ -19,6 +19,7 @@ import pytest
 from zeropod._gen.containerd.api.events import task_pb2 as ev
 from zeropod._gen.containerd.api.services.ttrpc.events.v1 import events_pb2
 from zeropod._gen.containerd.runc.options import oci_pb2
+from zeropod.shim import restorebound
 from zeropod.shim.context import ShimContext
 from zeropod.shim.control import ShimControl
 from zeropod.shim.daemonlink import DaemonLink
@@ -57,6 +58,7 @@ class FakeRunc:
         self.calls: list[str] = []
         self.pids = itertools.count(100)
         self.fail_restore = False
+        self.hang_restore: asyncio.Event | None = None  # Start hangs until it is set
         self.fail_checkpoint = False
         self.created: list[FakeTask] = []
 
@@ -79,6 +81,9 @@ class FakeRunc:
         if task is None:
             raise TtrpcError(Code.NOT_FOUND, f"container {req.id}: not found")
         if name == "Start":
+            if task.checkpoint and self.hang_restore is not None:
+                await self.hang_restore.wait()
+                raise TtrpcError(Code.UNKNOWN, "criu failed: type RESTORE errno 0 (killed)")
             if task.checkpoint and self.fail_restore:
                 raise TtrpcError(Code.UNKNOWN, "criu failed: type RESTORE errno 0")
             task.pid = next(self.pids)
@@ -283,6 +288,34 @@ async def test_failed_restore_without_fallback_stays_asleep(rig: Rig) -> None:
     assert woke["cold"] is True and "error" not in woke
     assert rig.runc.created[-1].checkpoint == ""
     assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+
+
+async def test_hanging_restore_is_killed_at_its_bound(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rig.run_container()
+    image = rig.tmp / "img"
+    await rig.control.handle(rig.op("checkpoint", image_dir=str(image)))
+    image.mkdir(exist_ok=True)
+    (image / "restore.log").write_bytes(b"x" * (restorebound.LOG_KEEP + 10))
+    killed = rig.runc.hang_restore = asyncio.Event()
+    monkeypatch.setattr(restorebound, "bound_for", lambda image_dir: 0.05)
+
+    def kill(container_id: str) -> list[int]:
+        killed.set()
+        return [4242]
+
+    monkeypatch.setattr(restorebound, "kill_restore_criu", kill)
+    calls = len(rig.runc.calls)
+    answer = await rig.control.answer(
+        json.dumps(rig.op("restore", image_dir=str(image), fallback=False)).encode()
+    )
+    assert answer["ok"] is False and answer["error"]["code"] == "restore_failed"
+    message = answer["error"]["message"]
+    assert "timeout" in message and "[4242]" in message and f"{image}/restore.log" in message
+    assert rig.runc.calls[calls:] == ["Create", "Start", "Delete"]
+    assert rig.ctx.tracker.get(CID).phase is Phase.SCALED_DOWN
+    assert (image / "restore.log").stat().st_size == restorebound.LOG_KEEP
 
 
 async def test_restore_clears_a_task_left_by_the_checkpoint(rig: Rig) -> None:

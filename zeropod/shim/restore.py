@@ -12,11 +12,16 @@
    Wait from containerd now waits on the new task.
 If even the cold start fails, the task ends (exit published, status 255).
 
+A restore's Start is bounded (:mod:`zeropod.shim.restorebound`, proportional to the image):
+past the bound its CRIU is killed, the runc shim's Start fails, and the restore is a failed
+one (``restore_failed`` naming the timeout and CRIU's log, or the cold fallback).
+
 :func:`end_asleep`: Kill from containerd while scaled down ends the task without restoring.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -25,6 +30,7 @@ import time
 from typing import Any
 
 from zeropod.control.protocol import ControlError
+from zeropod.shim import restorebound
 from zeropod.shim.context import BAD_PHASE, RESTORE_FAILED, ShimContext
 from zeropod.shim.phase import Phase
 from zeropod.shim.tasks import Container
@@ -34,6 +40,12 @@ from zeropod.ttrpc.status import Code
 log = logging.getLogger(__name__)
 
 FAILED_WAKE_STATUS = 255
+# After its CRIU is killed, how long the runc shim's Start may take to fail.
+AFTER_KILL_TIMEOUT = 15.0
+
+
+class RestoreTimeout(Exception):
+    """A restore's CRIU ran past its bound and was killed."""
 
 
 async def restore(
@@ -55,7 +67,7 @@ async def restore(
         if image_dir is not None:
             try:
                 pid = await _create_and_start(ctx, c, image_dir)
-            except (TtrpcError, ConnectionError) as err:
+            except (TtrpcError, ConnectionError, RestoreTimeout) as err:
                 log_path = os.path.join(image_dir, "restore.log")
                 result["error"] = f"restore from {image_dir} failed: {err} (CRIU log: {log_path})"
                 if not fallback:
@@ -104,11 +116,37 @@ async def _create_and_start(ctx: ShimContext, c: Container, image_dir: str | Non
             log.info("container %s: deleting the runc task left from the checkpoint", c.id)
             await ctx.upstream.delete(c)
             await ctx.upstream.create(c, image_dir)
-        return await ctx.upstream.start(c)
-    except (TtrpcError, ConnectionError):
+        if image_dir is None:
+            return await ctx.upstream.start(c)
+        return await _bounded_start(ctx, c, image_dir)
+    except (TtrpcError, ConnectionError, RestoreTimeout):
         with contextlib.suppress(TtrpcError, ConnectionError):
             await ctx.upstream.delete(c)
         raise
+
+
+async def _bounded_start(ctx: ShimContext, c: Container, image_dir: str) -> int:
+    """The restore's Start; past the image's bound its CRIU is killed (RestoreTimeout)."""
+    bound = restorebound.bound_for(image_dir)
+    start = asyncio.ensure_future(ctx.upstream.start(c))
+    done, _ = await asyncio.wait({start}, timeout=bound)
+    if start in done:
+        return start.result()
+    killed = await asyncio.to_thread(restorebound.kill_restore_criu, c.id)
+    log_size = restorebound.cap_log(os.path.join(image_dir, "restore.log"))
+    why = (
+        f"CRIU did not finish in {bound:g} s (timeout), killed its processes {killed}, "
+        f"its log cut from {log_size} bytes"
+    )
+    try:
+        async with asyncio.timeout(AFTER_KILL_TIMEOUT):
+            return await start  # it finished just now after all
+    except (TtrpcError, ConnectionError) as err:
+        raise RestoreTimeout(f"{why}; Start: {err}") from err
+    except TimeoutError as err:
+        raise RestoreTimeout(f"{why}; Start did not return either") from err
+    finally:
+        restorebound.release_cgyards(image_dir)
 
 
 async def end_asleep(ctx: ShimContext, c: Container, signal: int) -> None:

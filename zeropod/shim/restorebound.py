@@ -1,0 +1,152 @@
+"""A bound on one restore's CRIU run, and ending that CRIU when it passes the bound.
+
+A restore from a broken image can make CRIU loop forever (measured with CRIU 4.2.1: a
+truncated ``pages-*.img`` makes the restorer re-read the empty file, and restore.log grew to
+8.4 GB in two minutes). The shim gives a restore :func:`bound_for` its image, and past that
+:func:`kill_restore_criu` kills (SIGKILL) the CRIU processes of this container's ``runc
+restore`` only: the runc shim's Start then fails, and the restore is a failed one like any other.
+
+The bound: ``BOUND_BASE`` seconds plus ``BOUND_PER_100MB`` per 100 MB of ``pages-*.img``,
+at most ``BOUND_MAX`` (below the daemon's ``RESTORE_TIMEOUT``, which must stay longer).
+A healthy restore reads its pages at well over 100 MB/s, so the bound only ends stuck ones.
+
+The log: runc has CRIU log at level 4, and the loop logs two debug lines per re-read (about
+40 MB/s). A ``log-level`` in zeropod's ``org.criu.config`` file is no way out: measured with
+CRIU 4.2.1 under runc, ``log-level 2`` or ``3`` there makes every dump fail (errno 56). So
+after the kill :func:`cap_log` cuts restore.log to its first ``LOG_KEEP`` bytes (where the
+restore's start and its first errors are).
+
+A killed CRIU leaves its cgroup yard mounted in the image dir (``.criu.cgyard.*``, a tmpfs
+with the v1 cgroup controllers below it); :func:`release_cgyards` detaches it, or the image
+dir could never be removed (the daemon's next checkpoint then fails on the existing dir).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BOUND_BASE = 10.0
+BOUND_PER_100MB = 1.0
+BOUND_MAX = 100.0
+CRIU_COMM = "criu"
+LOG_KEEP = 1 << 20
+CGYARD_GLOB = ".criu.cgyard.*"
+MNT_DETACH = 2
+
+
+def pages_bytes(image_dir: str) -> int:
+    """The total size of the image's ``pages-*.img`` files (0 if none can be read)."""
+    total = 0
+    try:
+        for path in Path(image_dir).glob("pages-*.img"):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                continue
+    except OSError:
+        return 0
+    return total
+
+
+def bound_for(image_dir: str) -> float:
+    """Seconds a restore from ``image_dir`` may take before its CRIU is killed."""
+    bound = BOUND_BASE + BOUND_PER_100MB * pages_bytes(image_dir) / 100e6
+    return min(bound, BOUND_MAX)
+
+
+def _processes(proc: Path) -> Iterator[tuple[int, int, str, list[str]]]:
+    """(pid, ppid, comm, argv) of every process that can still be read."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        # comm is in parentheses and may itself contain ") ": split at the last one.
+        head, _, rest = stat.rpartition(")")
+        comm = head.partition("(")[2]
+        fields = rest.split()
+        if len(fields) < 2:
+            continue
+        yield int(entry.name), int(fields[1]), comm, [a.decode(errors="replace") for a in argv if a]
+
+
+def restore_criu_pids(container_id: str, proc: Path = Path("/proc")) -> list[int]:
+    """CRIU processes below this container's ``runc ... restore ... <id>`` process.
+
+    runc starts ``criu swrk``; CRIU forks the restored tree, which keeps the name ``criu``
+    until its restorer finishes. All of them (and only them) are returned.
+    """
+    procs = list(_processes(proc))
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _, _ in procs:
+        children.setdefault(ppid, []).append(pid)
+    comms = {pid: comm for pid, _, comm, _ in procs}
+    roots = [
+        pid
+        for pid, _, _, argv in procs
+        if argv
+        and os.path.basename(argv[0]).startswith("runc")
+        and "restore" in argv
+        and argv[-1] == container_id
+    ]
+    found: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            if comms.get(child) == CRIU_COMM:
+                found.append(child)
+            todo.append(child)
+    return sorted(found)
+
+
+def kill_restore_criu(container_id: str, proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL this container's restoring CRIU processes; the pids signalled."""
+    killed = []
+    for pid in restore_criu_pids(container_id, proc):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(pid)
+    log.warning("container %s: killed the restore's CRIU processes %s", container_id, killed)
+    return killed
+
+
+def cap_log(path: str, keep: int = LOG_KEEP) -> int:
+    """Cut the log at ``path`` to its first ``keep`` bytes; its size before (0 if missing)."""
+    try:
+        size = os.stat(path).st_size
+        if size > keep:
+            os.truncate(path, keep)
+    except OSError:
+        return 0
+    return size
+
+
+def release_cgyards(image_dir: str) -> list[str]:
+    """Detach (lazily, with everything below) and remove a killed CRIU's cgroup yards."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    released = []
+    for path in Path(image_dir).glob(CGYARD_GLOB):
+        if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            log.warning("umount %s: %s", path, os.strerror(err))
+        try:
+            path.rmdir()
+        except OSError as err:
+            log.warning("rmdir %s: %s", path, err)
+            continue
+        released.append(str(path))
+    return released
