@@ -71,8 +71,7 @@ async def wake_pod(
     drained: list[socket.socket] = []
     if cold:
         with timer.step("drain"):
-            drained = pod.handoff.drain() if pod.handoff is not None else []
-            errors += await _release(pod, machinery)
+            drained = await _take_queue(pod, machinery, errors)
 
     # 1: restore (or start cold) while the held sockets still listen.
     restored: list[Container] = []
@@ -96,8 +95,7 @@ async def wake_pod(
         if not cold:
             cold = True
             with timer.step("drain"):
-                drained = pod.handoff.drain() if pod.handoff is not None else []
-                errors += await _release(pod, machinery)
+                drained = await _take_queue(pod, machinery, errors)
         for container in failed_restores:
             with timer.step(f"cold_start_{container.identity.container}"):
                 error = await _restore(container, None, machinery, journal)
@@ -151,6 +149,16 @@ async def wake_pod(
             **timer.fields(),
         )
     return WakeOutcome(not errors, timer.steps, wake_ms, "; ".join(errors) or None)
+
+
+async def _take_queue(pod: Pod, machinery: Machinery, errors: list[str]) -> list[socket.socket]:
+    """The cold path's first step: accept the waiting clients, then release the held ports.
+
+    Returns the accepted clients (to relay once the app listens); release errors go to ERRORS.
+    """
+    drained = pod.handoff.drain() if pod.handoff is not None else []
+    errors += await _release(pod, machinery)
+    return drained
 
 
 async def _release(pod: Pod, machinery: Machinery) -> list[str]:
