@@ -221,5 +221,17 @@ def test_stderr_journal_format() -> None:
     assert line.startswith("zeropod: warning hello ")
     assert "POD='p'" in line and "OBJECT_SYSTEMD_UNIT='zeropod@x.service'" in line
     assert "EXTRA_FIELD='3'" in line and "NAMESPACE" not in line
-    with pytest.raises(ValueError, match="invalid journal field"):
-        journal.info("x", **{"bad-key": 1})
+    # A field journald would refuse is left out and named, never raised to the caller.
+    journal.info("x", **{"bad-key": 1, "step_restore_web-1_ms": 2.0, "ok": 3})
+    line = stream.getvalue().splitlines()[-1]
+    assert "OK='3'" in line and "BAD-KEY=" not in line
+    assert "INVALID_FIELDS=\"'BAD-KEY' 'STEP_RESTORE_WEB-1_MS'\"" in line
+
+
+def test_journal_sink_failure_never_reaches_the_caller() -> None:
+    def broken(message: str, priority: int, fields: dict[str, str]) -> None:
+        raise OSError("journald socket gone")
+
+    fallback = io.StringIO()
+    Journal(broken, fallback).error("woke", pod="web-1")
+    assert "journal write failed" in fallback.getvalue() and "woke" in fallback.getvalue()

@@ -241,3 +241,32 @@ async def test_delete_while_asleep_removes_unit_and_image() -> None:
     assert ("image_remove", app.identity.container_id) in world.rec.calls
     assert ("unit_stop", SOCKET) in world.rec.calls
     assert world.pods.pod_keys() == []
+
+
+async def test_hyphenated_container_names_never_reach_journal_field_names() -> None:
+    """Kubernetes container names are DNS labels (``web-1``): they go in CONTAINER=, and the
+    step fields are fixed names, so journald (which refuses ``-`` in a field name) takes every
+    line and the pod sleeps and wakes again and again."""
+    import re
+
+    world = World()
+    strict = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+    refused: list[str] = []
+
+    def journald(message: str, priority: int, fields: dict[str, str]) -> None:
+        refused.extend(k for k in fields if not strict.fullmatch(k))
+        world.captured(message, priority, fields)
+
+    world.journal._sink = journald
+    names = ["web-1", "a" * 63, "sidecar-2"]
+    for name in names:
+        world.register(container=name)
+    for _ in range(3):
+        await world.scaler.sleep(KEY, "forced")
+        await world.scaler.wake(KEY, "test")
+    assert refused == []
+    woke = [f for m, _, f in world.captured.entries if "woke in" in m]
+    assert sorted({f["CONTAINER"] for f in woke}) == sorted(names)
+    assert all("STEP_RESTORE_MS" in f and "INVALID_FIELDS" not in f for f in woke)
+    slept = [f for m, _, f in world.captured.entries if "scaled down in" in m]
+    assert all("STEP_CHECKPOINT_MS" in f for f in slept) and len(slept) == 9

@@ -9,6 +9,7 @@ which journald still captures for a service.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Callable
@@ -23,17 +24,27 @@ DEBUG = 7
 _LEVEL_NAMES = {ERR: "error", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
 
 IDENTIFIER = "zeropod"
-_FIELD_RE = re.compile(r"[A-Z0-9][A-Z0-9_]*")
+_FIELD_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+"""journald: upper-case letters, digits and underscores, not starting with a digit or _."""
+MAX_FIELD_NAME = 64
+"""journald refuses longer field names."""
 
 Sink = Callable[[str, int, dict[str, str]], None]
 """Receives (message, priority, fields) for one entry."""
 
 
 class Journal:
-    """Sends structured entries to a sink (journald, stderr, or a list in tests)."""
+    """Sends structured entries to a sink (journald, stderr, or a list in tests).
 
-    def __init__(self, sink: Sink) -> None:
+    Logging never fails the caller: the sleep and wake sequences log between their steps, and
+    a client must not be reset because a log line could not be written. A field whose name
+    journald would refuse is left out (its name is listed in ``INVALID_FIELDS``), and a sink
+    that raises is replaced, for that entry, by a line on stderr.
+    """
+
+    def __init__(self, sink: Sink, fallback: TextIO | None = None) -> None:
         self._sink = sink
+        self._fallback = fallback
 
     def send(
         self,
@@ -49,15 +60,25 @@ class Journal:
     ) -> None:
         """Log one entry; ``extra`` keys become upper-case journal fields, ``None`` is omitted."""
         fields: dict[str, str] = {}
+        invalid: list[str] = []
         named = {"POD": pod, "NAMESPACE": namespace, "CONTAINER": container, "STATE": state}
         named["OBJECT_SYSTEMD_UNIT"] = unit
         for key, value in [*named.items(), *((k.upper(), v) for k, v in extra.items())]:
             if value is None:
                 continue
-            if not _FIELD_RE.fullmatch(key):
-                raise ValueError(f"invalid journal field name {key!r}")
+            if not _FIELD_RE.fullmatch(key) or len(key) > MAX_FIELD_NAME:
+                invalid.append(key)
+                continue
             fields[key] = str(value)
-        self._sink(message, priority, fields)
+        if invalid:
+            fields["INVALID_FIELDS"] = " ".join(repr(k) for k in invalid)
+        try:
+            self._sink(message, priority, fields)
+        except Exception as err:  # a log line must never fail the caller
+            stream = self._fallback or sys.stderr
+            with contextlib.suppress(Exception):
+                stream.write(f"{IDENTIFIER}: journal write failed ({err!r}): {message}\n")
+                stream.flush()
 
     def info(self, message: str, **fields: Any) -> None:
         """Log at INFO."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -119,7 +120,11 @@ class Metrics:
             subscription = hub.subscribe()
             try:
                 while True:
-                    self.observe(await subscription.get())
+                    event = await subscription.get()
+                    try:
+                        self.observe(event)
+                    except Exception as err:  # one bad event, not the metrics
+                        print(f"zeropod: metrics dropped an event: {err!r}", file=sys.stderr)
             except ControlError:
                 continue  # overflowed: some histogram samples are lost, go on
             finally:

@@ -9,6 +9,7 @@ the :class:`~zeropod.daemon.scaler.Scaler`; a managed container's pod gets its i
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ class ControlService:
             case UnregisterRequest():
                 return await self.unregister_async(request.container_id, request.reason)
             case StatusRequest():
-                return {"containers": [c.describe() for c in self.registry]}
+                return {"containers": [self._status_entry(c) for c in self.registry]}
             case SleepRequest() if self.scaler is not None:
                 key = PodKey(request.namespace, request.pod)
                 return await self.scaler.sleep(key, "zeropodctl sleep", request.container)
@@ -82,6 +83,15 @@ class ControlService:
                     PodKey(request.namespace, request.pod), "zeropodctl wake"
                 )
         raise ControlError(UNKNOWN_OP, f"op {request.OP!r} is not served by this daemon")
+
+    def _status_entry(self, container: Container) -> dict[str, Any]:
+        entry = container.describe()
+        backoff = self.pods.get(PodKey.of(container)).backoff if container.managed else None
+        described = backoff.describe() if backoff is not None else None
+        if described is not None and described["next_try"] is not None:
+            described["next_try"] = iso_time(described["next_try"])
+        entry["sleep_backoff"] = described
+        return entry
 
     async def unregister_async(self, container_id: str, reason: str = "") -> dict[str, Any]:
         """Forget a container and clean up what it leaves behind (image, socket unit)."""
@@ -126,6 +136,8 @@ class ControlService:
             verb = "registered"
         container.annotations = dict(request.annotations)
         container.unit = PodKey.of(container).service if container.managed else None
+        if container.managed:  # a changed pod (restarted, new settings) may sleep afresh
+            self.pods.get(PodKey.of(container)).backoff.reset()
         self._log_registration(container, verb, bad_key)
         self.hub.publish(self._event(verb, container, None))
         self._save(container)
@@ -204,6 +216,19 @@ class ControlService:
         return container
 
     def _on_transition(self, container: Container, transition: Transition) -> None:
+        """Log, publish and persist a transition. Never raises: it runs inside the sleep and
+        wake sequences, whose clients must not fail because reporting did."""
+        try:
+            self._report_transition(container, transition)
+        except Exception as err:  # reporting must not break a sequence
+            print(
+                f"zeropod: reporting {container.identity.label} {transition.phase.value} "
+                f"failed: {err!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _report_transition(self, container: Container, transition: Transition) -> None:
         self.journal.info(
             f"{container.identity.label}: {transition.previous.value} -> "
             f"{transition.phase.value} ({transition.reason})",

@@ -37,6 +37,8 @@ class SleepOutcome:
     ok: bool
     timings: dict[str, float]
     error: str | None = None
+    fields: dict[str, float] | None = None
+    """The pod-wide steps as journal fields (for the caller's one line about a failure)."""
 
 
 async def sleep_pod(
@@ -65,19 +67,19 @@ async def sleep_pod(
     except Exception as err:  # any failure before the dump leaves every app running
         error = f"holding the ports failed: {err}"
         await _give_up(pod, containers, [], machinery, journal, error, timer)
-        return SleepOutcome(False, timer.steps, error)
+        return SleepOutcome(False, timer.timings(), error, timer.fields())
 
     # 4: dump (or stop) each container.
     dumped: list[Container] = []
     for container in containers:
         try:
-            with timer.step(f"checkpoint_{container.identity.container}"):
+            with timer.step("checkpoint", container.identity.container):
                 await _checkpoint(container, machinery, journal)
         except ShimError as err:
             container.measured.checkpoint_errors += 1
             error = f"{container.identity.label}: checkpoint failed: {err.message}"
             await _give_up(pod, containers, dumped, machinery, journal, error, timer)
-            return SleepOutcome(False, timer.steps, error)
+            return SleepOutcome(False, timer.timings(), error, timer.fields())
         dumped.append(container)
 
     # 5: asleep.
@@ -93,10 +95,10 @@ async def sleep_pod(
             image_bytes=measured.last_image_bytes,
             rss_bytes=measured.last_rss_bytes,
             pss_bytes=measured.last_pss_bytes,
-            **timer.fields(),
+            **timer.fields(container.identity.container),
             **container.journal_fields(),
         )
-    return SleepOutcome(True, timer.steps)
+    return SleepOutcome(True, timer.timings())
 
 
 async def _share_listeners(
@@ -123,7 +125,7 @@ async def _checkpoint(container: Container, machinery: Machinery, journal: Journ
         try:
             reply = await machinery.shim.checkpoint(container, image_dir, mode)
         except ShimError as err:
-            if err.code != CHECKPOINT_FAILED or attempt == DUMP_ATTEMPTS:
+            if not _transient(err) or attempt == DUMP_ATTEMPTS:
                 machinery.images.remove(container.identity.container_id)
                 raise
             journal.warning(
@@ -176,13 +178,17 @@ async def _give_up(
     pod.held_ports = ()
     for container in containers:
         if container.phase.phase is Phase.CHECKPOINTING:
-            container.phase.transition(Phase.RUNNING, "sleep failed")
-        journal.error(
-            f"{container.identity.label}: sleep failed, keeps running: {error}",
-            duration_ms=timer.total_ms(),
-            **timer.fields(),
-            **container.journal_fields(),
-        )
+            container.phase.transition(Phase.RUNNING, f"sleep failed: {error}")
+    # The one journal line about the failure is the caller's (it knows the next try).
+
+
+TRANSIENT_REFUSALS = ("Connected TCP socket", "In-flight connection")
+"""CRIU's words for a dump refused because of a request in flight: worth a quick retry.
+Any other failure (a process CRIU cannot dump) would fail again: the pod backs off."""
+
+
+def _transient(err: ShimError) -> bool:
+    return err.code == CHECKPOINT_FAILED and any(w in err.message for w in TRANSIENT_REFUSALS)
 
 
 def _stops(container: Container) -> bool:

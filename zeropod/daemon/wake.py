@@ -77,7 +77,7 @@ async def wake_pod(
     restored: list[Container] = []
     failed_restores: list[Container] = []
     for container in containers:
-        with timer.step(f"restore_{container.identity.container}"):
+        with timer.step("restore", container.identity.container):
             try:
                 error = await _restore(
                     container, images[container.identity.container_id], machinery, journal
@@ -97,7 +97,7 @@ async def wake_pod(
             with timer.step("drain"):
                 drained = await _take_queue(pod, machinery, errors)
         for container in failed_restores:
-            with timer.step(f"cold_start_{container.identity.container}"):
+            with timer.step("cold_start", container.identity.container):
                 error = await _restore(container, None, machinery, journal)
             if error is None:
                 restored.append(container)
@@ -136,7 +136,7 @@ async def wake_pod(
             restore_ms=container.measured.last_restore_ms,
             listen_polls=polls,
             relayed=len(drained),
-            **timer.fields(),
+            **timer.fields(container.identity.container),
             **container.journal_fields(),
         )
     for error in errors:
@@ -148,7 +148,7 @@ async def wake_pod(
             wake_ms=wake_ms,
             **timer.fields(),
         )
-    return WakeOutcome(not errors, timer.steps, wake_ms, "; ".join(errors) or None)
+    return WakeOutcome(not errors, timer.timings(), wake_ms, "; ".join(errors) or None)
 
 
 async def _take_queue(pod: Pod, machinery: Machinery, errors: list[str]) -> list[socket.socket]:
