@@ -128,7 +128,7 @@ def test_listeners_of_this_process() -> None:
             port = sock.getsockname()[1]
             inode = os.fstat(sock.fileno()).st_ino
             assert mine[sock.fileno()] == Listener(
-                family, address, port, inode, sock.fileno(), v6only, uid
+                family, address, port, inode, sock.fileno(), v6only, uid, os.getpid()
             )
         assert unbound.fileno() not in mine and udp.fileno() not in mine
         port = b.getsockname()[1]
@@ -153,3 +153,43 @@ def test_a_gone_process_is_named() -> None:
     child.wait()
     with pytest.raises(ProcessGoneError, match=rf"pid {child.pid}\b"):
         listeners(child.pid)
+
+
+# A wrapper that forks the server: the listener is the grandchild's, not the wrapper's.
+WRAPPER = """
+import os, socket, sys, time
+if os.fork() == 0:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+    print(os.getpid(), s.fileno(), s.getsockname()[1], flush=True)
+    time.sleep(60)
+else:
+    sys.stdin.read()
+"""
+
+
+def test_tree_listeners_find_a_child_processes_listener() -> None:
+    from zeropod.sockets.listeners import process_tree, tree_listeners
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        child, fd, port = map(int, proc.stdout.readline().split())
+        assert process_tree(proc.pid) == [proc.pid, child]
+        assert listeners(proc.pid) == []
+        [found] = tree_listeners(proc.pid)
+        assert (found.pid, found.fd, found.port) == (child, fd, port)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.kill(child, 9)
+
+
+def test_process_tree_of_a_gone_process() -> None:
+    from zeropod.sockets.listeners import process_tree
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    with pytest.raises(ProcessGoneError):
+        process_tree(proc.pid)

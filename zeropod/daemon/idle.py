@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from zeropod.control.protocol import ControlError
+from zeropod.daemon.backoff import SLEEP_FAILED
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import PodKey, Pods, pod_phase
 from zeropod.daemon.registry import Container
@@ -55,12 +56,22 @@ def watched_ports(
 
 def detect_ports(pid: int) -> list[int]:
     """The ports ``pid`` listens on (empty when it is gone or cannot be read)."""
-    from zeropod.sockets.listeners import match_listeners, socket_fds, tcp_listen_entries
+    from zeropod.sockets.listeners import (
+        match_listeners,
+        process_tree,
+        socket_fds,
+        tcp_listen_entries,
+    )
 
     try:
-        return sorted(
-            {entry.port for entry, _ in match_listeners(tcp_listen_entries(pid), socket_fds(pid))}
-        )
+        entries = tcp_listen_entries(pid)  # one netns for the whole container
+        ports: set[int] = set()
+        for member in process_tree(pid):
+            try:
+                ports.update(e.port for e, _ in match_listeners(entries, socket_fds(member)))
+            except OSError:
+                continue  # a child that exited meanwhile
+        return sorted(ports)
     except (OSError, ValueError):
         return []
 
@@ -149,14 +160,21 @@ class IdleLoops:
                 tracker.excluded_networks = tuple(self.excluded())
                 tracker.observe(snapshot, now)
                 idle = tracker.idle_for(now)
-                if idle < after or not ports:
+                if idle < after or not ports or not self.pods.get(key).backoff.ready():
                     continue
-                tracker = None  # a failed sleep waits a full period; a woken pod starts afresh
+                tracker = None  # a woken pod starts afresh
                 try:
                     await self._sleep(key, f"idle for {idle:.0f}s")
                 except ControlError as err:
-                    self.journal.warning(
-                        f"{key.label}: idle sleep did not happen: {err.message}", unit=key.service
+                    if err.code != SLEEP_FAILED:  # a failed sleep was logged where it failed
+                        self.journal.warning(
+                            f"{key.label}: idle sleep did not happen: {err.message}",
+                            unit=key.service,
+                        )
+                except Exception as err:  # the loop must outlive any one bug
+                    self.journal.error(
+                        f"{key.label}: idle sleep raised {err!r}; the pod keeps running",
+                        unit=key.service,
                     )
         finally:
             if sockets is not None:

@@ -134,19 +134,15 @@ class HostNetwork:
 
 
 def _share_listeners(pid: int, ports: tuple[int, ...]) -> list[HeldPort]:
-    from zeropod.sockets.listeners import listeners
-    from zeropod.sockets.reuseport import set_reuseport
+    from zeropod.sockets.listeners import tree_listeners
+    from zeropod.sockets.reuseport import share_with_root_holder
 
     held: list[HeldPort] = []
-    for listener in listeners(pid):
+    for listener in tree_listeners(pid):
         if ports and listener.port not in ports:
             continue
-        if listener.uid != 0:
-            raise OSError(
-                f"listener {listener.listen_address} of pid {pid} is owned by uid "
-                f"{listener.uid}: systemd's root-owned holder cannot share its port"
-            )
-        set_reuseport(pid, listener.fd)
+        # A non-root app's listener is made root's, or systemd's holder could not join it.
+        share_with_root_holder(listener.pid, listener.fd)
         port = HeldPort(listener.family, listener.address, listener.port, listener.v6only)
         if port not in held:
             held.append(port)

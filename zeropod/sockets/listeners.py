@@ -51,6 +51,8 @@ class Listener:
     fd: int
     v6only: bool
     uid: int = 0
+    pid: int = 0
+    """The process whose ``fd`` this is (in a process tree, the first one holding it)."""
 
     @property
     def listen_address(self) -> str:
@@ -152,6 +154,52 @@ def match_listeners(entries: Iterable[TcpEntry], fds: dict[int, int]) -> list[tu
     return sorted(matched.values(), key=lambda pair: pair[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """PID and its descendants, parents before children (from /proc/PID/task/*/children).
+
+    A process that exits meanwhile is skipped with its subtree; raises ProcessGoneError only
+    when PID itself is gone.
+    """
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessGoneError(pid, None, "no such process")
+    tree: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop(0)
+        if current in tree:
+            continue
+        tree.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in sorted(tasks, key=int):
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pending += [int(child) for child in f.read().split()]
+            except OSError:
+                continue
+    return tree
+
+
+def tree_listeners(pid: int) -> list[Listener]:
+    """The listening TCP sockets of PID and its descendants, each socket once.
+
+    A container's init may hold no listener itself (a wrapper that forks the server); a
+    master and its workers share one socket, found in the master. Errors as for
+    :func:`listeners`, for PID only: a child that exits meanwhile is skipped.
+    """
+    found: dict[int, Listener] = {}
+    for member in process_tree(pid):
+        try:
+            for listener in listeners(member):
+                found.setdefault(listener.inode, listener)
+        except ProcessGoneError:
+            if member == pid:
+                raise
+    return list(found.values())
+
+
 def listeners(pid: int) -> list[Listener]:
     """The listening TCP sockets of process PID, ordered by fd.
 
@@ -165,6 +213,8 @@ def listeners(pid: int) -> list[Listener]:
             with duplicate_socket(pid, fd) as sock:
                 v6only = bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
         found.append(
-            Listener(entry.family, entry.address, entry.port, entry.inode, fd, v6only, entry.uid)
+            Listener(
+                entry.family, entry.address, entry.port, entry.inode, fd, v6only, entry.uid, pid
+            )
         )
     return found

@@ -10,6 +10,7 @@ app's socket keeps exactly the references it had.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 from zeropod.sockets.pidfd import NotASocketError, SocketAccessError, duplicate_socket
@@ -32,6 +33,41 @@ def set_reuseport(pid: int, fd: int) -> bool:
                 pid, fd, f"setting SO_REUSEPORT failed: {err.strerror}", err.errno or 0
             ) from err
         return before
+
+
+def share_with_root_holder(pid: int, fd: int) -> int:
+    """Prepare listening socket FD of PID to share its port with a root-owned holder.
+
+    Sets SO_REUSEPORT (as :func:`set_reuseport`) and, when the socket belongs to another uid,
+    makes root its owner with fchown(2) on a duplicate. The kernel admits a socket into a
+    reuseport group (and migrates queued connections between its members) only when the
+    owners' uids match; systemd creates the holder as root, and CRIU re-creates a restored
+    listener as root anyway. The app keeps accepting on its socket whatever its owner
+    (DESIGN.md, "The hand-off", measured). Returns the uid that owned the socket before.
+
+    Raises as :func:`set_reuseport`, and SocketAccessError when the owner cannot change.
+    """
+    with duplicate_socket(pid, fd) as sock:
+        _require_tcp_listener(pid, fd, sock)
+        owner = os.fstat(sock.fileno()).st_uid
+        try:
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        except OSError as err:
+            raise SocketAccessError(
+                pid, fd, f"setting SO_REUSEPORT failed: {err.strerror}", err.errno or 0
+            ) from err
+        if owner != 0:
+            try:
+                os.fchown(sock.fileno(), 0, -1)
+            except OSError as err:
+                raise SocketAccessError(
+                    pid,
+                    fd,
+                    f"making root the owner (was uid {owner}) failed: {err.strerror}",
+                    err.errno or 0,
+                ) from err
+        return owner
 
 
 def get_reuseport(pid: int, fd: int) -> bool:
