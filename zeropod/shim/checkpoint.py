@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from zeropod.control.protocol import ControlError
+from zeropod.criulog import first_error
 from zeropod.shim.context import BAD_PHASE, CHECKPOINT_FAILED, ShimContext
 from zeropod.shim.phase import Phase
 from zeropod.shim.tasks import Container
@@ -50,7 +51,12 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
             ctx.tracker.move(c, Phase.RUNNING, "checkpoint failed")
             if ctx.relay.release_real_exit(c):
                 ctx.exited(c)
-            where = f"; CRIU log: {os.path.join(image_dir, 'dump.log')}" if mode == MODES[0] else ""
+            where = ""
+            if mode == MODES[0]:
+                dump_log = os.path.join(image_dir, "dump.log")
+                cause = first_error(dump_log)
+                where = f"; CRIU: {cause}" if cause else ""
+                where += f"; CRIU log: {dump_log}"
             log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
             raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
         try:

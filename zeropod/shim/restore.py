@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from zeropod.control.protocol import ControlError
+from zeropod.criulog import first_error
 from zeropod.shim import restorebound
 from zeropod.shim.context import BAD_PHASE, RESTORE_FAILED, ShimContext
 from zeropod.shim.phase import Phase
@@ -69,7 +70,11 @@ async def restore(
                 pid = await _create_and_start(ctx, c, image_dir)
             except (TtrpcError, ConnectionError, RestoreTimeout) as err:
                 log_path = os.path.join(image_dir, "restore.log")
-                result["error"] = f"restore from {image_dir} failed: {err} (CRIU log: {log_path})"
+                cause = first_error(log_path)
+                result["error"] = (
+                    f"restore from {image_dir} failed: {err}"
+                    f"{f'; CRIU: {cause}' if cause else ''} (CRIU log: {log_path})"
+                )
                 if not fallback:
                     ctx.tracker.move(c, Phase.SCALED_DOWN, "restore failed, no fallback")
                     log.warning("container %s: %s; not starting it cold", c.id, result["error"])
