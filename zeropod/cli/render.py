@@ -26,6 +26,8 @@ def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
         state = str(entry.get("state", "?"))
         if not entry.get("managed", False):
             state += " (unmanaged)"
+        elif isinstance(entry.get("sleep_backoff"), dict):
+            state += " (sleep failing)"
         ports = ",".join(str(p) for p in entry.get("ports") or ()) or "-"
         rows.append(
             (
@@ -42,7 +44,39 @@ def status_table(containers: Sequence[dict[str, Any]], now: datetime) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join([line.rstrip() for line in lines] + backoff_lines(containers, now))
+
+
+def backoff_lines(containers: Sequence[dict[str, Any]], now: datetime) -> list[str]:
+    """One line per pod whose sleeps fail: how often, why, and when it tries next."""
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for entry in containers:
+        backoff = entry.get("sleep_backoff")
+        pod = (str(entry.get("namespace", "?")), str(entry.get("pod", "?")))
+        if not isinstance(backoff, dict) or pod in seen:
+            continue
+        seen.add(pod)
+        failures = backoff.get("failures")
+        when = until(backoff.get("next_try"), now)
+        lines.append(
+            f"{pod[0]}/{pod[1]}: sleep failed {failures}x in a row, next try {when}: "
+            f"{backoff.get('reason')}"
+        )
+    return ["", *lines] if lines else []
+
+
+def until(moment: object, now: datetime) -> str:
+    """How far ahead the ISO timestamp ``moment`` is (``in 4m10s``), or ``now`` when past."""
+    if not isinstance(moment, str):
+        return "?"
+    try:
+        then = datetime.fromisoformat(moment)
+    except ValueError:
+        return "?"
+    if then <= now:
+        return "now"
+    return "in " + age(now.isoformat(), then)
 
 
 def millis(value: object) -> str:

@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from zeropod.daemon.backoff import SleepBackoff
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.registry import Container, Registry
 from zeropod.systemd.names import instance_name, unit_name
@@ -111,6 +112,8 @@ class Pod:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     held_ports: tuple[HeldPort, ...] = ()
     handoff: Handoff | None = None
+    backoff: SleepBackoff = field(default_factory=SleepBackoff)
+    """Failed sleeps in a row and when the idle loop may try again (:mod:`.backoff`)."""
 
 
 class Pods:

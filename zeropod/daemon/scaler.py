@@ -20,18 +20,19 @@ from zeropod.activity.sockdiag import normalise
 from zeropod.activity.sources import Network, excluded
 from zeropod.control.protocol import NOT_FOUND, ControlError
 from zeropod.daemon import probes, proctime, proxy
+from zeropod.daemon.backoff import SLEEP_FAILED
 from zeropod.daemon.handoff import HeldSockets
+from zeropod.daemon.idle import scaledown_after
 from zeropod.daemon.phase import Phase
 from zeropod.daemon.pods import Pod, PodKey, Pods, pod_phase
 from zeropod.daemon.registry import Container
-from zeropod.daemon.sleep import sleep_pod
+from zeropod.daemon.sleep import SleepOutcome, sleep_pod
 from zeropod.daemon.steps import Machinery
 from zeropod.daemon.wake import wake_pod
 from zeropod.journal import Journal
 
 HANDOFF_IDLE = 5.0
 """Seconds without a connection after which a probe-only hand-off ends."""
-SLEEP_FAILED = "sleep_failed"
 WAKE_FAILED = "wake_failed"
 CONFLICT = "conflict"
 
@@ -75,9 +76,31 @@ class Scaler:
                 )
                 raise ControlError(CONFLICT, f"pod {key.label} cannot sleep now ({states})")
             outcome = await sleep_pod(pod, containers, self.machinery, self.journal, reason)
+            if outcome.ok:
+                pod.backoff.reset()
+            else:
+                next_try = self._back_off(pod, containers, outcome)
         if not outcome.ok:
-            raise ControlError(SLEEP_FAILED, f"pod {key.label}: {outcome.error}")
+            raise ControlError(SLEEP_FAILED, f"pod {key.label}: {outcome.error}; {next_try}")
         return self._describe(key)
+
+    def _back_off(self, pod: Pod, containers: list[Container], outcome: SleepOutcome) -> str:
+        """Record a failed sleep in the pod's back-off and log the one line about it."""
+        error = outcome.error or "unknown error"
+        delay = pod.backoff.delay_for_next(scaledown_after(containers))
+        pod.backoff.failed(delay, error)
+        next_try = f"next idle try in {delay:g} s (failure {pod.backoff.failures} in a row)"
+        self.journal.error(
+            f"{pod.key.label}: sleep failed, keeps running: {error}; {next_try}",
+            unit=pod.key.service,
+            pod=pod.key.pod,
+            namespace=pod.key.namespace,
+            state=Phase.RUNNING.value,
+            sleep_failures=pod.backoff.failures,
+            next_try_s=delay,
+            **(outcome.fields or {}),
+        )
+        return next_try
 
     async def wake(
         self, key: PodKey, reason: str, client_since: float | None = None
