@@ -143,3 +143,36 @@ def test_config_is_frozen() -> None:
     config = ScalingConfig()
     with pytest.raises(AttributeError):
         config.scaledown_seconds = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "detection_off", "buffer"),
+    [
+        ({}, False, 1024),
+        ({"zeropod.ctrox.dev/disable-probe-detection": "true"}, True, 1024),
+        ({"zeropod.ctrox.dev/disable-probe-detection": "0"}, False, 1024),
+        ({"zeropod.ctrox.dev/probe-buffer-size": "64"}, False, 64),
+        ({"zeropod.ctrox.dev/probe-buffer-size": " 65536 "}, False, 65536),
+    ],
+)
+def test_probe_settings(annotations: dict[str, str], detection_off: bool, buffer: int) -> None:
+    config = parse_annotations(annotations)
+    assert (config.disable_probe_detection, config.probe_buffer_size) == (detection_off, buffer)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("zeropod.ctrox.dev/disable-probe-detection", "yes", "not a boolean"),
+        ("zeropod.ctrox.dev/probe-buffer-size", "1k", "not a whole number of bytes"),
+        ("zeropod.ctrox.dev/probe-buffer-size", "-5", "not a whole number of bytes"),
+        ("zeropod.ctrox.dev/probe-buffer-size", "63", "63 is out of range"),
+        ("zeropod.ctrox.dev/probe-buffer-size", "65537", "65537 is out of range"),
+    ],
+)
+def test_probe_settings_bad(key: str, value: str, problem: str) -> None:
+    with pytest.raises(AnnotationError) as info:
+        parse_annotations({key: value})
+    message = str(info.value)
+    assert key in message and repr(value) in message and problem in message
+    assert "allowed:" in message

@@ -92,3 +92,36 @@ async def test_answer_other_request_is_kept_with_its_bytes() -> None:
     assert kind is Kind.OTHER and data == request
     ours.close()
     theirs.close()
+
+
+async def test_a_probe_longer_than_the_buffer_is_not_a_probe() -> None:
+    request = b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"x" * 200 + b"\r\n"
+    request += b"User-Agent: kube-probe/1.30\r\n\r\n"
+    for limit, kind in ((1024, Kind.HTTP_PROBE), (64, Kind.OTHER)):
+        ours, theirs = socket.socketpair()
+        theirs.sendall(request)
+        got, data = await answer(ours, limit=limit)
+        assert got is kind
+        assert len(data) <= max(limit, len(request))
+        ours.close()
+        theirs.close()
+
+
+async def test_probe_detection_off_wakes_on_a_node_connection() -> None:
+    from daemon_fakes import World
+
+    from zeropod.daemon.scaler import probe_settings
+
+    world = World()
+    on = world.register(container="web", pod="p1")
+    off = world.register(
+        container="web",
+        pod="p2",
+        annotations={
+            "zeropod.ctrox.dev/disable-probe-detection": "true",
+            "zeropod.ctrox.dev/probe-buffer-size": "2048",
+        },
+    )
+    assert probe_settings([on]) == (True, 1024)
+    assert probe_settings([off]) == (False, 2048)
+    assert probe_settings([on, off]) == (False, 2048)

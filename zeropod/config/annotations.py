@@ -17,8 +17,13 @@ SCALEDOWN_DURATION = PREFIX + "scaledown-duration"
 CONTAINER_NAMES = PREFIX + "container-names"
 PORTS_MAP = PREFIX + "ports-map"
 DISABLE_CHECKPOINTING = PREFIX + "disable-checkpointing"
+DISABLE_PROBE_DETECTION = PREFIX + "disable-probe-detection"
+PROBE_BUFFER_SIZE = PREFIX + "probe-buffer-size"
 
 DEFAULT_SCALEDOWN_SECONDS = 60.0
+DEFAULT_PROBE_BUFFER_SIZE = 1024
+"""Bytes of an accepted node connection read to find kubelet's ``User-Agent`` (upstream's)."""
+PROBE_BUFFER_RANGE = (64, 65536)
 
 # Kubernetes container names are DNS-1123 labels.
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -43,6 +48,9 @@ _ALLOWED_DURATION = (
 _ALLOWED_NAMES = "comma-separated container names (DNS-1123 labels), e.g. app,sidecar"
 _ALLOWED_PORTS = "container=port[,port...] separated by ';', ports 1-65535, e.g. c1=80,81;c2=8080"
 _ALLOWED_BOOL = "true or false"
+_ALLOWED_BUFFER = (
+    f"a whole number of bytes from {PROBE_BUFFER_RANGE[0]} to {PROBE_BUFFER_RANGE[1]}, e.g. 1024"
+)
 
 
 class AnnotationError(ValueError):
@@ -69,6 +77,11 @@ class ScalingConfig:
     container_names: frozenset[str] | None = None
     ports_map: tuple[tuple[str, tuple[int, ...]], ...] = ()
     disable_checkpointing: bool = False
+    disable_probe_detection: bool = False
+    """True: connections from the node are not told apart as kubelet's probes; they count
+    as activity and wake a sleeping pod like any other client."""
+    probe_buffer_size: int = DEFAULT_PROBE_BUFFER_SIZE
+    """Bytes read from a node connection to find the end of its HTTP request's headers."""
 
     @property
     def scales_on_idle(self) -> bool:
@@ -101,7 +114,24 @@ def parse_annotations(annotations: Mapping[str, str]) -> ScalingConfig:
         config = replace(config, ports_map=parse_ports_map(PORTS_MAP, value))
     if (value := annotations.get(DISABLE_CHECKPOINTING)) is not None:
         config = replace(config, disable_checkpointing=parse_bool(DISABLE_CHECKPOINTING, value))
+    if (value := annotations.get(DISABLE_PROBE_DETECTION)) is not None:
+        disabled = parse_bool(DISABLE_PROBE_DETECTION, value)
+        config = replace(config, disable_probe_detection=disabled)
+    if (value := annotations.get(PROBE_BUFFER_SIZE)) is not None:
+        config = replace(config, probe_buffer_size=parse_buffer_size(PROBE_BUFFER_SIZE, value))
     return config
+
+
+def parse_buffer_size(key: str, value: str) -> int:
+    """Parse a byte count within :data:`PROBE_BUFFER_RANGE`."""
+    text = value.strip()
+    if not text.isdigit():
+        raise AnnotationError(key, value, "not a whole number of bytes", _ALLOWED_BUFFER)
+    size = int(text)
+    low, high = PROBE_BUFFER_RANGE
+    if not low <= size <= high:
+        raise AnnotationError(key, value, f"{size} is out of range", _ALLOWED_BUFFER)
+    return size
 
 
 def parse_duration(key: str, value: str) -> float:

@@ -104,6 +104,16 @@ class IdleLoops:
         self.clock = clock
         self._tasks: dict[PodKey, asyncio.Task[None]] = {}
 
+    def _excluded_for(self, containers: Sequence[Container]) -> tuple[Any, ...]:
+        """Sources that are not activity: the node's addresses and loopback, or only
+        loopback when a container turned probe detection off (the node's connections are
+        then clients like any other)."""
+        if any(c.config is not None and c.config.disable_probe_detection for c in containers):
+            from zeropod.activity.sources import LOOPBACK
+
+            return LOOPBACK
+        return tuple(self.excluded())
+
     def _tracker(self, now: float) -> Any:
         from zeropod.activity.tracker import ActivityTracker
 
@@ -157,7 +167,7 @@ class IdleLoops:
                 now = self.clock()
                 if tracker is None:
                     tracker = self._make_tracker(now)
-                tracker.excluded_networks = tuple(self.excluded())
+                tracker.excluded_networks = self._excluded_for(containers)
                 tracker.observe(snapshot, now)
                 idle = tracker.idle_for(now)
                 if idle < after or not ports or not self.pods.get(key).backoff.ready():

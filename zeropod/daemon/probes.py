@@ -99,15 +99,16 @@ class Kind(enum.Enum):
     INCOMPLETE = "incomplete"
 
 
-def classify(data: bytes, eof: bool) -> Kind:
-    """Classify the bytes an accepted connection sent so far (``eof``: it hung up)."""
+def classify(data: bytes, eof: bool, limit: int = MAX_REQUEST) -> Kind:
+    """Classify the bytes an accepted connection sent so far (``eof``: it hung up); a
+    request whose headers do not end within ``limit`` bytes is not a probe."""
     if not data:
         return Kind.TCP_PROBE if eof else Kind.INCOMPLETE
     if not any(data.startswith(m) or m.startswith(data) for m in _METHODS):
         return Kind.OTHER
     head, sep, _ = data.partition(b"\r\n\r\n")
     if not sep:
-        if eof or len(data) >= MAX_REQUEST:
+        if eof or len(data) >= limit:
             return Kind.OTHER
         return Kind.INCOMPLETE
     for line in head.split(b"\r\n")[1:]:
@@ -118,7 +119,9 @@ def classify(data: bytes, eof: bool) -> Kind:
     return Kind.OTHER
 
 
-async def answer(conn: socket.socket, timeout: float = PROBE_READ_TIMEOUT) -> tuple[Kind, bytes]:
+async def answer(
+    conn: socket.socket, timeout: float = PROBE_READ_TIMEOUT, limit: int = MAX_REQUEST
+) -> tuple[Kind, bytes]:
     """Read from an accepted node connection until it is classified; answer a probe.
 
     Returns the kind and the bytes read. A probe is answered (HTTP) and closed; for any
@@ -131,9 +134,9 @@ async def answer(conn: socket.socket, timeout: float = PROBE_READ_TIMEOUT) -> tu
     try:
         async with asyncio.timeout(timeout):
             while kind is Kind.INCOMPLETE:
-                chunk = await loop.sock_recv(conn, 4096)
+                chunk = await loop.sock_recv(conn, max(1, min(4096, limit - len(data))))
                 data += chunk
-                kind = classify(data, eof=not chunk)
+                kind = classify(data, eof=not chunk, limit=limit)
     except TimeoutError:
         kind = Kind.OTHER  # silent for too long: a client waiting for the server to speak
     except OSError:

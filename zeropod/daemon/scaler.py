@@ -40,6 +40,16 @@ QueueReader = Callable[[str, Sequence[int]], Any]
 """(netns, ports) -> the connections on those ports (sock_diag); blocking, run in a thread."""
 
 
+def probe_settings(containers: Sequence[Container]) -> tuple[bool, int]:
+    """(probe detection on, probe buffer size) for a pod: detection is off when any scaled
+    container's config turns it off; the buffer is the largest asked for."""
+    configs = [c.config for c in containers if c.config is not None]
+    if not configs:
+        return True, probes.MAX_REQUEST
+    detection = not any(c.disable_probe_detection for c in configs)
+    return detection, max(c.probe_buffer_size for c in configs)
+
+
 class Scaler:
     """Sleeps and wakes pods; one sequence per pod at a time (the pod's lock)."""
 
@@ -232,6 +242,10 @@ class Scaler:
         if not containers:
             return False
         netns = containers[0].identity.netns
+        detection, buffer_size = probe_settings(containers)
+        if not detection:  # every connection is a client: wake without accepting
+            await self._wake_quietly(pod.key, "a connection (probe detection disabled)", seen)
+            return False
         ports = [p.port for p in pod.held_ports] or [listener.getsockname()[1]]
         connections = await asyncio.to_thread(self.read_queue, netns, ports)
         node = self.node_networks()
@@ -251,7 +265,7 @@ class Scaler:
         if not excluded(normalise(peer[0]), node):
             await self._wake_and_relay(pod, conn, b"", f"connection from {peer[0]}", seen)
             return False
-        kind, data = await probes.answer(conn)
+        kind, data = await probes.answer(conn, limit=buffer_size)
         if kind is probes.Kind.OTHER:
             await self._wake_and_relay(pod, conn, data, f"request from the node {peer[0]}", seen)
             return False
