@@ -14,9 +14,15 @@ import re
 READ_LIMIT = 4 << 20
 """Bytes of the log's head searched for an error line."""
 HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)
+_SUMMARY = ("Restoring FAILED", "Dumping FAILED")
+"""CRIU's closing lines: a cause is preferred to them when the head has one."""
 """Error lines CRIU writes on every run without CAP_SYS_RESOURCE and that change nothing
 (it tries to raise its own fd limit, then works within the one it has)."""
-_ERROR_LINE = re.compile(rb"^\(\s*[\d.]+\)\s+Error\s+\(([^)]*)\):\s*(.*)$", re.MULTILINE)
+_ERROR_LINE = re.compile(
+    rb"^\(\s*[\d.]+\)\s+(?:\d+:\s+)?(?:pie:\s+\d+:\s+)?Error\s+\(([^)]*)\):\s*(.*)$", re.MULTILINE
+)
+"""``(00.005124) Error (file:line): msg``, also with the restoring task's pid before
+``Error`` (``(00.005124)      1: Error (...)``) and from the restorer blob (``pie: 1:``)."""
 
 
 def first_error(path: str) -> str | None:
@@ -27,8 +33,13 @@ def first_error(path: str) -> str | None:
             head = f.read(READ_LIMIT)
     except OSError:
         return None
+    summary = None
     for match in _ERROR_LINE.finditer(head):
         where, message = (part.decode(errors="replace").strip() for part in match.groups())
-        if not any(harmless in message for harmless in HARMLESS):
-            return f"{message} ({where})"
-    return None
+        if any(harmless in message for harmless in HARMLESS):
+            continue
+        if any(message.startswith(s) for s in _SUMMARY):
+            summary = summary or f"{message} ({where})"
+            continue
+        return f"{message} ({where})"
+    return summary

@@ -5,6 +5,7 @@
 2. Hold our own ends of its stdio FIFOs, so containerd's log reader never sees EOF.
 3. The runc shim's Checkpoint (CRIU dump into ``image_dir``, process exits), or for mode
    ``stop`` a SIGKILL and Wait.
+3b. Remove the dumped SysV segments from the pod's IPC namespace (``sysvipc``).
 4. Delete the stopped runc task. -> SCALED_DOWN. containerd saw nothing.
 
 A failed dump leaves the process running: back to RUNNING, stdio ends released, and the
@@ -13,6 +14,7 @@ error names CRIU's log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -23,6 +25,8 @@ from zeropod.control.protocol import ControlError
 from zeropod.criulog import first_error
 from zeropod.shim.context import BAD_PHASE, CHECKPOINT_FAILED, ShimContext
 from zeropod.shim.phase import Phase
+from zeropod.shim.spec import read_spec
+from zeropod.shim.sysvipc import release_dumped_segments
 from zeropod.shim.tasks import Container
 from zeropod.ttrpc import TtrpcError
 
@@ -59,6 +63,8 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
                 where += f"; CRIU log: {dump_log}"
             log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
             raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
+        if mode == "checkpoint":
+            await _release_sysv_segments(c, image_dir)
         try:
             await ctx.upstream.delete(c)
         except TtrpcError as err:  # restore deletes again before re-creating
@@ -75,3 +81,16 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
             extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
         )
         return {"pid": c.pid, "duration_ms": duration_ms}
+
+
+async def _release_sysv_segments(c: Container, image_dir: str) -> None:
+    """Step 3b: the dumped SysV segments leave the pod's IPC namespace (see
+    :mod:`zeropod.shim.sysvipc`), or the restore could not re-create them."""
+    try:
+        spec = read_spec(c.bundle)
+        removed = await asyncio.to_thread(release_dumped_segments, image_dir, spec)
+    except Exception as err:  # the dump succeeded: nothing after it may fail the op
+        log.warning("container %s: SysV shared memory left in the pod: %r", c.id, err)
+        return
+    if removed:
+        log.info("container %s: removed dumped SysV segments %s from the pod", c.id, removed)
