@@ -92,6 +92,8 @@ class ContainerSpec:
     args: Sequence[str] = ()
     command: Sequence[str] = ()
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    run_as_user: int | None = None
+    """securityContext.runAsUser (and runAsGroup, the same id); None: the image's user."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,9 +274,12 @@ class Cri:
         annotations: Mapping[str, str] | None = None,
         log_path: str | None = None,
         timeout: float = 60.0,
+        run_as_user: int | None = None,
     ) -> str:
         """CreateContainer in POD from IMAGE (test image name or full reference); return its id."""
-        config = container_config(name, image, env, args, command, annotations, log_path)
+        config = container_config(
+            name, image, env, args, command, annotations, log_path, run_as_user
+        )
         self._mkdir_in_node(str(Path(pod.log_directory, config.log_path).parent))
         req = api.CreateContainerRequest(
             pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config
@@ -367,6 +372,7 @@ class Cri:
                     spec.args,
                     spec.command,
                     spec.annotations,
+                    run_as_user=spec.run_as_user,
                 )
                 if start:
                     self.start_container(created[spec.name])

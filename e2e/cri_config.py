@@ -78,8 +78,14 @@ def container_config(
     command: Sequence[str] = (),
     annotations: Mapping[str, str] | None = None,
     log_path: str | None = None,
+    run_as_user: int | None = None,
 ) -> api.ContainerConfig:
-    """A ContainerConfig like kubelet's; LOG_PATH is relative to the pod's log directory."""
+    """A ContainerConfig like kubelet's; LOG_PATH is relative to the pod's log directory.
+    RUN_AS_USER is the pod spec's securityContext.runAsUser (group: the same id)."""
+    security = api.LinuxContainerSecurityContext(namespace_options=_pod_namespaces())
+    if run_as_user is not None:
+        security.run_as_user.value = run_as_user
+        security.run_as_group.value = run_as_user
     return api.ContainerConfig(
         metadata=api.ContainerMetadata(name=name, attempt=0),
         image=api.ImageSpec(image=image_ref(image)),
@@ -89,7 +95,5 @@ def container_config(
         labels={"io.kubernetes.container.name": name},
         annotations=dict(annotations or {}),
         log_path=log_path if log_path is not None else container_log_path(name),
-        linux=api.LinuxContainerConfig(
-            security_context=api.LinuxContainerSecurityContext(namespace_options=_pod_namespaces()),
-        ),
+        linux=api.LinuxContainerConfig(security_context=security),
     )
