@@ -116,3 +116,22 @@ def _status():
     from zeropod.control.requests import StatusRequest
 
     return StatusRequest()
+
+
+async def test_a_pod_whose_dump_always_fails_is_dumped_at_most_ten_times_in_an_hour() -> None:
+    """The idle loop's view: it tries when the back-off is ready (5 s scale-down). CRIU's
+    refusal is the one a request in flight also gets, so the first sleep retries once."""
+    world = World()
+    world.register(annotations={SCALEDOWN_DURATION: "5s"})
+    refused = ShimError(CHECKPOINT_FAILED, "CRIU: inet: Connected TCP socket (sk-inet.c:191)")
+    world.shim.refusals["app"] = [refused] * 100
+    now = [5.0]  # the first idle period has passed
+    backoff = world.pods.get(KEY).backoff
+    backoff.clock = lambda: now[0]
+    while now[0] < 3600:
+        assert backoff.ready()
+        with pytest.raises(ControlError):
+            await world.scaler.sleep(KEY, "idle")
+        assert backoff.next_try is not None
+        now[0] = backoff.next_try
+    assert world.rec.names().count("checkpoint") <= 10

@@ -6,7 +6,8 @@ The steps, as in docs/scale-to-zero.md ("Sleep") and DESIGN.md ("Gapless scale-d
 2. SO_REUSEPORT on each of the app's listening sockets (pidfd_getfd).
 3. Start ``zeropod@<instance>.socket`` listening on exactly those addresses (ReusePort).
 4. Shim ``checkpoint`` of each scaled container (``stop`` with disable-checkpointing), with
-   a bounded retry of a refused dump (CRIU's "Connected TCP socket": a request in flight).
+   one quick retry of a dump CRIU refused for a request in flight ("Connected TCP socket"),
+   unless the pod's previous sleep failed too.
 5. Success: SCALED_DOWN. Failure: wake the containers already dumped, stop the socket unit
    (release the held sockets), back to RUNNING; logged and counted. Nothing is lost.
 
@@ -25,7 +26,9 @@ from zeropod.daemon.registry import Container
 from zeropod.daemon.steps import CHECKPOINT_FAILED, Machinery, ShimError, StepTimer
 from zeropod.journal import Journal
 
-DUMP_ATTEMPTS = 3
+DUMP_ATTEMPTS = 2
+"""Dumps per sleep when CRIU refuses for a request in flight (only the first sleep after a
+good one retries: a pod that keeps failing gets one dump per try, see ``.backoff``)."""
 RETRY_PAUSE = 0.1
 """Seconds between dump attempts: long enough for a request in flight to finish."""
 
@@ -74,7 +77,8 @@ async def sleep_pod(
     for container in containers:
         try:
             with timer.step("checkpoint", container.identity.container):
-                await _checkpoint(container, machinery, journal)
+                attempts = DUMP_ATTEMPTS if not pod.backoff.failures else 1
+                await _checkpoint(container, machinery, journal, attempts)
         except ShimError as err:
             container.measured.checkpoint_errors += 1
             error = f"{container.identity.label}: checkpoint failed: {err.message}"
@@ -115,17 +119,19 @@ async def _share_listeners(
     return tuple(held)
 
 
-async def _checkpoint(container: Container, machinery: Machinery, journal: Journal) -> None:
+async def _checkpoint(
+    container: Container, machinery: Machinery, journal: Journal, attempts: int
+) -> None:
     """Step 4 for one container, retrying a refused dump a bounded number of times."""
     stop = container.config is not None and container.config.disable_checkpointing
     mode = "stop" if stop else "checkpoint"
     memory = footprint.memory(container.pid)  # what the sleep frees, read before the dump
-    for attempt in range(1, DUMP_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         image_dir = machinery.images.prepare(container.identity.container_id)
         try:
             reply = await machinery.shim.checkpoint(container, image_dir, mode)
         except ShimError as err:
-            if not _transient(err) or attempt == DUMP_ATTEMPTS:
+            if not _transient(err) or attempt == attempts:
                 machinery.images.remove(container.identity.container_id)
                 raise
             journal.warning(
