@@ -75,9 +75,8 @@ def test_postgres_as_its_own_user_keeps_rows_and_postmaster(
     with server_pod(cri, daemon, tools, POSTGRES, name, "orders", IDLE) as (_, cid, ip):
         psql = f"psql -h {ip} -U postgres -v ON_ERROR_STOP=1 -Atc"
         tools.sh(f"{psql} 'CREATE TABLE orders (id serial PRIMARY KEY, item text)'")
-        tools.sh(
-            f"{psql} \"INSERT INTO orders (item) SELECT 'widget-' || g FROM generate_series(1, 100) g\""
-        )
+        rows = "SELECT 'widget-' || g FROM generate_series(1, 100) g"
+        tools.sh(f'{psql} "INSERT INTO orders (item) {rows}"')
         started = tools.sh(f"{psql} 'SELECT pg_postmaster_start_time()'").strip()
         before = daemon.container(cid)
         processes = tree(node, before["pid"])
