@@ -8,9 +8,11 @@ CONTAINERD_VERSIONS ?= 2.1 1.7
 .PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean
 
 ## setup: host packages, CRIU 4.2.1, generated protos, venv, node rootfs (setup-host), test images
+## (static apps, and Debian's own servers for the real-workload tests)
 setup:
 	scripts/setup-host
 	$(PY) images/build
+	$(PY) images/build-servers
 
 ## demo: boot the node, run a pod under the zeropod runtime, curl it, print timings
 demo: setup
