@@ -92,15 +92,39 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def bundle(cid: str, image: str, env: list[str]) -> Path:
-    """A runc bundle for CID: the image's rootfs, runc's default spec, a netns of its own."""
+SERVER_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def bundle(
+    cid: str, image: str, env: list[str], command: list[str] | None = None, uid: int = 0
+) -> Path:
+    """A runc bundle for CID: the image's rootfs, runc's default spec, a netns of its own.
+
+    With COMMAND (a real server) the rootfs is a writable copy of the image's, made afresh
+    for each container (servers write their data and pid files), run as UID.
+    """
     path = WORK / "bundles" / cid
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     sh("runc", "spec", "--bundle", str(path))
     spec = json.loads((path / "config.json").read_text())
-    spec["root"] = {"path": str(rootfs(image)), "readonly": True}
-    spec["process"].update(terminal=False, args=[f"/{image}"], env=["PATH=/bin", *env])
+    if command:
+        root = path / "rootfs"
+        sh("cp", "-a", "--reflink=auto", str(rootfs(image)), str(root))
+        spec["root"] = {"path": str(root), "readonly": False}
+        args, env = command, [SERVER_PATH, *env]
+        spec["process"]["user"] = {"uid": uid, "gid": uid}
+        caps = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+        for kind in ("bounding", "effective", "permitted"):
+            spec["process"]["capabilities"][kind] += list(caps)  # what containerd grants
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/dev/shm"]
+        spec["mounts"].append(
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid"]}
+        )
+    else:
+        spec["root"] = {"path": str(rootfs(image)), "readonly": True}
+        args, env = [f"/{image}"], ["PATH=/bin", *env]
+    spec["process"].update(terminal=False, args=args, env=env)
     for ns in spec["linux"]["namespaces"]:
         if ns["type"] == "network":
             ns["path"] = f"/run/netns/{netns(cid)}"
@@ -113,19 +137,42 @@ def bundle(cid: str, image: str, env: list[str]) -> Path:
 CONNECT_TIMEOUT = 0.005
 
 
+class Hello:
+    """What a client sends first and the start of the answer it waits for (a server's own
+    protocol: HTTP GET by default; Redis PING, PostgreSQL's SSLRequest, ...)."""
+
+    def __init__(self, port: int = PORT, send: bytes = REQUEST, expect: bytes = b"") -> None:
+        self.port, self.send, self.expect = port, send, expect
+
+    @property
+    def http(self) -> bool:
+        return self.send == REQUEST
+
+    def ask(self, host: str, timeout: float, connect_timeout: float | None = None) -> str:
+        """One exchange with HOST; the HTTP body, or the raw answer. Raises OSError."""
+        with socket.create_connection((host, self.port), connect_timeout or timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(self.send)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+                if not self.http and data.startswith(self.expect):
+                    return data.decode(errors="replace")
+        if not self.http:
+            raise OSError(f"unexpected reply {data[:80]!r}")
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise OSError(f"unexpected reply {data[:80]!r}")
+        return body.decode()
+
+
+HELLO = Hello()
+"""The one in force for this run (``--port``, ``--send``, ``--expect``)."""
+
+
 def ask(timeout: float = 30.0, connect_timeout: float | None = None) -> str:
-    """One GET / on 127.0.0.1:PORT of this netns; the body. Raises OSError on failure."""
-    addr = ("127.0.0.1", PORT)
-    with socket.create_connection(addr, timeout=connect_timeout or timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(REQUEST)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise OSError(f"unexpected reply {data[:80]!r}")
-    return body.decode()
+    """One exchange on 127.0.0.1 of this netns; the answer. Raises OSError on failure."""
+    return HELLO.ask("127.0.0.1", timeout, connect_timeout)
 
 
 def until_answered(deadline: float) -> float:
@@ -163,11 +210,13 @@ def container_status(cid: str) -> str | None:
     return json.loads(proc.stdout)["status"] if proc.returncode == 0 else None
 
 
-def ensure_running(cid: str, image: str, env: list[str]) -> None:
+def ensure_running(
+    cid: str, image: str, env: list[str], command: list[str] | None = None, uid: int = 0
+) -> None:
     if container_status(cid) == "running":
         return
     runc("delete", "--force", cid, check=False)
-    path = bundle(cid, image, env)
+    path = bundle(cid, image, env, command, uid)
     proc = spawn_with_pipes(
         ["runc", "--root", RUNC_ROOT, "run", "-d", "--bundle", str(path), cid], cid
     )
@@ -221,7 +270,9 @@ def container_id(image: str, env: list[str], slot: int) -> str:
 
 def cmd_cycle(args: argparse.Namespace) -> dict:
     cid = container_id(args.image, args.env, args.slot)
-    ensure_running(cid, args.image, args.env)
+    if args.command:
+        cid = "-".join(["zpb", args.name or "server", str(args.slot)])
+    ensure_running(cid, args.image, args.env, json.loads(args.command or "null"), args.uid)
     enter_netns(netns(cid))
     until_answered(time.monotonic() + 60)
     body = ask()
@@ -236,7 +287,7 @@ def cmd_cycle(args: argparse.Namespace) -> dict:
         "checkpoint_ms": round(checkpoint_ms, 3),
         "restore_answer_ms": round((answered - t0) * 1000, 3),
         "runc_restore_ms": round(restored_ms, 3),
-        "same_state": body.split()[:2] == after.split()[:2],
+        "same_state": body.split()[:2] == after.split()[:2] if HELLO.http else True,
         "criu": read_stats(images),
     }
 
@@ -318,6 +369,29 @@ def cmd_poll(args: argparse.Namespace) -> dict:
         time.sleep(0.002)
 
 
+def cmd_hello(args: argparse.Namespace) -> dict:
+    """From netns NETNS: one exchange with HOST (the latency of connect to answer), or with
+    --poll the wall-clock time it first answers (a starting server refuses meanwhile)."""
+    enter_netns(args.netns)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        t0 = time.monotonic()
+        try:
+            HELLO.ask(
+                args.host,
+                timeout=max(0.1, deadline - t0),
+                connect_timeout=(CONNECT_TIMEOUT if args.poll else None),
+            )
+            return {
+                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                "answered_at": time.time(),
+            }
+        except OSError as err:
+            if not args.poll or time.monotonic() > deadline:
+                return {"error": str(err), "answered_at": None}
+        time.sleep(0.002)
+
+
 def cmd_stats(args: argparse.Namespace) -> dict:
     return read_stats(Path(args.dir))
 
@@ -344,6 +418,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--slot", type=int, default=0)
         p.add_argument("--clients", type=int, default=50)
         p.add_argument("--slots", type=int, default=10)
+        p.add_argument("--command", help="a server's argv as JSON (image: its rootfs)")
+        p.add_argument("--name", help="the server's name (container ids)")
+        p.add_argument("--uid", type=int, default=0, help="the server's user")
+    p = sub.add_parser("hello")
+    p.add_argument("host")
+    p.add_argument("--netns", required=True)
+    p.add_argument("--poll", action="store_true")
+    p.add_argument("--timeout", type=float, default=60)
+    for p in sub.choices.values():
+        p.add_argument("--port", type=int, default=PORT)
+        p.add_argument("--send", help="hex of the first bytes sent (default: HTTP GET /)")
+        p.add_argument("--expect", default="", help="hex of the answer's start")
     sub.add_parser("stats").add_argument("dir")
     p = sub.add_parser("poll")
     p.add_argument("url")
@@ -351,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60)
     sub.add_parser("cleanup")
     args = parser.parse_args(argv)
+    global HELLO
+    if getattr(args, "send", None):
+        HELLO = Hello(args.port, bytes.fromhex(args.send), bytes.fromhex(args.expect))
     handlers = {
+        "hello": cmd_hello,
         "cycle": cmd_cycle,
         "clients": cmd_clients,
         "storm": cmd_storm,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
+import json
 import statistics
 import sys
 import time
@@ -23,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import probes, report  # noqa: E402
-from e2e import http  # noqa: E402
+from e2e import http, servers  # noqa: E402
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
 from e2e.images import APP_PORT  # noqa: E402
 from e2e.node import Node  # noqa: E402
@@ -68,7 +70,7 @@ class Bench:
             yield running, cid, url
 
     def sleep(self, running: RunningPod, cid: str) -> dict[str, Any]:
-        self.daemon.sleep(running.pod.name)
+        self.daemon.sleep(running.pod.name, running.pod.namespace)
         return self.daemon.wait_state(cid, "SCALED_DOWN", timeout=120)
 
     def wake(self, cid: str, url: str) -> float:
@@ -314,6 +316,87 @@ class Bench:
             baseline_is="10 runc restores at once",
         )
 
+    def real_servers(self) -> None:
+        """Per Debian server: zeropod's wake against the server's own cold start (a fresh
+        pod, runc handler, until it answers) and against raw runc restore of its checkpoint;
+        each timed from connect to the first answer of the server's own protocol."""
+        for server in servers.ALL:
+            uid = servers.image_uid(server.user) if server.user else None
+            wake, cold, raw, dump = [], [], [], []
+            with self.server_pod(server, uid) as (running, cid, ip):
+                for rep in range(1, self.reps + 1):
+                    dump.append(self.sleep(running, cid)["last_checkpoint_ms"])
+                    wake.append(self.hello(server, ip)["latency_ms"])
+                    self.daemon.wait_state(cid, "RUNNING", timeout=120)
+                    cold.append(self.fresh_server_answer_ms(server, uid))
+                    args = ["cycle", "--image", servers.IMAGE, "--name", server.container]
+                    args += ["--command", json.dumps(server.command), "--uid", str(uid or 0)]
+                    raw.append(probes.rawcr(self.node, *args, *hello_args(server)))
+                    self.step(
+                        f"{server.container} rep {rep}/{self.reps}: wake {wake[-1]:.0f} ms vs "
+                        f"cold start {cold[-1]:.0f} ms vs runc restore "
+                        f"{raw[-1]['restore_answer_ms']:.0f} ms; checkpoint {dump[-1]:.0f} ms"
+                    )
+            self.add(
+                f"server_{server.container}_wake_vs_cold_start",
+                "ms",
+                wake,
+                cold,
+                None,
+                baseline_is=f"a fresh {server.container} pod (runc handler) until it answers",
+                server=" ".join(server.command),
+                user=server.user or "root",
+            )
+            self.add(
+                f"server_{server.container}_wake_vs_runc_restore",
+                "ms",
+                wake,
+                [r["restore_answer_ms"] for r in raw],
+                None,
+                baseline_is="runc restore (raw CRIU) of the same server, until it answers",
+                checkpoint_ms=report.summary(dump),
+                runc_checkpoint_ms=report.summary([r["checkpoint_ms"] for r in raw]),
+            )
+
+    @contextlib.contextmanager
+    def server_pod(
+        self, server: servers.Server, uid: int | None
+    ) -> Iterator[tuple[RunningPod, str, str]]:
+        name = f"bench-{server.container}-{uuid.uuid4().hex[:6]}"
+        spec = ContainerSpec(server.container, servers.IMAGE, command=list(server.command))
+        spec = dataclasses.replace(spec, run_as_user=uid)
+        with self.cri.pod(name, [spec], "bench", annotations=ASLEEP_UNTIL_FORCED) as running:
+            ensure_client_netns(self.node)
+            cid = running.containers[server.container]
+            ip = self.cri.pod_ip(running.pod)
+            self.hello(server, ip, poll=True)
+            self.daemon.wait_state(cid, "RUNNING", timeout=120)
+            yield running, cid, ip
+
+    def hello(self, server: servers.Server, ip: str, poll: bool = False) -> dict[str, Any]:
+        args = ["hello", ip, "--netns", CLIENT_NETNS, *hello_args(server)]
+        answer = probes.rawcr(self.node, *args, *(["--poll"] if poll else []))
+        if answer.get("answered_at") is None:
+            raise RuntimeError(f"{server.container} at {ip}: {answer.get('error')}")
+        return answer
+
+    def fresh_server_answer_ms(self, server: servers.Server, uid: int | None) -> float:
+        t0 = time.time()
+        pod = self.cri.run_pod(
+            f"bench-cold-{server.container}-{uuid.uuid4().hex[:6]}", "bench", "runc", None
+        )
+        cid = None
+        try:
+            ip = self.cri.pod_ip(pod)
+            poll = http._background.submit(self.hello, server, ip, True)
+            cid = self.cri.create_container(
+                pod, server.container, servers.IMAGE, command=server.command, run_as_user=uid
+            )
+            self.cri.start_container(cid)
+            return (poll.result(120)["answered_at"] - t0) * 1000
+        finally:
+            self.cri.cleanup(pod, [cid] if cid else [])
+
     def add(
         self,
         name: str,
@@ -324,6 +407,15 @@ class Bench:
         **extra: Any,
     ) -> None:
         self.measures.append(report.measure(name, unit, zeropod, baseline, size, **extra))
+
+
+def hello_args(server: servers.Server) -> list[str]:
+    """rawcr's options for a server's own protocol."""
+    return [
+        f"--port={server.port}",
+        f"--send={server.hello.hex()}",
+        f"--expect={server.expect.hex()}",
+    ]
 
 
 def served_lines(log: Path) -> int:
@@ -376,6 +468,7 @@ def main() -> int:
             bench.resets()
             bench.throughput_and_footprint()
             bench.storm(3 if args.quick else 10)
+            bench.real_servers()
         finally:
             probes.rawcr(node, "cleanup")
         doc = report.document(bench.measures, probes.machine(node, date, args.quick))

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for
 from e2e.scaling import Daemon
@@ -34,6 +36,10 @@ class Server:
     user: str | None = None
     """The image's user the whole container runs as (runAsUser), or None for root."""
     process_tree: bool = False
+    hello: bytes = b""
+    """The first bytes a client of the server's own protocol sends (benchmarks time them)."""
+    expect: bytes = b""
+    """The start of the server's answer to ``hello``."""
 
 
 POSTGRES = Server(
@@ -52,12 +58,45 @@ POSTGRES = Server(
     5432,
     user="postgres",
     process_tree=True,
+    hello=bytes.fromhex("0000000804d2162f"),  # SSLRequest: the server answers N (no TLS)
+    expect=b"N",
 )
-REDIS = Server("redis", ("redis-server", "/etc/redis/redis.conf"), 6379, user="redis")
+REDIS = Server(
+    "redis",
+    ("redis-server", "/etc/redis/redis.conf"),
+    6379,
+    user="redis",
+    hello=b"PING\r\n",
+    expect=b"+PONG",
+)
 MEMCACHED = Server(
-    "memcached", ("memcached", "-u", "memcache", "-l", "0.0.0.0", "-p", "11211", "-m", "64"), 11211
+    "memcached",
+    ("memcached", "-u", "memcache", "-l", "0.0.0.0", "-p", "11211", "-m", "64"),
+    11211,
+    hello=b"version\r\n",
+    expect=b"VERSION",
 )
-NGINX = Server("nginx", ("nginx",), 80, process_tree=True)
+NGINX = Server(
+    "nginx",
+    ("nginx",),
+    80,
+    process_tree=True,
+    hello=b"GET / HTTP/1.0\r\n\r\n",
+    expect=b"HTTP/1.1 ",
+)
+ALL = (POSTGRES, REDIS, MEMCACHED, NGINX)
+CACHED_ROOTFS = "images/servers/rootfs"
+"""Where images/build-servers keeps the image's rootfs, under ZEROPOD_CACHE."""
+
+
+def image_uid(user: str) -> int:
+    """USER's uid in the image (Debian assigns them at install), from the cached rootfs."""
+    cache = os.environ.get("ZEROPOD_CACHE", "/var/cache/zeropod")
+    for line in (Path(cache) / CACHED_ROOTFS / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2])
+    raise KeyError(f"no user {user!r} in the servers image")
 
 
 class Toolbox:
