@@ -351,6 +351,8 @@ class Cri:
         annotations: Mapping[str, str] | None = None,
         start: bool = True,
         port_mappings: Sequence[tuple[int, int]] = (),
+        uid: str = "",
+        cgroup_parent: str = "",
     ) -> Iterator[RunningPod]:
         """Run a pod with CONTAINERS (started unless START is false); always clean up after.
 
@@ -358,7 +360,13 @@ class Cri:
         a cleanup failure is raised only when the body itself succeeded.
         """
         pod = self.run_pod(
-            name, namespace, runtime_handler, annotations, port_mappings=port_mappings
+            name,
+            namespace,
+            runtime_handler,
+            annotations,
+            uid=uid,
+            port_mappings=port_mappings,
+            cgroup_parent=cgroup_parent,
         )
         created: dict[str, str] = {}
         failed = True

@@ -91,8 +91,9 @@ class Upstream:
 def restore_options(original: any_pb2.Any, work_path: str) -> any_pb2.Any:
     """The runc options of a restoring Create: containerd's own (if any) plus CRIU's work dir.
 
-    CRI passes no options for the zeropod runtime type, so the runc shim used its defaults
-    (runc root ``/run/containerd/runc/<namespace>``); an empty ``root`` keeps that default.
+    The zeropod handler keeps runc's runtime type, so CRI passes the node's runc options
+    (SystemdCgroup, BinaryName, Root), kept here; without any, an empty ``root`` keeps the
+    runc shim's default (``/run/containerd/runc/<namespace>``).
     """
     opts = oci_pb2.Options()
     type_url = OPTIONS_URL
