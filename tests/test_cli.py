@@ -217,3 +217,15 @@ def test_render_helpers() -> None:
         }
     )
     assert line == "2026-01-01T00:00:00.000Z  ns/p/c  RUNNING -> CHECKPOINTING  (idle)"
+
+
+def test_version_of_both_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from zeropod.daemon.main import main as daemon_main
+    from zeropod.version import version
+
+    for entry, name in ((daemon_main, "zeropod"), (main, "zeropodctl")):
+        with pytest.raises(SystemExit) as info:
+            entry(["--version"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out.strip() == f"{name} {version()}"
+    assert version() == "0.1.0"

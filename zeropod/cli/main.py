@@ -19,6 +19,7 @@ from typing import NoReturn
 from zeropod.cli.render import event_line, pod_summary, status_table
 from zeropod.control.client import ControlClient
 from zeropod.control.protocol import NOT_FOUND, ControlError, DaemonUnavailable
+from zeropod.version import version
 
 PROG = "zeropodctl"
 
@@ -33,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     parser = _Parser(prog=PROG, description="Inspect and drive the zeropod node daemon.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     parser.add_argument(
         "--socket",
         help="control socket (default: $ZEROPOD_CONTROL_SOCKET or /run/zeropod/control.sock)",

@@ -45,6 +45,7 @@ from zeropod.daemon.service import ControlService
 from zeropod.daemon.state import STATE_DIR, StateStore, pid_alive, recovered_phase
 from zeropod.daemon.steps import Machinery
 from zeropod.journal import Journal, open_journal
+from zeropod.version import version
 
 CONTROL_FD = "control"
 ACTIVATOR_FD = "activator"
@@ -180,6 +181,7 @@ async def run(
 def main(argv: list[str] | None = None) -> int:
     """Run the daemon; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="zeropod", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"zeropod {version()}")
     parser.add_argument(
         "--state-dir",
         default=None,
