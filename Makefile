@@ -5,7 +5,7 @@ export ZEROPOD_CACHE ?= /var/cache/zeropod
 PY := .venv/bin/python
 CONTAINERD_VERSIONS ?= 2.1 1.7
 
-.PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean
+.PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean cold-setup
 
 ## setup: host packages, CRIU 4.2.1, generated protos, venv, node rootfs (setup-host), test images
 ## (static apps, and Debian's own servers for the real-workload tests)
@@ -18,9 +18,10 @@ setup:
 demo: setup
 	$(PY) scripts/demo.py
 
-## test: lint, unit tests (no root), the end-to-end suite on the node for each containerd, and
-## the quick benchmark (so it never rots; its numbers never fail the suite)
-test: setup lint unit e2e bench-quick
+## test: lint, unit tests (no root), the end-to-end suite on the node for each containerd, the
+## quick benchmark (so it never rots; its numbers never fail the suite), and the demo again
+## from an empty cache (every install step must work on a machine that never ran us)
+test: setup lint unit e2e bench-quick cold-setup
 
 lint:
 	.venv/bin/ruff check .
@@ -47,3 +48,7 @@ node-start:
 	node/start
 node-stop:
 	node/stop
+
+## cold-setup: `make demo` with an empty cache on a private node (scripts/cold-setup)
+cold-setup:
+	scripts/cold-setup

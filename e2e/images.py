@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "images" / "build"
-ARCHIVE_DIR = REPO / "build" / "images"
+ARCHIVE_DIR = Path(os.environ.get("ZEROPOD_IMAGES") or REPO / "build" / "images")
 REGISTRY = "localhost/zeropod-test"
 TAG = "1"
 NAMES = ("counter", "memhog", "pause", "warmup")

@@ -7,6 +7,8 @@ node_dir=$cache/node
 root=$node_dir/rootfs
 # A second node (e.g. a cold-build test with another ZEROPOD_CACHE) needs a run dir of its own.
 run_dir=${ZEROPOD_NODE_RUN:-/run/zeropod-node}
+# The test images' OCI archives (images/build, images/build-servers) imported at start.
+images_dir=${ZEROPOD_IMAGES:-$repo/build/images}
 machine=${run_dir##*/}
 pid_file=$run_dir/leader.pid       # the node's PID 1, as seen from the host
 nspawn_pid_file=$run_dir/nspawn.pid
