@@ -186,3 +186,15 @@ def test_unknown_flags_go_to_runc_shim(tmp_path: Path, shim_env: dict[str, str])
         cwd=bundle, env=shim_env, capture_output=True, timeout=30, check=False,
     )  # fmt: skip
     assert V3.messages.DeleteResponse.FromString(res.stdout).pid == 9
+
+
+def test_zeropods_criu_comes_first_on_the_runc_shims_path(tmp_path, monkeypatch) -> None:
+    from zeropod.shim.launcher import runc_shim_env
+
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
+    env = runc_shim_env(tmp_path / "events.sock", str(tmp_path))
+    assert env["PATH"] == "/usr/sbin:/usr/bin"  # no CRIU of zeropod's here
+    (tmp_path / "criu").write_text("")
+    env = runc_shim_env(tmp_path / "events.sock", str(tmp_path))
+    assert env["PATH"] == f"{tmp_path}:/usr/sbin:/usr/bin"
+    assert env["TTRPC_ADDRESS"] == str(tmp_path / "events.sock")

@@ -179,7 +179,12 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the daemon; returns the process exit status."""
+    """Run the daemon (or ``zeropod install ...``); returns the process exit status."""
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["install"]:  # the node installer (zeropod.install)
+        from zeropod.install.cli import main as install
+
+        return install(given[1:])
     parser = argparse.ArgumentParser(prog="zeropod", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"zeropod {version()}")
     parser.add_argument(

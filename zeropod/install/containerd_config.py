@@ -19,7 +19,6 @@ The one implementation both installers use (the Ansible role and ``zeropod insta
 
 from __future__ import annotations
 
-import glob
 import os
 import tomllib
 from dataclasses import dataclass
@@ -130,7 +129,7 @@ def plan(text: str, shim_path: str, path: str = "/etc/containerd/config.toml") -
     version = version_of(config, path)
     runtimes = cri_section(config, version).get("containerd", {}).get("runtimes", {})
     drop_in = _drop_in_dir(config, path)
-    if HANDLER in runtimes and not (drop_in and _ours(drop_in)):
+    if HANDLER in runtimes:
         raise ConfigError(
             f"{path}: a runtime named {HANDLER!r} is configured already, not by zeropod's "
             "installer; remove it first"
@@ -156,13 +155,10 @@ def _drop_in_dir(config: dict[str, Any], path: str) -> str | None:
     return None
 
 
-def _ours(directory: str) -> bool:
-    return os.path.exists(os.path.join(directory, DROP_IN_NAME))
-
-
-def drop_in_files(directory: str) -> list[str]:
-    """The files a ``dir/*.toml`` import would read (for checks and tests)."""
-    return sorted(glob.glob(os.path.join(directory, "*.toml")))
+def drop_in_path(config: dict[str, Any], path: str) -> str | None:
+    """Where zeropod's drop-in goes when the config at PATH imports a directory of them."""
+    directory = _drop_in_dir(config, path)
+    return os.path.join(directory, DROP_IN_NAME) if directory else None
 
 
 def _key(key: str) -> str:

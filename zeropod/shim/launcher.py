@@ -38,6 +38,20 @@ class StartError(RuntimeError):
     """The interposer or the runc shim could not be started."""
 
 
+CRIU_DIR = "/opt/zeropod/bin"
+"""Where an installed zeropod keeps its CRIU build (zeropod.install): first on the runc
+shim's PATH, so that runc (which looks CRIU up on its PATH) uses it for zeropod's pods only,
+whatever CRIU the node has."""
+
+
+def runc_shim_env(events: Path, criu_dir: str = CRIU_DIR) -> dict[str, str]:
+    """The runc shim's environment: ours, its events socket, zeropod's CRIU first on PATH."""
+    env = dict(os.environ, TTRPC_ADDRESS=str(events))
+    if os.path.exists(os.path.join(criu_dir, "criu")):
+        env["PATH"] = os.pathsep.join(p for p in (criu_dir, env.get("PATH")) if p)
+    return env
+
+
 def find_runc_shim() -> str:
     path = shutil.which(RUNC_SHIM)
     if path is None:
@@ -114,7 +128,7 @@ def run_runc_start(runc: str, args: ShimArgs, bundle: Path, events: Path) -> boo
     Output goes to files, not pipes: a daemon that inherits a pipe would hold it open and
     make reading until EOF hang.
     """
-    env = dict(os.environ, TTRPC_ADDRESS=str(events))
+    env = runc_shim_env(events)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.run(
