@@ -5,7 +5,7 @@ export ZEROPOD_CACHE ?= /var/cache/zeropod
 PY := .venv/bin/python
 CONTAINERD_VERSIONS ?= 2.1 1.7
 
-.PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean cold-setup
+.PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean cold-setup package
 
 ## setup: host packages, CRIU 4.2.1, generated protos, venv, node rootfs (setup-host), test images
 ## (static apps, and Debian's own servers for the real-workload tests)
@@ -52,3 +52,7 @@ node-stop:
 ## cold-setup: `make demo` with an empty cache on a private node (scripts/cold-setup)
 cold-setup:
 	scripts/cold-setup
+
+## package: the node package `zeropod install` and the Ansible role put on nodes (dist/)
+package: setup
+	$(PY) scripts/package

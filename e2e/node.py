@@ -44,6 +44,8 @@ class Node:
     root: Path
     leader_pid: int
     containerd: str
+    env: tuple[tuple[str, str], ...] = ()
+    """What points the node/ scripts at this node when it is not the test node (node/bare)."""
 
     @classmethod
     def ensure_started(cls, containerd: str = "2.1", timeout: float = 180) -> Node:
@@ -102,6 +104,7 @@ class Node:
             input = input.decode()
         return subprocess.run(
             [str(NODE_SCRIPTS / "run"), *args],
+            env={**os.environ, **dict(self.env)} if self.env else None,
             input=input,
             capture_output=True,
             text=True,
