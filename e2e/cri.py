@@ -94,6 +94,9 @@ class ContainerSpec:
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     run_as_user: int | None = None
     """securityContext.runAsUser (and runAsGroup, the same id); None: the image's user."""
+    privileged: bool = False
+    mounts: Sequence[tuple[str, str]] = ()
+    """(host path, container path) pairs, like hostPath volumes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +212,8 @@ class Cri:
         port_mappings: Sequence[tuple[int, int]] = (),
         cgroup_parent: str = "",
         timeout: float = 120.0,
+        privileged: bool = False,
+        host_pid: bool = False,
     ) -> Pod:
         """RunPodSandbox with RUNTIME_HANDLER, after creating the pod log directory like kubelet."""
         config = pod_config(
@@ -218,6 +223,8 @@ class Cri:
             annotations=annotations,
             port_mappings=port_mappings,
             cgroup_parent=cgroup_parent,
+            privileged=privileged,
+            host_pid=host_pid,
         )
         self._mkdir_in_node(config.log_directory)
         req = api.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
@@ -275,10 +282,23 @@ class Cri:
         log_path: str | None = None,
         timeout: float = 60.0,
         run_as_user: int | None = None,
+        privileged: bool = False,
+        mounts: Sequence[tuple[str, str]] = (),
     ) -> str:
         """CreateContainer in POD from IMAGE (test image name or full reference); return its id."""
+        host_pid = pod.config.linux.security_context.namespace_options.pid == api.NODE
         config = container_config(
-            name, image, env, args, command, annotations, log_path, run_as_user
+            name,
+            image,
+            env,
+            args,
+            command,
+            annotations,
+            log_path,
+            run_as_user,
+            privileged,
+            mounts,
+            host_pid,
         )
         self._mkdir_in_node(str(Path(pod.log_directory, config.log_path).parent))
         req = api.CreateContainerRequest(
@@ -367,6 +387,7 @@ class Cri:
             uid=uid,
             port_mappings=port_mappings,
             cgroup_parent=cgroup_parent,
+            privileged=any(spec.privileged for spec in containers),
         )
         created: dict[str, str] = {}
         failed = True
@@ -381,6 +402,8 @@ class Cri:
                     spec.command,
                     spec.annotations,
                     run_as_user=spec.run_as_user,
+                    privileged=spec.privileged,
+                    mounts=spec.mounts,
                 )
                 if start:
                     self.start_container(created[spec.name])

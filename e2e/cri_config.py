@@ -31,9 +31,11 @@ def container_log_path(name: str, attempt: int = 0) -> str:
     return f"{name}/{attempt}.log"
 
 
-def _pod_namespaces() -> api.NamespaceOption:
-    # Like kubelet without hostNetwork/hostPID: network and IPC of the pod, PID per container.
-    return api.NamespaceOption(network=api.POD, pid=api.CONTAINER, ipc=api.POD)
+def _pod_namespaces(host_pid: bool = False) -> api.NamespaceOption:
+    # Like kubelet without hostNetwork: network and IPC of the pod, PID per container (or the
+    # node's, for hostPID: true).
+    pid = api.NODE if host_pid else api.CONTAINER
+    return api.NamespaceOption(network=api.POD, pid=pid, ipc=api.POD)
 
 
 def pod_config(
@@ -45,6 +47,8 @@ def pod_config(
     port_mappings: Sequence[tuple[int, int]] = (),
     cgroup_parent: str = "",
     log_root: str = LOG_ROOT,
+    privileged: bool = False,
+    host_pid: bool = False,
 ) -> api.PodSandboxConfig:
     """A PodSandboxConfig like kubelet's; PORT_MAPPINGS are (container_port, host_port) pairs."""
     uid = uid or str(uuid.uuid4())
@@ -65,7 +69,9 @@ def pod_config(
         annotations=dict(annotations or {}),
         linux=api.LinuxPodSandboxConfig(
             cgroup_parent=cgroup_parent,
-            security_context=api.LinuxSandboxSecurityContext(namespace_options=_pod_namespaces()),
+            security_context=api.LinuxSandboxSecurityContext(
+                namespace_options=_pod_namespaces(host_pid), privileged=privileged
+            ),
         ),
     )
 
@@ -79,10 +85,15 @@ def container_config(
     annotations: Mapping[str, str] | None = None,
     log_path: str | None = None,
     run_as_user: int | None = None,
+    privileged: bool = False,
+    mounts: Sequence[tuple[str, str]] = (),
+    host_pid: bool = False,
 ) -> api.ContainerConfig:
     """A ContainerConfig like kubelet's; LOG_PATH is relative to the pod's log directory.
     RUN_AS_USER is the pod spec's securityContext.runAsUser (group: the same id)."""
-    security = api.LinuxContainerSecurityContext(namespace_options=_pod_namespaces())
+    security = api.LinuxContainerSecurityContext(
+        namespace_options=_pod_namespaces(host_pid), privileged=privileged
+    )
     if run_as_user is not None:
         security.run_as_user.value = run_as_user
         security.run_as_group.value = run_as_user
@@ -95,5 +106,6 @@ def container_config(
         labels={"io.kubernetes.container.name": name},
         annotations=dict(annotations or {}),
         log_path=log_path if log_path is not None else container_log_path(name),
+        mounts=[api.Mount(host_path=h, container_path=c) for h, c in mounts],
         linux=api.LinuxContainerConfig(security_context=security),
     )

@@ -1,4 +1,5 @@
-"""Installing zeropod on a node an operator already runs, with the Ansible role over ssh.
+"""Installing zeropod on a node an operator already runs: the Ansible role over ssh, and the
+DaemonSet's installer image as a privileged pod with the node's root at /host.
 
 The second machine (`node/bare`) has only Debian's containerd 1.7, runc, the CNI plugins,
 systemd and sshd, configured as kubeadm leaves a node (systemd cgroup driver). A real ssh
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, api, wait_for
+from e2e.cri import ContainerSpec, Cri, CriError, api, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
 from e2e.scaling import Daemon, annotations
@@ -48,23 +50,33 @@ def bare(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@pytest.fixture(scope="module")
-def machine() -> Iterator[Node]:
-    if os.geteuid() != 0:
-        pytest.skip("the second machine needs root (systemd-nspawn)")
-    subprocess.run([str(REPO / "scripts" / "package")], check=True, capture_output=True)
+def fresh_machine() -> Node:
+    """The second machine, booted from its base image: nothing of zeropod on it."""
     bare("start")
     pid = int(Path("/run/zeropod-bare/leader.pid").read_text())
+    env = (("ZEROPOD_CACHE", str(BARE)), ("ZEROPOD_NODE_RUN", "/run/zeropod-bare"))
+    return Node(root=BARE / "node" / "rootfs", leader_pid=pid, containerd="1.7", env=env)
+
+
+@pytest.fixture(scope="module")
+def package() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the second machine needs root (systemd-nspawn)")
+    for step in (["scripts/package"], ["images/build-installer"]):
+        subprocess.run([sys.executable, str(REPO / step[0])], check=True, capture_output=True)
+
+
+@pytest.fixture
+def machine(package: None) -> Iterator[Node]:
     try:
-        env = (("ZEROPOD_CACHE", str(BARE)), ("ZEROPOD_NODE_RUN", "/run/zeropod-bare"))
-        yield Node(root=BARE / "node" / "rootfs", leader_pid=pid, containerd="1.7", env=env)
+        yield fresh_machine()
     finally:
         bare("stop")
 
 
-@pytest.fixture(scope="module")
-def inventory(machine: Node, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ansible") / "inventory.ini"
+@pytest.fixture
+def inventory(machine: Node, tmp_path: Path) -> Path:
+    path = tmp_path / "inventory.ini"
     proxy = f"{REPO}/node/bare ssh-proxy"
     options = (
         f"-o ProxyCommand='{proxy}' -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
@@ -197,3 +209,97 @@ def scale_to_zero_on(machine: Node, cri: Cri) -> None:
         # In its pod's slice, like every pod of a kubeadm node (systemd cgroup driver).
         cgroup = machine.run(["cat", f"/proc/{info['pid']}/cgroup"], check=True).stdout
         assert f"cri-containerd-{cid}.scope" in cgroup
+
+
+INSTALLER = "localhost/zeropod/installer:"
+
+
+def run_to_completion(cri: Cri, pod, name: str, image: str, command: list[str]) -> str:
+    """Create and start a privileged container with the node's root at /host (the
+    DaemonSet's init container), wait until it exits 0; its log. containerd restarts while
+    it runs (the installer changes its config): the CRI calls ride that out."""
+    spec = ContainerSpec(name, image, command=command, privileged=True, mounts=[("/", "/host")])
+    cid = cri.create_container(
+        pod, spec.name, spec.image, command=spec.command, privileged=True, mounts=spec.mounts
+    )
+    cri.start_container(cid)
+
+    def exited():
+        try:
+            status = cri.container_status(cid)
+        except CriError:
+            return None  # containerd is restarting
+        return status if status.state == api.CONTAINER_EXITED else None
+
+    status = wait_for(exited, 180, interval=0.5, what=f"{name} to finish")
+    log = cri.node_root / cri.log_file(cid).lstrip("/") if cri.node_root else None
+    text = log.read_text() if log and log.exists() else ""
+    assert status.exit_code == 0, text[-3000:]
+    return text
+
+
+def test_the_installer_image_installs_as_a_privileged_pod_and_uninstalls(machine: Node) -> None:
+    config = machine.root / "etc/containerd/config.toml"
+    original = config.read_bytes()
+    archive = Path(os.environ.get("ZEROPOD_IMAGES") or REPO / "build" / "images") / "installer.tar"
+    with open(archive, "rb") as f:
+        imported = subprocess.run(
+            [str(REPO / "node" / "run"), "ctr", "-n", "k8s.io", "images", "import", "-"],
+            stdin=f,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **dict(machine.env)},
+        )
+    assert imported.returncode == 0, imported.stderr
+    version = (REPO / "dist").glob("zeropod-*-x86_64.tar.gz").__next__().name.split("-")[1]
+    image = INSTALLER + version
+    with (
+        Cri.for_node(machine) as cri,
+        cri.pod(
+            f"ledger-{uuid.uuid4().hex[:5]}",
+            [ContainerSpec("api-1", "counter")],
+            namespace="finance",
+            runtime_handler="runc",
+            **kubelet_pod(),
+        ) as bystander,
+    ):
+        runc_pid = app_pid(cri, bystander.containers["api-1"])
+        installer = cri.run_pod(
+            f"zeropod-installer-{uuid.uuid4().hex[:5]}",
+            "zeropod-system",
+            "runc",
+            privileged=True,
+            host_pid=True,  # as the DaemonSet's hostPID: true
+            **kubelet_pod(),
+        )
+        try:
+            log = run_to_completion(
+                cri,
+                installer,
+                "install",
+                image,
+                ["zeropod", "install", "--host-root", "/host"],
+            )
+            assert "done: systemctl restart containerd.service" in log
+            scale_to_zero_on(machine, cri)
+            log = run_to_completion(
+                cri,
+                installer,
+                "uninstall",
+                image,
+                ["zeropod", "install", "--host-root", "/host", "--uninstall"],
+            )
+            assert "done: remove /opt/zeropod" in log
+        finally:
+            wait_for(lambda: _cleaned(cri, installer), 120, interval=1, what="pod removed")
+        assert config.read_bytes() == original
+        assert leftovers(machine) == []
+        assert not list((machine.root / "var/tmp").glob("zeropod-package.*"))
+        assert app_pid(cri, bystander.containers["api-1"]) == runc_pid
+
+
+def _cleaned(cri: Cri, pod) -> bool:
+    try:
+        return not cri.cleanup(pod, [c.id for c in cri.list_containers(pod)])
+    except CriError:
+        return False  # containerd is restarting
