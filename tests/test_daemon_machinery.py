@@ -103,3 +103,31 @@ def test_image_store(tmp_short: str) -> None:
     store.remove("c1")
     store.remove("c1")
     assert not os.path.exists(path)
+
+
+def test_a_non_root_listener_is_shared_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server running as its own user owns its listener: the daemon makes root its owner
+    (so systemd's holder can join the group) instead of refusing to hold the port."""
+    import socket
+
+    from zeropod.daemon import machinery
+    from zeropod.daemon.pods import HeldPort
+    from zeropod.sockets.listeners import Listener
+
+    shared: list[tuple[int, int]] = []
+    found = [
+        Listener(socket.AF_INET, "0.0.0.0", 6379, 11, 6, False, uid=100, pid=42),
+        Listener(socket.AF_INET6, "::", 6379, 12, 7, True, uid=100, pid=42),
+        Listener(socket.AF_INET, "0.0.0.0", 9121, 13, 8, False, uid=100, pid=43),
+    ]
+    monkeypatch.setattr("zeropod.sockets.listeners.tree_listeners", lambda pid: found)
+    monkeypatch.setattr(
+        "zeropod.sockets.reuseport.share_with_root_holder",
+        lambda pid, fd: shared.append((pid, fd)) or 100,
+    )
+    held = machinery._share_listeners(41, (6379,))
+    assert held == [
+        HeldPort(socket.AF_INET, "0.0.0.0", 6379, False),
+        HeldPort(socket.AF_INET6, "::", 6379, True),
+    ]
+    assert shared == [(42, 6), (42, 7)]  # each listener of the mapped port, in its process
