@@ -150,6 +150,10 @@ def test_the_playbook_installs_over_ssh_and_uninstall_takes_it_all_off(
         assert "done: systemctl restart containerd.service" in out
         counts, _ = playbook(inventory, "install.yml")
         assert counts["changed"] == 0  # a second run changes nothing
+        version = (REPO / "pyproject.toml").read_text().split('version = "', 1)[1].split('"')[0]
+        for command in ("zeropod", "zeropodctl"):
+            out = machine.run([f"/opt/zeropod/venv/bin/{command}", "--version"], check=True)
+            assert out.stdout.strip() == f"{command} {version}"
 
         scale_to_zero_on(machine, cri)
 
