@@ -29,14 +29,14 @@ def test_criu_config_written_once(tmp_path: Path) -> None:
 def test_annotation_added_and_spec_kept(tmp_path: Path) -> None:
     original = {"ociVersion": "1.1.0", "process": {"args": ["sh"]}, "annotations": {"a": "b"}}
     b = bundle(tmp_path, original)
-    assert spec.annotate_criu_config(b, "/run/zeropod/criu.conf") is True
+    assert spec.annotate_criu_config(b, "/run/zeropod/criu.conf") is None
     got = json.loads((b / "config.json").read_text())
     assert got["annotations"] == {"a": "b", "org.criu.config": "/run/zeropod/criu.conf"}
     assert {k: v for k, v in got.items() if k != "annotations"} == {
         k: v for k, v in original.items() if k != "annotations"
     }
     assert (b / "config.json").stat().st_mode & 0o777 == 0o640
-    assert spec.annotate_criu_config(b, "/other") is False  # idempotent
+    assert spec.annotate_criu_config(b, "/run/zeropod/criu.conf") is None  # idempotent
     assert not list(b.glob(".config.json*"))
 
 
@@ -46,10 +46,12 @@ def test_annotation_without_annotations_object(tmp_path: Path) -> None:
     assert spec.read_spec(b)["annotations"] == {"org.criu.config": "/c.conf"}
 
 
-def test_users_own_criu_config_is_left_alone(tmp_path: Path) -> None:
-    b = bundle(tmp_path, {"annotations": {"org.criu.config": ""}})
-    assert spec.annotate_criu_config(b, "/c.conf") is False
-    assert spec.read_spec(b)["annotations"] == {"org.criu.config": ""}
+@pytest.mark.parametrize("theirs", ["", "/tmp/evil.conf", "/run/zeropod/criu.conf.d/../x"])
+def test_a_pods_own_criu_config_is_never_used(tmp_path: Path, theirs: str) -> None:
+    """A CRIU config can name action scripts that CRIU runs as root on the node."""
+    b = bundle(tmp_path, {"annotations": {"org.criu.config": theirs}})
+    assert spec.annotate_criu_config(b, "/c.conf") == theirs
+    assert spec.read_spec(b)["annotations"] == {"org.criu.config": "/c.conf"}
 
 
 @pytest.mark.parametrize("text", ["not json", "[1, 2]"])

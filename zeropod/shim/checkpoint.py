@@ -40,6 +40,12 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
     async with c.lock:
         if c.phase is not Phase.RUNNING:
             raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not running")
+        if mode == "checkpoint" and not c.criu_config_set:
+            raise ControlError(
+                CHECKPOINT_FAILED,
+                f"container {c.id}: its CRIU config could not be set to zeropod's at Create, "
+                "so it is never dumped (its spec could name CRIU action scripts)",
+            )
         started = time.monotonic()
         ctx.tracker.move(c, Phase.CHECKPOINTING, mode)
         c.hold_stdio()

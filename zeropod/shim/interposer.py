@@ -134,7 +134,7 @@ async def amain(cfg: Config) -> int:
     try:
         criu_config = str(spec.write_criu_config())
     except OSError as err:
-        log.error("cannot write the CRIU config (checkpoints use runc's defaults): %s", err)
+        log.error("cannot write the CRIU config (no container of this shim is dumped): %s", err)
         criu_config = ""
     tracker = Tracker()
     daemon = DaemonLink(control_path(cfg))

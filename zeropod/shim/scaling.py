@@ -79,15 +79,24 @@ class ScalingProxy(TaskProxy):
     async def Create(self, call: Call) -> RawResponse:
         api = self.api(call)
         req = api.decode("CreateTaskRequest", call.payload)
+        criu_config_set = False
         try:
             if self.criu_config:
-                spec.annotate_criu_config(req.bundle, self.criu_config)
+                replaced = spec.annotate_criu_config(req.bundle, self.criu_config)
+                criu_config_set = True
+                if replaced is not None:
+                    log.warning(
+                        "container %s: replaced its own org.criu.config %r with zeropod's",
+                        req.id,
+                        replaced,
+                    )
         except (OSError, ValueError) as err:
             log.warning("container %s: cannot set the CRIU config annotation: %s", req.id, err)
         reply = await self.forward(call)
         payload = reply_payload(reply)
         if payload is not None:
             c = Container(req.id, api, req, call.metadata())
+            c.criu_config_set = criu_config_set
             c.pid = api.decode("CreateTaskResponse", payload).pid
             self.ctx.tracker.add(c)
         return reply

@@ -60,10 +60,13 @@ def read_spec(bundle: str | Path) -> dict[str, Any]:
     return spec
 
 
-def annotate_criu_config(bundle: str | Path, criu_config: str | Path) -> bool:
-    """Set ``org.criu.config`` in the bundle's config.json; False if it already was set.
+def annotate_criu_config(bundle: str | Path, criu_config: str | Path) -> str | None:
+    """Point ``org.criu.config`` in the bundle's config.json at zeropod's CRIU config.
 
-    An annotation the user set (any value) is left alone. The file is replaced atomically.
+    Returns the value it replaced (None: there was none, or it was ours already). Whatever
+    the pod or anyone else put there is replaced: a CRIU config can name action scripts, which
+    CRIU runs as root on the node, so only zeropod's own file may be used (docs/trust.md).
+    The file is replaced atomically.
     """
     spec = read_spec(bundle)
     annotations = spec.get("annotations")
@@ -71,12 +74,13 @@ def annotate_criu_config(bundle: str | Path, criu_config: str | Path) -> bool:
         annotations = spec["annotations"] = {}
     if not isinstance(annotations, dict):
         raise ValueError(f"{bundle}/config.json: annotations is not an object")
-    if CRIU_ANNOTATION in annotations:
-        return False
+    previous = annotations.get(CRIU_ANNOTATION)
+    if previous == str(criu_config):
+        return None
     annotations[CRIU_ANNOTATION] = str(criu_config)
     path = Path(bundle) / "config.json"
     tmp = path.with_name(".config.json.zeropod")
     tmp.write_text(json.dumps(spec))
     os.chmod(tmp, os.stat(path).st_mode & 0o7777)
     os.replace(tmp, path)
-    return True
+    return previous

@@ -42,6 +42,7 @@ class Container:
     exit_status: int = 0
     exited_at: float = 0.0  # seconds since the epoch, when it ended asleep
     registered: bool = False  # the daemon was told (so it must be told it ended)
+    criu_config_set: bool = True  # org.criu.config names zeropod's file (else: never dumped)
     held: list[Call] = field(default_factory=list)  # events held back while hidden
     stdio_fds: list[int] = field(default_factory=list)  # FIFO ends kept across the gap
     # Serialises the multi-step sequences (checkpoint, restore, kill/delete while asleep).
