@@ -277,3 +277,20 @@ async def test_hyphenated_container_names_never_reach_journal_field_names() -> N
     assert all("STEP_RESTORE_MS" in f and "INVALID_FIELDS" not in f for f in woke)
     slept = [f for m, _, f in world.captured.entries if "scaled down in" in m]
     assert all("STEP_CHECKPOINT_MS" in f for f in slept) and len(slept) == 9
+
+
+async def test_an_image_directory_that_cannot_be_made_fails_the_sleep_cleanly() -> None:
+    """A full disk: the pod runs on, its ports are released, the failure is one line."""
+    world = World()
+    app = world.register()
+
+    def full(container_id: str) -> str:
+        raise OSError(28, "No space left on device")
+
+    world.images.prepare = full  # type: ignore[method-assign]
+    with pytest.raises(ControlError) as info:
+        await world.scaler.sleep(KEY, "idle")
+    assert "No space left on device" in info.value.message
+    assert app.phase.phase is Phase.RUNNING
+    assert world.rec.names()[-1] == "unit_stop" and "checkpoint" not in world.rec.names()
+    assert world.pods.get(KEY).held_ports == ()

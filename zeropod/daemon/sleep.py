@@ -127,7 +127,12 @@ async def _checkpoint(
     mode = "stop" if stop else "checkpoint"
     memory = footprint.memory(container.pid)  # what the sleep frees, read before the dump
     for attempt in range(1, attempts + 1):
-        image_dir = machinery.images.prepare(container.identity.container_id)
+        try:
+            image_dir = machinery.images.prepare(container.identity.container_id)
+        except OSError as err:  # a full disk, a read-only or missing image root
+            raise ShimError(
+                IMAGE_DIR_FAILED, f"preparing its image directory failed: {err}"
+            ) from err
         try:
             reply = await machinery.shim.checkpoint(container, image_dir, mode)
         except ShimError as err:
@@ -188,6 +193,8 @@ async def _give_up(
     # The one journal line about the failure is the caller's (it knows the next try).
 
 
+IMAGE_DIR_FAILED = "image_dir_failed"
+"""The image directory could not be made: the sleep fails before any dump, nothing lost."""
 TRANSIENT_REFUSALS = ("Connected TCP socket", "In-flight connection")
 """CRIU's words for a dump refused because of a request in flight: worth a quick retry.
 Any other failure (a process CRIU cannot dump) would fail again: the pod backs off."""
