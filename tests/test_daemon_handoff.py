@@ -4,7 +4,9 @@ and wakes the pod for anything else."""
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -71,12 +73,18 @@ async def test_activator_hands_over_its_sockets_and_waits(tmp_short: str) -> Non
         received.append(held)
 
     errors: list[str] = []
-    server = ActivationServer(path, take, errors.append)
+    checked: list[tuple[int, str]] = []
+
+    def trust(conn: socket.socket, unit: str) -> None:  # the test process is no unit of root's
+        checked.append((conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[0], unit))
+
+    server = ActivationServer(path, take, errors.append, check_peer=trust)
     await server.start()
     sock = listener()
     activator = spawn_activator(sock, path)
     try:
         await wait_until(lambda: received, "the hand-off")
+        assert checked == [(checked[0][0], UNIT)]
         held = received[0]
         assert held.unit == UNIT
         assert [s.getsockname() for s in held.sockets] == [sock.getsockname()]
@@ -170,3 +178,72 @@ async def test_a_quiet_hand_off_ends_and_the_pod_stays_asleep(
     assert app.phase.phase is Phase.SCALED_DOWN
     sock.close()
     activator_side.close()
+
+
+async def test_a_peer_that_is_not_the_named_units_root_process_is_refused(tmp_short: str) -> None:
+    """The real check: this test process is not root's zeropod@...service, so its sockets
+    are refused, closed, and the refusal is one line."""
+    path = os.path.join(tmp_short, "activator.sock")
+    received: list[HeldSockets] = []
+
+    async def take(held: HeldSockets) -> None:
+        received.append(held)
+
+    errors: list[str] = []
+    server = ActivationServer(path, take, errors.append)
+    await server.start()
+    sock = listener()
+    activator = spawn_activator(sock, path)
+    try:
+        await wait_until(lambda: errors, "the refusal")
+        assert received == []
+        assert "not root" in errors[0] or f"not in {UNIT}" in errors[0], errors
+    finally:
+        activator.kill()
+        activator.wait()
+        sock.close()
+        await server.close()
+
+
+def test_a_non_socket_fd_is_refused_without_leaking_any() -> None:
+    from zeropod.daemon.handoff import _parse
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(40):
+        a, b = socket.socketpair()
+        r, w = os.pipe()
+        fds = [os.dup(a.fileno()), os.dup(r), os.dup(b.fileno())]  # a pipe in the middle
+        message = json.dumps({"v": 1, "op": "activated", "unit": UNIT}).encode() + b"\n"
+        with pytest.raises(OSError):
+            _parse(message, fds, a)
+        for x in (a, b):
+            x.close()
+        os.close(r)
+        os.close(w)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "unit"),
+    [
+        (
+            "12:name=systemd:/system.slice/system-zeropod.slice/zeropod@shop_web\\x2d1.service\n"
+            "0::/system.slice/system-zeropod.slice/zeropod@shop_web\\x2d1.service\n",
+            "zeropod@shop_web\\x2d1.service",
+        ),
+        ("0::/system.slice/system-zeropod.slice/zeropod@a_b.service\n", "zeropod@a_b.service"),
+        ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+    ],
+)
+def test_the_unit_a_process_runs_in(tmp_path, monkeypatch, cgroup: str, unit) -> None:
+    from zeropod.daemon import handoff
+
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if path == "/proc/4242/cgroup":
+            return io.StringIO(cgroup)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert handoff.unit_of(4242) == unit

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 from zeropod.control.protocol import socket_path
@@ -141,8 +142,11 @@ class ActivationServer:
         on_activation: Callback,
         log_error: Callable[[str], None],
         sock: socket.socket | None = None,
+        check_peer: Callable[[socket.socket, str], None] | None = None,
     ) -> None:
         self.path = path
+        self._check_peer = check_peer or check_activated_service
+        """Raises ValueError unless the peer may hand over the sockets of the unit it names."""
         self.keep_file = sock is not None
         """Leave the socket file at close (the socket lives on in systemd's fd store)."""
         self._on_activation = on_activation
@@ -200,7 +204,10 @@ class ActivationServer:
             async with asyncio.timeout(RECEIVE_TIMEOUT):
                 data, fds = await _recv_fds(conn)
             held = _parse(data, fds, conn)
+            self._check_peer(conn, held.unit)
         except (TimeoutError, OSError, ValueError) as err:
+            if "held" in locals():
+                held.close()
             self._log_error(f"activation hand-off refused: {err}")
             conn.close()
             return
@@ -227,8 +234,42 @@ async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Non
         loop.remove_reader(conn.fileno())
 
 
+def check_activated_service(conn: socket.socket, unit: str) -> None:
+    """Only a root process of the unit it names may hand sockets over: systemd's activated
+    ``zeropod@<pod>.service``, started by a socket unit of the daemon's. Raises ValueError."""
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid != 0:
+        raise ValueError(f"the peer (pid {pid}) runs as uid {uid}, not root")
+    runs_in = unit_of(pid)
+    if runs_in != unit:
+        raise ValueError(f"the peer (pid {pid}) runs in {runs_in or 'no unit'}, not in {unit}")
+
+
+def unit_of(pid: int) -> str | None:
+    """The systemd service PID runs in, from its cgroup path (v1 name=systemd or v2)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, _, path = line.partition(":")[2].partition(":")
+        if hierarchy in ("", "name=systemd") and path.endswith(".service"):
+            return path.rsplit("/", 1)[-1]
+    return None
+
+
 def _parse(data: bytes, fds: list[int], conn: socket.socket) -> HeldSockets:
-    sockets = [socket.socket(fileno=fd) for fd in fds]
+    sockets: list[socket.socket] = []
+    try:
+        for fd in fds:
+            sockets.append(socket.socket(fileno=fd))  # OSError (ENOTSOCK) for another fd
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        for fd in fds[len(sockets) :]:
+            os.close(fd)
+        raise
     try:
         message = json.loads(data.partition(b"\n")[0])
         unit = message.get("unit") if isinstance(message, dict) else None
