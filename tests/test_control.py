@@ -376,3 +376,30 @@ async def test_best_effort_calls_never_raise(daemon: Any) -> None:
     assert not outcome.ok and outcome.error
     bad_id = await asyncio.to_thread(unregister_container, "not/valid", path=server.path)
     assert not bad_id.ok and "'id'" in (bad_id.error or "")
+
+
+async def test_silent_clients_are_closed_and_a_flood_is_answered_busy(sock_dir: str) -> None:
+    """200 clients that connect and say nothing neither pile up nor starve a real request."""
+    service = ControlService(Registry(), Journal(Captured()), EventHub())
+    path = os.path.join(sock_dir, "control.sock")
+    server = ControlServer(path, service, print, max_connections=8, idle_timeout=0.3)
+    await server.start()
+    try:
+        silent = [await asyncio.open_unix_connection(path) for _ in range(8)]
+        extra_reader, extra_writer = await asyncio.open_unix_connection(path)
+        line = await asyncio.wait_for(extra_reader.readline(), 5)
+        assert json.loads(line)["error"]["code"] == "busy"
+        assert await asyncio.wait_for(extra_reader.read(), 5) == b""  # closed
+        extra_writer.close()
+        # The silent ones are dropped after the idle timeout; then a request is served.
+        for reader, _ in silent:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b'{"v": 1, "op": "status"}\n')
+        answer = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert answer == {"ok": True, "containers": []}
+        writer.close()
+        for _, w in silent:
+            w.close()
+    finally:
+        await server.close()

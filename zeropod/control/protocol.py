@@ -29,6 +29,8 @@ TOO_LARGE = "too_large"
 OVERFLOW = "overflow"
 INTERNAL = "internal"
 UNAVAILABLE = "unavailable"
+BUSY = "busy"
+"""The daemon serves its maximum of connections; try again."""
 """Client side only: the daemon could not be reached."""
 
 

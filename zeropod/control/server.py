@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from zeropod.control.protocol import (
+    BUSY,
     INTERNAL,
     MAX_LINE,
     TOO_LARGE,
@@ -56,6 +57,14 @@ class ControlHandler(Protocol):
         ...
 
 
+MAX_CONNECTIONS = 256
+"""Open connections served at once; more are answered ``busy`` and closed (a client that
+floods the socket cannot exhaust the daemon's fds)."""
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may wait before sending its next request line (event streams, which
+only send at the start, are not affected)."""
+
+
 class ControlServer:
     """Serves the control protocol on a unix socket at ``path``.
 
@@ -70,6 +79,8 @@ class ControlServer:
         *,
         mode: int = 0o660,
         sock: socket.socket | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.path = path
         self._handler = handler
@@ -81,6 +92,8 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._inode: int | None = None
+        self._max_connections = max_connections
+        self._idle_timeout = idle_timeout
 
     async def start(self) -> None:
         """Listen on the socket; a stale socket file is replaced, a live one is an error.
@@ -125,11 +138,17 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        busy = len(self._connections) >= self._max_connections
         self._connections.add(task)
         try:
+            if busy:
+                error = ControlError(BUSY, f"{self._max_connections} connections open; retry")
+                writer.write(encode(failure(error)))
+                await writer.drain()
+                return
             await self._converse(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away; nothing to answer
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client went away, or said nothing for too long
         finally:
             self._connections.discard(task)
             writer.close()
@@ -139,7 +158,8 @@ class ControlServer:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             try:
-                line = await reader.readline()
+                async with asyncio.timeout(self._idle_timeout):
+                    line = await reader.readline()
             except ValueError:
                 error = ControlError(TOO_LARGE, f"request line longer than {MAX_LINE} bytes")
                 writer.write(encode(failure(error)))
