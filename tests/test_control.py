@@ -403,3 +403,38 @@ async def test_silent_clients_are_closed_and_a_flood_is_answered_busy(sock_dir: 
             w.close()
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "read_gid", "status", "sleep"),
+    [
+        ((1, 0, 0), None, "ok", "unknown_op"),  # root: past the gate (no scaler here)
+        ((1, 4321, 4321), None, "permission_denied", "permission_denied"),  # another user
+        ((1, 4321, 999), 999, "ok", "permission_denied"),  # the read-only group: status only
+    ],
+)
+async def test_who_may_talk_to_the_daemon(
+    sock_dir: str, peer: tuple[int, int, int], read_gid: int | None, status: str, sleep: str
+) -> None:
+    """SO_PEERCRED decides: root (and the daemon's own user) may do anything, members of the
+    configured read-only group may read status and events, nobody else anything."""
+    service = ControlService(Registry(), Journal(Captured()), EventHub())
+    path = os.path.join(sock_dir, "control.sock")
+    server = ControlServer(path, service, print, peer=lambda sock: peer)
+    server._read_gid = read_gid  # the group's chown of the socket file needs root
+    server._owner = 0
+    await server.start()
+    try:
+        outcomes = []
+        for request in (
+            b'{"v": 1, "op": "status"}\n',
+            b'{"v": 1, "op": "sleep", "pod": "p", "namespace": "shop"}\n',
+        ):
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(request)
+            answer = json.loads(await asyncio.wait_for(reader.readline(), 5))
+            outcomes.append("ok" if answer.get("ok") else answer["error"]["code"])
+            writer.close()
+        assert outcomes == [status, sleep]
+    finally:
+        await server.close()

@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from zeropod.control.protocol import (
     BUSY,
     INTERNAL,
     MAX_LINE,
+    PERMISSION,
     TOO_LARGE,
     ControlError,
     decode,
@@ -60,6 +62,8 @@ class ControlHandler(Protocol):
 MAX_CONNECTIONS = 256
 """Open connections served at once; more are answered ``busy`` and closed (a client that
 floods the socket cannot exhaust the daemon's fds)."""
+READ_ONLY_OPS = ("status", "events")
+"""What a member of the read-only group may ask; everything else needs root."""
 IDLE_TIMEOUT = 30.0
 """Seconds a connection may wait before sending its next request line (event streams, which
 only send at the start, are not affected)."""
@@ -81,6 +85,8 @@ class ControlServer:
         sock: socket.socket | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        read_gid: int | None = None,
+        peer: Callable[[socket.socket], tuple[int, int, int]] | None = None,
     ) -> None:
         self.path = path
         self._handler = handler
@@ -94,6 +100,11 @@ class ControlServer:
         self._inode: int | None = None
         self._max_connections = max_connections
         self._idle_timeout = idle_timeout
+        self._read_gid = read_gid
+        """Members of this group may read (status, events); None: root only."""
+        self._peer = peer or peer_credentials
+        self._owner = os.geteuid()
+        """The daemon's own user (root on a node): it and root may do anything."""
 
     async def start(self) -> None:
         """Listen on the socket; a stale socket file is replaced, a live one is an error.
@@ -108,6 +119,8 @@ class ControlServer:
         _clear_stale_socket(self.path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE)
+        if self._read_gid is not None:
+            os.chown(self.path, -1, self._read_gid)  # the group's members may connect
         os.chmod(self.path, self._mode)
         self._inode = os.stat(self.path).st_ino
 
@@ -146,7 +159,13 @@ class ControlServer:
                 writer.write(encode(failure(error)))
                 await writer.drain()
                 return
-            await self._converse(reader, writer)
+            read_only = self._read_only(writer)
+            if read_only is None:
+                error = ControlError(PERMISSION, "only root may use the zeropod daemon")
+                writer.write(encode(failure(error)))
+                await writer.drain()
+                return
+            await self._converse(reader, writer, read_only)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away, or said nothing for too long
         finally:
@@ -155,7 +174,23 @@ class ControlServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _read_only(self, writer: asyncio.StreamWriter) -> bool | None:
+        """False: root or the daemon's own user, may do anything; True: a member of the
+        read-only group; None: may do nothing (SO_PEERCRED, the peer's groups from /proc)."""
+        sock = writer.get_extra_info("socket")
+        try:
+            pid, uid, gid = self._peer(sock)
+        except OSError:
+            return None
+        if uid in (0, self._owner):
+            return False
+        if self._read_gid is not None and self._read_gid in {gid, *process_groups(pid)}:
+            return True
+        return None
+
+    async def _converse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_only: bool = False
+    ) -> None:
         while True:
             try:
                 async with asyncio.timeout(self._idle_timeout):
@@ -171,6 +206,8 @@ class ControlServer:
                 continue
             try:
                 request = parse_request(decode(line))
+                if read_only and request.OP not in READ_ONLY_OPS:
+                    raise ControlError(PERMISSION, f"op {request.OP!r} needs root")
             except ControlError as err:
                 writer.write(encode(failure(err)))
                 await writer.drain()
@@ -244,3 +281,22 @@ def _clear_stale_socket(path: str) -> None:
     finally:
         probe.close()
     raise RuntimeError(f"another daemon already listens on {path}")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of the unix socket SOCK."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def process_groups(pid: int) -> set[int]:
+    """The supplementary groups of PID (empty when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()

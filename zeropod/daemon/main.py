@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import faulthandler
+import grp
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ CONTROL_FD = "control"
 ACTIVATOR_FD = "activator"
 METRICS_ENV = "ZEROPOD_METRICS_ADDRESS"
 METRICS_DEFAULT = "127.0.0.1:9925"
+READ_GROUP_ENV = "ZEROPOD_READ_GROUP"
 
 
 def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
@@ -73,6 +75,18 @@ def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, Id
         store=StateStore(state_dir),
     )
     return service, scaler, idle
+
+
+def _read_group(journal: Journal) -> int | None:
+    """The gid of ``$ZEROPOD_READ_GROUP`` (members may read status and events), if set."""
+    name = os.environ.get(READ_GROUP_ENV, "").strip()
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        journal.error(f"{READ_GROUP_ENV}={name!r}: no such group; only root may use the daemon")
+        return None
 
 
 def _reload(service: ControlService, journal: Journal) -> None:
@@ -137,7 +151,13 @@ async def run(
     # Both listening sockets live in systemd's fd store: while the daemon restarts (even
     # after a crash) clients queue on them instead of being refused.
     inherited = inherited_fds()
-    server = ControlServer(path, service, journal.error, sock=inherited.get(CONTROL_FD))
+    server = ControlServer(
+        path,
+        service,
+        journal.error,
+        sock=inherited.get(CONTROL_FD),
+        read_gid=_read_group(journal),
+    )
     await server.start()
     activation = ActivationServer(
         activation_path(path), scaler.on_activation, journal.error, inherited.get(ACTIVATOR_FD)
