@@ -131,3 +131,24 @@ def test_a_non_root_listener_is_shared_not_refused(monkeypatch: pytest.MonkeyPat
         HeldPort(socket.AF_INET6, "::", 6379, True),
     ]
     assert shared == [(42, 6), (42, 7)]  # each listener of the mapped port, in its process
+
+
+def test_images_of_unknown_containers_are_reclaimed_at_start(tmp_short: str) -> None:
+    """After a reboot or a crash: images no registered container can use are removed."""
+    from daemon_fakes import World
+
+    from zeropod.daemon.machinery import ImageStore
+    from zeropod.daemon.main import reclaim_images
+
+    images = ImageStore(os.path.join(tmp_short, "images"))
+    world = World()
+    kept = world.register()
+    for cid in (kept.identity.container_id, "gone-after-reboot", "deleted-while-down"):
+        os.makedirs(os.path.join(images.root, cid))
+        with open(os.path.join(images.root, cid, "pages-1.img"), "w") as f:
+            f.write("memory")
+    removed = reclaim_images(world.service, images, world.journal)
+    assert removed == ["deleted-while-down", "gone-after-reboot"]
+    assert images.container_ids() == [kept.identity.container_id]
+    assert reclaim_images(world.service, images, world.journal) == []
+    assert ImageStore(os.path.join(tmp_short, "none")).container_ids() == []

@@ -216,6 +216,13 @@ class ImageStore:
     def remove(self, container_id: str) -> None:
         shutil.rmtree(self._dir(container_id), ignore_errors=True)
 
+    def container_ids(self) -> list[str]:
+        """The containers that have an image directory (empty or not), sorted."""
+        try:
+            return sorted(e.name for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+
 
 def read_connections(netns: str, ports: Sequence[int]) -> list[Any]:
     """The TCP connections on ``ports`` in the netns at ``netns`` (sock_diag; blocking)."""

@@ -77,6 +77,24 @@ def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, Id
     return service, scaler, idle
 
 
+def reclaim_images(service: ControlService, images: ImageStore, journal: Journal) -> list[str]:
+    """Remove the images of containers the daemon does not know after its reload.
+
+    A reboot ends every pod (and /run with the state), a pod deleted while the daemon was
+    down is forgotten at reload: their images can never be restored, and they hold the
+    apps' memory (secrets included) on disk. Returns the ids removed.
+    """
+    known = {c.identity.container_id for c in service.registry}
+    removed = [cid for cid in images.container_ids() if cid not in known]
+    for container_id in removed:
+        images.remove(container_id)
+        journal.info(
+            f"removed the image of {container_id}: no such container after a restart",
+            container_id=container_id,
+        )
+    return removed
+
+
 def _read_group(journal: Journal) -> int | None:
     """The gid of ``$ZEROPOD_READ_GROUP`` (members may read status and events), if set."""
     name = os.environ.get(READ_GROUP_ENV, "").strip()
@@ -147,6 +165,7 @@ async def run(
         loop.add_signal_handler(signum, stop.set)
     service, scaler, idle = _build(journal, state_dir)
     _reload(service, journal)
+    reclaim_images(service, scaler.machinery.images, journal)  # type: ignore[arg-type]
     follower, metrics_server = _start_metrics(service, journal, metrics_address)
     # Both listening sockets live in systemd's fd store: while the daemon restarts (even
     # after a crash) clients queue on them instead of being refused.
