@@ -247,3 +247,28 @@ def test_the_unit_a_process_runs_in(tmp_path, monkeypatch, cgroup: str, unit) ->
 
     monkeypatch.setattr("builtins.open", fake_open)
     assert handoff.unit_of(4242) == unit
+
+
+def test_the_activator_waits_for_a_daemon_that_is_down(tmp_short: str, capsys) -> None:
+    """It never gives up: a socket left readable without its service would be re-triggered
+    by systemd until the unit's trigger limit failed it, and the pod could not wake."""
+    import threading
+
+    from zeropod.activator.__main__ import connect
+
+    path = os.path.join(tmp_short, "late.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def come_up_later() -> None:
+        time.sleep(1.0)  # the daemon, down for a while
+        server.bind(path)
+        server.listen()
+
+    thread = threading.Thread(target=come_up_later)
+    thread.start()
+    sock = connect(path, UNIT, notice_every=0.3)
+    thread.join()
+    assert sock.getpeername() == path
+    assert "still waiting for the zeropod daemon" in capsys.readouterr().err
+    sock.close()
+    server.close()

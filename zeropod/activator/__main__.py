@@ -6,10 +6,13 @@ socket unit (Accept=no), with the listening sockets as fds 3.. (``LISTEN_FDS``,
 message (SCM_RIGHTS) to the daemon's activation socket, then blocks until the daemon closes
 the connection: while this service runs, systemd does not re-trigger the socket.
 
-When the daemon is not up (it restarts within a second under systemd), connecting is retried
-until ``CONNECT_DEADLINE`` seconds have passed. Exit status: 0 when the daemon ended the
-hand-off, 1 when no daemon took the sockets, 2 for a bad invocation. Standard library only,
-started with the real interpreter: this is on the wake path.
+When the daemon is not up, connecting is retried for as long as it takes (a line on stderr,
+so in the unit's journal, every ``NOTICE_EVERY`` seconds): giving up would leave the socket
+readable with no service, systemd would re-trigger until the socket unit's trigger limit
+failed it, and the pod could never wake again. (While the daemon *restarts*, its socket in
+systemd's fd store queues the connection anyway.) Exit status: 0 when the daemon ended the
+hand-off, 1 when the hand-off could not be sent, 2 for a bad invocation. Standard library
+only, started with the real interpreter: this is on the wake path.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import sys
 import time
 
 SD_LISTEN_FDS_START = 3
-CONNECT_DEADLINE = 60.0
 RETRY_PAUSE = 0.2
+MAX_PAUSE = 1.0
+NOTICE_EVERY = 60.0
 DEFAULT_SOCKET = "/run/zeropod/activator.sock"
 SOCKET_ENV = "ZEROPOD_ACTIVATOR_SOCKET"
 
@@ -37,18 +41,29 @@ def listen_fds(env: dict[str, str] | os._Environ[str]) -> list[int]:
     return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))
 
 
-def connect(path: str, deadline: float) -> socket.socket:
-    """A connection to the daemon, retried until ``deadline`` (monotonic); raises OSError."""
+def connect(path: str, unit: str, notice_every: float = NOTICE_EVERY) -> socket.socket:
+    """A connection to the daemon, retried until it answers (pauses growing to MAX_PAUSE);
+    raises OSError only for errors other than "not there" and "refused"."""
+    pause = RETRY_PAUSE
+    started = last_notice = time.monotonic()
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(path)
             return sock
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError) as err:
             sock.close()
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(RETRY_PAUSE)  # the daemon is restarting; systemd brings it back
+            now = time.monotonic()
+            if now - last_notice >= notice_every:
+                last_notice = now
+                print(
+                    f"{unit}: still waiting for the zeropod daemon at {path} "
+                    f"({now - started:.0f} s): {err.strerror}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE)
 
 
 def main(argv: list[str]) -> int:
@@ -63,7 +78,7 @@ def main(argv: list[str]) -> int:
     path = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
     message = json.dumps({"v": 1, "op": "activated", "unit": unit}).encode() + b"\n"
     try:
-        sock = connect(path, time.monotonic() + CONNECT_DEADLINE)
+        sock = connect(path, unit)
         socket.send_fds(sock, [message], fds)
     except OSError as err:
         print(f"{unit}: cannot hand the sockets to the daemon at {path}: {err}", file=sys.stderr)
