@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -354,6 +355,12 @@ class Cri:
         if pod is not None:
             flt.pod_sandbox_id = pod.id if isinstance(pod, Pod) else pod
         return list(self.call("ListContainers", api.ListContainersRequest(filter=flt)).containers)
+
+    def task_pid(self, container_id: str) -> int:
+        """The pid containerd recorded when the task started (CRI's verbose status, as
+        `crictl inspect` shows it; after a zeropod restore the process has a new one)."""
+        request = api.ContainerStatusRequest(container_id=container_id, verbose=True)
+        return int(json.loads(self.call("ContainerStatus", request).info["info"])["pid"])
 
     def log_file(self, container_id: str) -> str:
         """The container's CRI log file as a path inside the node (use node.host_path to read)."""

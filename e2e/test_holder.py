@@ -25,7 +25,6 @@ from e2e import http
 from e2e.cri import ContainerSpec, Cri, Pod, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
-from e2e.test_passthrough import container_pid
 from zeropod._gen.cri.runtime.v1 import api_pb2 as api
 from zeropod.systemd.names import instance_name, unit_name
 
@@ -145,7 +144,7 @@ def test_holder_shares_the_apps_port_and_hands_connections_back(
     pod_name = _name("hold")
     app = ContainerSpec("app", "counter", env={"LISTEN": listen})
     with cri.pod(pod_name, [app]) as running:
-        pid = container_pid(cri, running.containers["app"])
+        pid = cri.task_pid(running.containers["app"])
         netns = pod_netns(cri, running.pod)
         url = http.url(cri.pod_ip(running.pod), APP_PORT)
         assert http.get(node, url).bodies() == ["count=1\n"]
@@ -194,7 +193,7 @@ def test_holder_without_reuseport_on_the_app_fails_cleanly(
 ) -> None:
     pod_name = _name("noreuse")
     with cri.pod(pod_name, [ContainerSpec("app", "counter")]) as running:
-        pid = container_pid(cri, running.containers["app"])
+        pid = cri.task_pid(running.containers["app"])
         netns = pod_netns(cri, running.pod)
         sock_unit = unit_name(hold_template, instance_name("default", pod_name), "socket")
         try:

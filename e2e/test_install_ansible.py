@@ -12,7 +12,6 @@ of zeropod behind; a runc pod runs on, untouched, through all of it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -117,11 +116,6 @@ def leftovers(machine: Node) -> list[str]:
     return [p for p in LEFTOVERS if (machine.root / p.lstrip("/")).exists()]
 
 
-def app_pid(cri: Cri, container_id: str) -> int:
-    request = api.ContainerStatusRequest(container_id=container_id, verbose=True)
-    return int(json.loads(cri.call("ContainerStatus", request).info["info"])["pid"])
-
-
 def test_the_playbook_installs_over_ssh_and_uninstall_takes_it_all_off(
     machine: Node, inventory: Path
 ) -> None:
@@ -137,7 +131,7 @@ def test_the_playbook_installs_over_ssh_and_uninstall_takes_it_all_off(
             **kubelet_pod(),
         ) as bystander,
     ):
-        runc_pid = app_pid(cri, bystander.containers["api-1"])
+        runc_pid = cri.task_pid(bystander.containers["api-1"])
 
         # --check on a bare node: reports the changes, makes none.
         counts, out = playbook(inventory, "install.yml", "--check", "--diff")
@@ -164,7 +158,7 @@ def test_the_playbook_installs_over_ssh_and_uninstall_takes_it_all_off(
         units = machine.run(["systemctl", "list-units", "--all", "--no-legend", "zeropod*"])
         assert units.stdout.strip() == ""
         # The runc pod ran on through two containerd restarts: same process.
-        assert app_pid(cri, bystander.containers["api-1"]) == runc_pid
+        assert cri.task_pid(bystander.containers["api-1"]) == runc_pid
         assert machine.run(["test", "-d", f"/proc/{runc_pid}"]).returncode == 0
 
 
@@ -267,7 +261,7 @@ def test_the_installer_image_installs_as_a_privileged_pod_and_uninstalls(machine
             **kubelet_pod(),
         ) as bystander,
     ):
-        runc_pid = app_pid(cri, bystander.containers["api-1"])
+        runc_pid = cri.task_pid(bystander.containers["api-1"])
         installer = cri.run_pod(
             f"zeropod-installer-{uuid.uuid4().hex[:5]}",
             "zeropod-system",
@@ -299,7 +293,7 @@ def test_the_installer_image_installs_as_a_privileged_pod_and_uninstalls(machine
         assert config.read_bytes() == original
         assert leftovers(machine) == []
         assert not list((machine.root / "var/tmp").glob("zeropod-package.*"))
-        assert app_pid(cri, bystander.containers["api-1"]) == runc_pid
+        assert cri.task_pid(bystander.containers["api-1"]) == runc_pid
 
 
 def _cleaned(cri: Cri, pod) -> bool:

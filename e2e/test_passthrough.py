@@ -8,14 +8,12 @@ left behind after stop + remove.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 
 from e2e.cri import ContainerSpec, Cri, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
-from zeropod._gen.cri.runtime.v1 import api_pb2 as api
 
 
 def _name(prefix: str) -> str:
@@ -42,12 +40,6 @@ def shim_processes(node: Node, pod_id: str) -> list[str]:
         for line in node_processes(node)
         if ("containerd-shim" in line or "zeropod.shim" in line) and pod_id in line
     ]
-
-
-def container_pid(cri: Cri, container_id: str) -> int:
-    """The app's pid in the node, from the runtime's verbose ContainerStatus."""
-    req = api.ContainerStatusRequest(container_id=container_id, verbose=True)
-    return int(json.loads(cri.call("ContainerStatus", req).info["info"])["pid"])
 
 
 def test_pod_serves_http_exec_and_logs(node: Node, cri: Cri) -> None:
@@ -96,7 +88,7 @@ def test_exit_code_reaches_cri(node: Node, cri: Cri) -> None:
 def test_kill_gives_cri_the_signal_exit_code(node: Node, cri: Cri) -> None:
     with cri.pod(_name("kill"), [ContainerSpec("app", "counter")]) as running:
         cid = running.containers["app"]
-        pid = container_pid(cri, cid)
+        pid = cri.task_pid(cid)
         node.run(["kill", "-KILL", str(pid)], check=True)
         status = cri.wait_container_state(cid, "CONTAINER_EXITED", timeout=30)
         assert status.exit_code == 137
@@ -107,7 +99,7 @@ def test_stop_and_remove_leave_nothing_behind(node: Node, cri: Cri) -> None:
     with cri.pod(_name("clean"), [ContainerSpec("app", "counter")]) as running:
         pod_id = running.pod.id
         cid = running.containers["app"]
-        app_pid = container_pid(cri, cid)
+        app_pid = cri.task_pid(cid)
         assert shim_processes(node, pod_id)
         ids = (pod_id, cid)
     # cri.pod stopped and removed the container and the pod.

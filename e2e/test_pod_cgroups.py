@@ -10,13 +10,12 @@ keeps runc's runtime type, so CRI gives it the node's runc options like any runc
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, api
+from e2e.cri import ContainerSpec, Cri
 from e2e.images import APP_PORT
 from e2e.node import Node
 from e2e.scaling import NEVER_ON_ITS_OWN, Daemon, client_get, ensure_client_netns
@@ -33,12 +32,6 @@ def cgroups(node: Node, pid: int, pod_uid: str, container_id: str) -> set[str]:
     text = node.run(["cat", f"/proc/{pid}/cgroup"], check=True).stdout
     text = text.replace(pod_uid.replace("-", "_"), "<uid>").replace(pod_uid, "<uid>")
     return set(text.replace(container_id, "<id>").splitlines())
-
-
-def app_pid(cri: Cri, container_id: str) -> int:
-    """The container's pid from CRI's verbose status (as crictl inspect shows it)."""
-    request = api.ContainerStatusRequest(container_id=container_id, verbose=True)
-    return int(json.loads(cri.call("ContainerStatus", request).info["info"])["pid"])
 
 
 @pytest.mark.parametrize("driver", sorted(DRIVERS))
@@ -60,7 +53,7 @@ def test_zeropod_pod_is_in_its_pods_cgroup_like_a_runc_pod(
             cgroup_parent=cgroup_parent,
         ) as running:
             cid = running.containers["web-1"]
-            seen[handler] = cgroups(node, app_pid(cri, cid), pod_uid, cid)
+            seen[handler] = cgroups(node, cri.task_pid(cid), pod_uid, cid)
             assert any("<uid>" in line and "<id>" in line for line in seen[handler]), seen
             if handler != zeropod_handler:
                 continue
