@@ -28,8 +28,8 @@ from e2e.scaling import (
     ensure_client_netns,
     journal,
 )
+from zeropod import timeouts
 from zeropod.daemon.machinery import IMAGE_ROOT
-from zeropod.shim import restorebound
 
 CLIENTS = 20
 MAX_RESTORE_LOG = 4 << 20
@@ -60,7 +60,7 @@ def test_failed_restore_starts_cold_and_answers_everyone(
 
 def test_hanging_restore_is_killed_and_starts_cold(node: Node, cri: Cri, daemon: Daemon) -> None:
     """Truncated pages: the shim kills CRIU at its bound; restore.log stays small."""
-    timeout = restorebound.BOUND_BASE + 30  # the bound, a cold start, a margin
+    timeout = timeouts.BASE + 30  # the bound, a cold start, a margin
     journal_says = check_restore_fails_cold(
         node, cri, daemon, truncate_pages, client_timeout=timeout
     )

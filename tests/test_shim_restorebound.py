@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zeropod.daemon.machinery import RESTORE_TIMEOUT
+from zeropod import timeouts
 from zeropod.shim import restore, restorebound
 
 CID = "c0ffee"
 
 
 def test_bound_grows_with_the_pages_and_stays_below_the_daemon(tmp_path: Path) -> None:
-    assert restorebound.bound_for(str(tmp_path)) == restorebound.BOUND_BASE
+    assert restorebound.bound_for(str(tmp_path)) == timeouts.BASE
     (tmp_path / "pages-1.img").write_bytes(b"")
     with open(tmp_path / "pages-2.img", "wb") as f:
         f.truncate(500_000_000)  # sparse: 500 MB
-    assert restorebound.bound_for(str(tmp_path)) == restorebound.BOUND_BASE + 5
-    assert restorebound.bound_for(str(tmp_path / "missing")) == restorebound.BOUND_BASE
-    # The daemon waits for the shim's answer longer than the shim takes at most.
-    assert restorebound.BOUND_MAX + restore.AFTER_KILL_TIMEOUT < RESTORE_TIMEOUT
+    bound = restorebound.bound_for(str(tmp_path))
+    assert bound == timeouts.BASE + 5
+    assert restorebound.bound_for(str(tmp_path / "missing")) == timeouts.BASE
+    # The daemon waits for the shim's answer longer than the shim takes at most: the bound,
+    # then the Start that a killed CRIU makes fail.
+    assert bound + restore.AFTER_KILL_TIMEOUT < timeouts.daemon_wait(bound)
 
 
 def fake_proc(root: Path, procs: list[tuple[int, int, str, list[str]]]) -> Path:

@@ -19,13 +19,12 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from zeropod import timeouts
 from zeropod.control.protocol import MAX_LINE, VERSION, encode
 from zeropod.daemon.pods import HeldPort, PodKey
 from zeropod.daemon.registry import Container
 from zeropod.daemon.steps import ShimError, ShimReply
 
-CHECKPOINT_TIMEOUT = 120.0
-RESTORE_TIMEOUT = 120.0
 IMAGE_ROOT = "/var/lib/zeropod/images"
 
 
@@ -40,7 +39,11 @@ class ShimClient:
             "image_dir": image_dir,
             "mode": mode,
         }
-        return _reply(await self._call(container, message, CHECKPOINT_TIMEOUT))
+        if mode == "checkpoint":
+            bound = timeouts.scaled(timeouts.resident_bytes(container.pid))
+        else:
+            bound = timeouts.cold_start()  # a kill and a wait
+        return _reply(await self._call(container, message, timeouts.daemon_wait(bound)))
 
     async def restore(
         self, container: Container, image_dir: str | None, *, fallback: bool = True
@@ -52,7 +55,11 @@ class ShimClient:
             "image_dir": image_dir,
             "fallback": fallback,
         }
-        return _reply(await self._call(container, message, RESTORE_TIMEOUT))
+        if image_dir is None:
+            bound = timeouts.cold_start()
+        else:
+            bound = timeouts.scaled(timeouts.pages_bytes(image_dir))
+        return _reply(await self._call(container, message, timeouts.daemon_wait(bound)))
 
     async def _call(
         self, container: Container, message: dict[str, Any], timeout: float

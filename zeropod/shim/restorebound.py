@@ -6,9 +6,9 @@ truncated ``pages-*.img`` makes the restorer re-read the empty file, and restore
 :func:`kill_restore_criu` kills (SIGKILL) the CRIU processes of this container's ``runc
 restore`` only: the runc shim's Start then fails, and the restore is a failed one like any other.
 
-The bound: ``BOUND_BASE`` seconds plus ``BOUND_PER_100MB`` per 100 MB of ``pages-*.img``,
-at most ``BOUND_MAX`` (below the daemon's ``RESTORE_TIMEOUT``, which must stay longer).
-A healthy restore reads its pages at well over 100 MB/s, so the bound only ends stuck ones.
+The bound is :mod:`zeropod.timeouts`' (10 s plus 1 s per 100 MB of ``pages-*.img``, at most
+100 s), the policy the daemon waits by too, a margin longer. A healthy restore reads its pages
+at well over 100 MB/s, so the bound only ends stuck ones.
 
 The log: runc has CRIU log at level 4, and the loop logs two debug lines per re-read (about
 40 MB/s). A ``log-level`` in zeropod's ``org.criu.config`` file is no way out: measured with
@@ -31,35 +31,19 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+from zeropod import timeouts
+
 log = logging.getLogger(__name__)
 
-BOUND_BASE = 10.0
-BOUND_PER_100MB = 1.0
-BOUND_MAX = 100.0
 CRIU_COMM = "criu"
 LOG_KEEP = 1 << 20
 CGYARD_GLOB = ".criu.cgyard.*"
 MNT_DETACH = 2
 
 
-def pages_bytes(image_dir: str) -> int:
-    """The total size of the image's ``pages-*.img`` files (0 if none can be read)."""
-    total = 0
-    try:
-        for path in Path(image_dir).glob("pages-*.img"):
-            try:
-                total += path.stat().st_size
-            except OSError:
-                continue
-    except OSError:
-        return 0
-    return total
-
-
 def bound_for(image_dir: str) -> float:
     """Seconds a restore from ``image_dir`` may take before its CRIU is killed."""
-    bound = BOUND_BASE + BOUND_PER_100MB * pages_bytes(image_dir) / 100e6
-    return min(bound, BOUND_MAX)
+    return timeouts.scaled(timeouts.pages_bytes(image_dir))
 
 
 def _processes(proc: Path) -> Iterator[tuple[int, int, str, list[str]]]:

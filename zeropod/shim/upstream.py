@@ -11,6 +11,7 @@ from __future__ import annotations
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from zeropod import timeouts
 from zeropod._gen.containerd.runc.options import oci_pb2
 from zeropod.shim.tasks import Container
 from zeropod.ttrpc import Client
@@ -18,8 +19,9 @@ from zeropod.ttrpc import Client
 # containerd's runc shim of 1.6 only accepts the bare type URLs (no type.googleapis.com/).
 OPTIONS_URL = "containerd.runc.v1.Options"
 CHECKPOINT_OPTIONS_URL = "containerd.runc.v1.CheckpointOptions"
-CALL_TIMEOUT = 30.0
-DUMP_TIMEOUT = 300.0  # a dump or restore of a large process takes a while
+CALL_TIMEOUT = timeouts.CALL
+START_TIMEOUT = timeouts.MAX + timeouts.CALL
+"""A Start that restores is ended by the restore bound (restorebound) well before this."""
 
 
 class Upstream:
@@ -53,7 +55,8 @@ class Upstream:
             path=image_dir,
             options=any_pb2.Any(type_url=CHECKPOINT_OPTIONS_URL, value=opts.SerializeToString()),
         )
-        await self._call(c, "Checkpoint", req, None, timeout=DUMP_TIMEOUT)
+        bound = timeouts.scaled(timeouts.resident_bytes(c.pid))  # the daemon waits longer
+        await self._call(c, "Checkpoint", req, None, timeout=bound)
 
     async def kill(self, c: Container, signal: int) -> None:
         await self._call(c, "Kill", c.api.messages.KillRequest(id=c.id, signal=signal), None)
@@ -77,7 +80,7 @@ class Upstream:
             req.options.CopyFrom(restore_options(c.request.options, checkpoint))
         return self._int(await self._call(c, "Create", req, "CreateTaskResponse"), "pid")
 
-    async def start(self, c: Container, timeout: float = DUMP_TIMEOUT) -> int:
+    async def start(self, c: Container, timeout: float = START_TIMEOUT) -> int:
         """Start the created task (for a checkpoint: CRIU restores it); the new pid."""
         req = c.api.messages.StartRequest(id=c.id)
         return self._int(await self._call(c, "Start", req, "StartResponse", timeout), "pid")
