@@ -14,10 +14,10 @@ import re
 READ_LIMIT = 4 << 20
 """Bytes of the log's head searched for an error line."""
 HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)
-_SUMMARY = ("Restoring FAILED", "Dumping FAILED")
-"""CRIU's closing lines: a cause is preferred to them when the head has one."""
 """Error lines CRIU writes on every run without CAP_SYS_RESOURCE and that change nothing
 (it tries to raise its own fd limit, then works within the one it has)."""
+_SUMMARY = ("Restoring FAILED", "Dumping FAILED")
+"""CRIU's closing lines: a cause is preferred to them when the head has one."""
 _ERROR_LINE = re.compile(
     rb"^\(\s*[\d.]+\)\s+(?:\d+:\s+)?(?:pie:\s+\d+:\s+)?Error\s+\(([^)]*)\):\s*(.*)$", re.MULTILINE
 )

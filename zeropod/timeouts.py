@@ -59,21 +59,18 @@ def pages_bytes(image_dir: str) -> int:
 
 def resident_bytes(pid: int) -> int:
     """Resident memory of PID and its descendants (/proc statm; 0 for what is gone)."""
+    from zeropod.sockets.listeners import ProcessGoneError, process_tree
+
     page = os.sysconf("SC_PAGE_SIZE")
+    try:
+        tree = process_tree(pid)
+    except ProcessGoneError:
+        return 0
     total = 0
-    pending = [pid]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
+    for member in tree:
         try:
-            with open(f"/proc/{current}/statm") as f:
+            with open(f"/proc/{member}/statm") as f:
                 total += int(f.read().split()[1]) * page
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    pending += [int(child) for child in f.read().split()]
         except (OSError, ValueError, IndexError):
-            continue
+            continue  # exited meanwhile
     return total

@@ -29,11 +29,11 @@ TOO_LARGE = "too_large"
 OVERFLOW = "overflow"
 INTERNAL = "internal"
 UNAVAILABLE = "unavailable"
+"""Client side only: the daemon could not be reached."""
 PERMISSION = "permission_denied"
 """The peer may not make this request (SO_PEERCRED: not root, nor the read-only group)."""
 BUSY = "busy"
 """The daemon serves its maximum of connections; try again."""
-"""Client side only: the daemon could not be reached."""
 
 
 class ControlError(Exception):

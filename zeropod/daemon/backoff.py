@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SLEEP_FAILED = "sleep_failed"
@@ -38,8 +38,6 @@ class SleepBackoff:
     """The last failure's error (CRIU's first error line when it was the dump)."""
     next_try: float | None = None
     """``clock()`` time from which the idle loop may try again (None: at once)."""
-    next_try_wall: float | None = field(default=None)
-    """The same as wall-clock epoch seconds, for status."""
 
     def delay_for_next(self, scaledown_seconds: float | None) -> float:
         """The wait that one more failure would bring (``None``: the pod never idles, so
@@ -51,14 +49,12 @@ class SleepBackoff:
         self.failures += 1
         self.reason = reason
         self.next_try = self.clock() + delay
-        self.next_try_wall = self.wall() + delay
 
     def reset(self) -> None:
         """A sleep worked, or the pod changed: the next idle period may sleep it."""
         self.failures = 0
         self.reason = None
         self.next_try = None
-        self.next_try_wall = None
 
     def ready(self) -> bool:
         """True when an idle sleep may run now."""
@@ -68,7 +64,10 @@ class SleepBackoff:
         """For status: failures, reason and next try (epoch seconds), or None when clear."""
         if not self.failures:
             return None
-        return {"failures": self.failures, "reason": self.reason, "next_try": self.next_try_wall}
+        next_try = None
+        if self.next_try is not None:
+            next_try = self.wall() + max(self.next_try - self.clock(), 0.0)
+        return {"failures": self.failures, "reason": self.reason, "next_try": next_try}
 
 
 def delay_after(failures: int, scaledown_seconds: float) -> float:

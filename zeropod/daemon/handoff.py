@@ -19,10 +19,10 @@ import contextlib
 import json
 import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 
 from zeropod.control.protocol import socket_path
+from zeropod.control.server import peer_credentials
 
 ACTIVATION_SOCKET = "activator.sock"
 MAX_FDS = 64
@@ -200,13 +200,14 @@ class ActivationServer:
             task.add_done_callback(self._tasks.discard)
 
     async def _receive(self, conn: socket.socket) -> None:
+        held: HeldSockets | None = None
         try:
             async with asyncio.timeout(RECEIVE_TIMEOUT):
                 data, fds = await _recv_fds(conn)
             held = _parse(data, fds, conn)
             self._check_peer(conn, held.unit)
         except (TimeoutError, OSError, ValueError) as err:
-            if "held" in locals():
+            if held is not None:
                 held.close()
             self._log_error(f"activation hand-off refused: {err}")
             conn.close()
@@ -237,7 +238,7 @@ async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Non
 def check_activated_service(conn: socket.socket, unit: str) -> None:
     """Only a root process of the unit it names may hand sockets over: systemd's activated
     ``zeropod@<pod>.service``, started by a socket unit of the daemon's. Raises ValueError."""
-    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    pid, uid, _ = peer_credentials(conn)
     if uid != 0:
         raise ValueError(f"the peer (pid {pid}) runs as uid {uid}, not root")
     runs_in = unit_of(pid)

@@ -56,22 +56,10 @@ def watched_ports(
 
 def detect_ports(pid: int) -> list[int]:
     """The ports ``pid`` listens on (empty when it is gone or cannot be read)."""
-    from zeropod.sockets.listeners import (
-        match_listeners,
-        process_tree,
-        socket_fds,
-        tcp_listen_entries,
-    )
+    from zeropod.sockets.listeners import tree_entries
 
     try:
-        entries = tcp_listen_entries(pid)  # one netns for the whole container
-        ports: set[int] = set()
-        for member in process_tree(pid):
-            try:
-                ports.update(e.port for e, _ in match_listeners(entries, socket_fds(member)))
-            except OSError:
-                continue  # a child that exited meanwhile
-        return sorted(ports)
+        return sorted({entry.port for entry, _, _ in tree_entries(pid)})
     except (OSError, ValueError):
         return []
 

@@ -57,8 +57,9 @@ class ShimClient:
         }
         if image_dir is None:
             bound = timeouts.cold_start()
-        else:
-            bound = timeouts.scaled(timeouts.pages_bytes(image_dir))
+        else:  # the image's size measured at the sleep (>= its pages): no disk walk on wake
+            size = container.measured.last_image_bytes
+            bound = timeouts.scaled(size if size is not None else timeouts.pages_bytes(image_dir))
         return _reply(await self._call(container, message, timeouts.daemon_wait(bound)))
 
     async def _call(

@@ -38,7 +38,6 @@ class SleepOutcome:
     """How a sleep ended: ``ok``, or ``error`` saying which step failed and why."""
 
     ok: bool
-    timings: dict[str, float]
     error: str | None = None
     fields: dict[str, float] | None = None
     """The pod-wide steps as journal fields (for the caller's one line about a failure)."""
@@ -70,7 +69,7 @@ async def sleep_pod(
     except Exception as err:  # any failure before the dump leaves every app running
         error = f"holding the ports failed: {err}"
         await _give_up(pod, containers, [], machinery, journal, error, timer)
-        return SleepOutcome(False, timer.timings(), error, timer.fields())
+        return SleepOutcome(False, error, timer.fields())
 
     # 4: dump (or stop) each container.
     dumped: list[Container] = []
@@ -83,7 +82,7 @@ async def sleep_pod(
             container.measured.checkpoint_errors += 1
             error = f"{container.identity.label}: checkpoint failed: {err.message}"
             await _give_up(pod, containers, dumped, machinery, journal, error, timer)
-            return SleepOutcome(False, timer.timings(), error, timer.fields())
+            return SleepOutcome(False, error, timer.fields())
         dumped.append(container)
 
     # 5: asleep.
@@ -102,7 +101,7 @@ async def sleep_pod(
             **timer.fields(container.identity.container),
             **container.journal_fields(),
         )
-    return SleepOutcome(True, timer.timings())
+    return SleepOutcome(True)
 
 
 async def _share_listeners(

@@ -169,13 +169,6 @@ class StepTimer:
         """Milliseconds since the timer was made."""
         return round((self._now() - self._start) * 1000, 1)
 
-    def timings(self) -> dict[str, float]:
-        """Every step: pod-wide ones by name, a container's as ``<name>[<container>]``."""
-        named = dict(self.steps)
-        for container, steps in self.container_steps.items():
-            named.update({f"{name}[{container}]": ms for name, ms in steps.items()})
-        return named
-
     def fields(self, container: str | None = None) -> dict[str, float]:
         """``{"step_<name>_ms": ms, ...}`` for the journal: the pod-wide steps, plus the
         steps of ``container`` when given."""

@@ -43,7 +43,6 @@ class WakeOutcome:
     """How a wake ended: ``ok`` when every container runs again."""
 
     ok: bool
-    timings: dict[str, float]
     wake_ms: float
     error: str | None = None
 
@@ -148,7 +147,7 @@ async def wake_pod(
             wake_ms=wake_ms,
             **timer.fields(),
         )
-    return WakeOutcome(not errors, timer.timings(), wake_ms, "; ".join(errors) or None)
+    return WakeOutcome(not errors, wake_ms, "; ".join(errors) or None)
 
 
 async def _take_queue(pod: Pod, machinery: Machinery, errors: list[str]) -> list[socket.socket]:

@@ -46,7 +46,7 @@ class Action:
     run: Callable[[], None]
     diff: str = ""
     after: list[str] = field(default_factory=list)
-    """Follow-ups it calls for: "reload" (systemd), "restart-containerd"."""
+    """Follow-ups it calls for: "reload" (systemd), "restart-daemon", "restart-containerd"."""
     services: bool = False
     """Runs after systemd has reloaded the units (starting the daemon), not with the files."""
 
@@ -106,11 +106,11 @@ def plan_install(host: Host, package: Package, config: str = CONTAINERD_CONFIG) 
                     f"write {path}",
                     lambda p=path, t=after: host.write(p, t),
                     text_diff(path, before, after),
-                    ["reload"],
+                    ["reload", "restart-daemon"],
                 )
             )
     actions += _config(host, config)
-    restart = any("reload" in a.after or a.summary.startswith("install") for a in actions)
+    restart = any("restart-daemon" in a.after for a in actions)
     if restart or daemon_needs_start(host):
         actions.append(
             Action("enable zeropod.service and (re)start it", lambda: _start(host), services=True)
@@ -144,7 +144,8 @@ def _venv(host: Host, package: Package) -> list[Action]:
         host.run(install)
         host.remove(staging)
 
-    return [Action(f"install zeropod {version} into {VENV} (offline, from the package)", make)]
+    summary = f"install zeropod {version} into {VENV} (offline, from the package)"
+    return [Action(summary, make, after=["restart-daemon"])]
 
 
 def _config(host: Host, config: str) -> list[Action]:

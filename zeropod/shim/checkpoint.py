@@ -15,6 +15,7 @@ error names CRIU's log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -93,7 +94,7 @@ async def _release_sysv_segments(c: Container, image_dir: str) -> None:
     """Step 3b: the dumped SysV segments leave the pod's IPC namespace (see
     :mod:`zeropod.shim.sysvipc`), or the restore could not re-create them."""
     try:
-        spec = read_spec(c.bundle)
+        spec = functools.partial(read_spec, c.bundle)
         removed = await asyncio.to_thread(release_dumped_segments, image_dir, spec)
     except Exception as err:  # the dump succeeded: nothing after it may fail the op
         log.warning("container %s: SysV shared memory left in the pod: %r", c.id, err)

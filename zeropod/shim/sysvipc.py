@@ -22,7 +22,7 @@ import glob
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 CLONE_NEWIPC = 0x08000000
 IPC_RMID = 0
@@ -159,10 +159,11 @@ def ipc_namespace_path(spec: dict) -> str | None:
     return None
 
 
-def release_dumped_segments(image_dir: str, spec: dict) -> list[int]:
-    """After a dump into IMAGE_DIR: free the pod's copies of the segments it holds."""
-    ns_path = ipc_namespace_path(spec)
-    if ns_path is None:
-        return []
+def release_dumped_segments(image_dir: str, read_spec: Callable[[], dict]) -> list[int]:
+    """After a dump into IMAGE_DIR: free the pod's copies of the segments it holds (the
+    container's spec, read by READ_SPEC, says which IPC namespace; read only if needed)."""
     segments = dumped_segments(image_dir)
-    return remove_unattached(ns_path, segments) if segments else []
+    if not segments:
+        return []
+    ns_path = ipc_namespace_path(read_spec())
+    return remove_unattached(ns_path, segments) if ns_path is not None else []

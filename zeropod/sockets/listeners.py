@@ -182,22 +182,34 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_listeners(pid: int) -> list[Listener]:
-    """The listening TCP sockets of PID and its descendants, each socket once.
+def tree_entries(pid: int) -> list[tuple[TcpEntry, int, int]]:
+    """(LISTEN entry, pid, fd) of each listening socket of PID and its descendants, each
+    socket once, in the first process (parents first) that holds it.
 
     A container's init may hold no listener itself (a wrapper that forks the server); a
-    master and its workers share one socket, found in the master. Errors as for
-    :func:`listeners`, for PID only: a child that exits meanwhile is skipped.
+    master and its workers share one socket, found in the master. The netns's TCP table is
+    read once, for the whole tree. Raises ProcessGoneError only when PID itself is gone.
     """
-    found: dict[int, Listener] = {}
+    entries = tcp_listen_entries(pid)
+    found: dict[int, tuple[TcpEntry, int, int]] = {}
     for member in process_tree(pid):
         try:
-            for listener in listeners(member):
-                found.setdefault(listener.inode, listener)
+            fds = socket_fds(member)
         except ProcessGoneError:
             if member == pid:
                 raise
+            continue  # a child that exited meanwhile
+        for entry, fd in match_listeners(entries, fds):
+            found.setdefault(entry.inode, (entry, member, fd))
     return list(found.values())
+
+
+def tree_listeners(pid: int) -> list[Listener]:
+    """The listening TCP sockets of PID and its descendants (see :func:`tree_entries`).
+
+    Duplicates each IPv6 socket once to read IPV6_V6ONLY; errors as :func:`listeners`.
+    """
+    return [_listener(entry, member, fd) for entry, member, fd in tree_entries(pid)]
 
 
 def listeners(pid: int) -> list[Listener]:
@@ -206,15 +218,18 @@ def listeners(pid: int) -> list[Listener]:
     Reads /proc and duplicates each socket once to read IPV6_V6ONLY (root, or PID is us).
     Raises ProcessGoneError when PID is gone, SocketAccessError when it cannot be inspected.
     """
-    found = []
-    for entry, fd in match_listeners(tcp_listen_entries(pid), socket_fds(pid)):
-        v6only = False
-        if entry.family == socket.AF_INET6:
-            with duplicate_socket(pid, fd) as sock:
-                v6only = bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
-        found.append(
-            Listener(
-                entry.family, entry.address, entry.port, entry.inode, fd, v6only, entry.uid, pid
-            )
-        )
-    return found
+    return [
+        _listener(entry, pid, fd)
+        for entry, fd in match_listeners(tcp_listen_entries(pid), socket_fds(pid))
+    ]
+
+
+def _listener(entry: TcpEntry, pid: int, fd: int) -> Listener:
+    """ENTRY as fd FD of PID, with v6only read from a duplicate of an IPv6 socket."""
+    v6only = False
+    if entry.family == socket.AF_INET6:
+        with duplicate_socket(pid, fd) as sock:
+            v6only = bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    return Listener(
+        entry.family, entry.address, entry.port, entry.inode, fd, v6only, entry.uid, pid
+    )

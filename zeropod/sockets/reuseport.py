@@ -24,15 +24,7 @@ def set_reuseport(pid: int, fd: int) -> bool:
     """
     with duplicate_socket(pid, fd) as sock:
         _require_tcp_listener(pid, fd, sock)
-        try:
-            before = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
-            if not before:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        except OSError as err:
-            raise SocketAccessError(
-                pid, fd, f"setting SO_REUSEPORT failed: {err.strerror}", err.errno or 0
-            ) from err
-        return before
+        return _enable_reuseport(pid, fd, sock)
 
 
 def share_with_root_holder(pid: int, fd: int) -> int:
@@ -50,13 +42,7 @@ def share_with_root_holder(pid: int, fd: int) -> int:
     with duplicate_socket(pid, fd) as sock:
         _require_tcp_listener(pid, fd, sock)
         owner = os.fstat(sock.fileno()).st_uid
-        try:
-            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        except OSError as err:
-            raise SocketAccessError(
-                pid, fd, f"setting SO_REUSEPORT failed: {err.strerror}", err.errno or 0
-            ) from err
+        _enable_reuseport(pid, fd, sock)
         if owner != 0:
             try:
                 os.fchown(sock.fileno(), 0, -1)
@@ -68,6 +54,19 @@ def share_with_root_holder(pid: int, fd: int) -> int:
                     err.errno or 0,
                 ) from err
         return owner
+
+
+def _enable_reuseport(pid: int, fd: int, sock: socket.socket) -> bool:
+    """SO_REUSEPORT=1 on SOCK (a duplicate of FD of PID); returns the value it had."""
+    try:
+        before = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+        if not before:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError as err:
+        raise SocketAccessError(
+            pid, fd, f"setting SO_REUSEPORT failed: {err.strerror}", err.errno or 0
+        ) from err
+    return before
 
 
 def get_reuseport(pid: int, fd: int) -> bool:
