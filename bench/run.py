@@ -30,7 +30,7 @@ from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
 from e2e.images import APP_PORT  # noqa: E402
 from e2e.node import Node  # noqa: E402
 from e2e.scaling import CLIENT_NETNS, Daemon, annotations, client_get, ensure_client_netns  # noqa: E402
-from zeropod.control.protocol import ControlError  # noqa: E402
+from zeropod.contract.protocol import ControlError  # noqa: E402
 
 ASLEEP_UNTIL_FORCED = annotations(scaledown_duration="10m")
 STATS_MS = {"dump": ("freezing_time", "frozen_time", "memdump_time", "memwrite_time")}

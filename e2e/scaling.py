@@ -19,8 +19,8 @@ from e2e import http
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
-from zeropod.control.client import ControlClient
-from zeropod.control.protocol import DaemonUnavailable
+from zeropod.contract.daemonclient import ControlClient
+from zeropod.contract.protocol import DaemonUnavailable
 
 CLIENT_NETNS = "zpclient"
 CLIENT_IP = "10.88.255.254"

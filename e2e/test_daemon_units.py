@@ -23,7 +23,7 @@ from e2e.scaling import (
     ensure_client_netns,
     journal,
 )
-from zeropod.control.protocol import ControlError
+from zeropod.contract.protocol import ControlError
 
 pytestmark = pytest.mark.node
 

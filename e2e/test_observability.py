@@ -24,7 +24,7 @@ from e2e.scaling import (
     counter_pod,
     journal,
 )
-from zeropod.control.protocol import DaemonUnavailable
+from zeropod.contract.protocol import DaemonUnavailable
 
 METRICS_URL = "http://127.0.0.1:9925/metrics"
 CLI = ["python3", "-m", "zeropod.cli.main"]

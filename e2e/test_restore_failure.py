@@ -28,8 +28,8 @@ from e2e.scaling import (
     ensure_client_netns,
     journal,
 )
-from zeropod import timeouts
-from zeropod.daemon.machinery import IMAGE_ROOT
+from zeropod.contract import timeouts
+from zeropod.daemon.adapters.images import IMAGE_ROOT
 
 CLIENTS = 20
 MAX_RESTORE_LOG = 4 << 20

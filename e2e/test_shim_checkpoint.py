@@ -48,7 +48,8 @@ def control(node: Node, cid: str, op: str, **fields: Any) -> dict[str, Any]:
     else:  # containerd 2.x: containers of a pod reach the sandbox's shim via bootstrap.json
         address = json.loads((bundle / "bootstrap.json").read_text())["address"]
     socket_path = address.removeprefix("unix://").removesuffix(".sock") + ".ctl.sock"
-    message = json.dumps({"v": 1, "op": op, "container_id": cid, **fields})
+    target = {} if op == "status" else {"container_id": cid}  # status names no container
+    message = json.dumps({"v": 1, "op": op, **target, **fields})
     res = node.run(["python3", "-c", CLIENT, socket_path, message], timeout=150)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
@@ -159,7 +160,7 @@ def test_corrupted_image_comes_back_cold(node: Node, cri: Cri) -> None:
         node.run(
             ["sh", "-c", f"for f in {image_dir}/*.img; do echo garbage > $f; done"], check=True
         )
-        woke = control(node, cid, "restore", image_dir=image_dir)
+        woke = control(node, cid, "restore", image_dir=image_dir, fallback=True)  # no daemon
         assert woke["ok"] and woke["cold"] is True, woke
         assert image_dir in woke["error"]
         assert http_get(node, ip) == "count=1\n"  # a fresh process

@@ -1,4 +1,5 @@
-"""Fakes of the daemon's machinery (shim, network, socket units, images) that record calls."""
+"""Fakes of what a pod's lifecycle acts through (shim, network, netns view, socket units,
+images) that record calls, and a World wiring them like zeropod.daemon.main does."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from zeropod.control.requests import RegisterRequest
-from zeropod.daemon.events import EventHub
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import HeldPort, PodKey, Pods
-from zeropod.daemon.registry import Container, Registry
-from zeropod.daemon.scaler import Scaler
-from zeropod.daemon.service import ControlService
-from zeropod.daemon.steps import RESTORE_FAILED, Machinery, ShimError, ShimReply
+from zeropod.contract.protocol import RESTORE_FAILED
+from zeropod.contract.requests import RegisterRequest, SleepRequest
+from zeropod.contract.shimops import TaskReply
+from zeropod.daemon.api.eventhub import EventHub
+from zeropod.daemon.api.service import ControlService
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.pods import Pods
+from zeropod.daemon.lifecycle.ports import PortHold
+from zeropod.daemon.lifecycle.watch import HandoffWatch
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import HeldPort, PodKey
+from zeropod.daemon.model.registry import Container, Registry
 from zeropod.journal import Journal
 
 PORT = HeldPort(socket.AF_INET, "0.0.0.0", 8080, False)
@@ -33,29 +39,25 @@ class FakeShim:
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
         self.refusals: dict[str, list[ShimError]] = {}
-        self.restore_reply: dict[str, ShimReply | ShimError] = {}
+        self.restore_reply: dict[str, TaskReply | ShimError] = {}
         self.broken_images: dict[str, str] = {}  # container -> why its restore fails
 
-    async def checkpoint(self, container: Container, image_dir: str, mode: str) -> ShimReply:
+    async def checkpoint(self, container: Container, image_dir: str, mode: str) -> TaskReply:
         self.rec.calls.append(("checkpoint", container.identity.container, mode))
         pending = self.refusals.get(container.identity.container)
         if pending:
             raise pending.pop(0)
-        return ShimReply(pid=container.pid, duration_ms=120.0)
+        return TaskReply(pid=container.pid, duration_ms=120.0)
 
-    async def restore(
-        self, container: Container, image_dir: str | None, *, fallback: bool = True
-    ) -> ShimReply:
+    async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
         self.rec.calls.append(("restore", container.identity.container, image_dir))
         broken = self.broken_images.get(container.identity.container)
         if broken is not None and image_dir is not None:
-            if not fallback:
-                raise ShimError(RESTORE_FAILED, broken)
-            return ShimReply(pid=container.pid + 1000, duration_ms=90.0, cold=True, error=broken)
+            raise ShimError(RESTORE_FAILED, broken)
         reply = self.restore_reply.get(container.identity.container)
         if isinstance(reply, ShimError):
             raise reply
-        return reply or ShimReply(pid=container.pid + 1000, duration_ms=90.0)
+        return reply or TaskReply(pid=container.pid + 1000, duration_ms=90.0)
 
 
 class FakeNetwork:
@@ -72,11 +74,27 @@ class FakeNetwork:
         self.rec.calls.append(("reuseport", pid, tuple(ports)))
         return [PORT]
 
-    async def wait_listening(
-        self, netns: str, ports: Sequence[int], count: int, timeout: float
-    ) -> int:
+
+class FakeNetView:
+    """The pod netns view: ``queue`` is what sock_diag would show queued on the ports."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.queue: list[Any] = []
+        self.closed = 0
+
+    async def snapshot(self, ports: Sequence[int]) -> Any:
+        raise OSError("no snapshots in the fake")
+
+    async def connections(self, ports: Sequence[int]) -> list[Any]:
+        return list(self.queue)
+
+    async def wait_listening(self, ports: Sequence[int], count: int, timeout: float) -> int:
         self.rec.calls.append(("listening", tuple(ports), count))
         return 0
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 class FakeUnits:
@@ -122,26 +140,47 @@ class Captured:
 
 
 class World:
-    """A control service with a scaler on fakes; ``register`` adds containers."""
+    """A control service with pod lifecycles on fakes; ``register`` adds containers."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Journal | None = None) -> None:
         self.rec = Recorder()
         self.shim = FakeShim(self.rec)
         self.network = FakeNetwork(self.rec)
+        self.net = FakeNetView(self.rec)
         self.units = FakeUnits(self.rec)
         self.images = FakeImages(self.rec)
-        self.machinery = Machinery(self.shim, self.network, self.units, self.images)
         self.captured = Captured()
-        self.journal = Journal(self.captured)
+        self.journal = journal or Journal(self.captured)
         self.registry = Registry()
-        self.pods = Pods(self.registry)
-        self.connections: list[Any] = []
-        self.scaler = Scaler(
-            self.pods, self.machinery, self.journal, tuple, lambda netns, ports: self.connections
-        )
-        self.service = ControlService(
-            self.registry, self.journal, EventHub(), pods=self.pods, scaler=self.scaler
-        )
+
+        def make_life(key: PodKey, netns: str) -> PodLife:
+            return PodLife(
+                key,
+                self.registry,
+                shim=self.shim,
+                images=self.images,
+                ports=PortHold(key, self.units, self.network),
+                net=self.net,
+                journal=self.journal,
+            )
+
+        self.pods = Pods(self.registry, make_life)
+        self.watch = HandoffWatch(self.pods, self.journal, tuple)
+        self.service = ControlService(self.registry, self.journal, EventHub(), pods=self.pods)
+
+    def life(self, key: PodKey) -> PodLife:
+        life = self.pods.find(key)
+        assert life is not None, key
+        return life
+
+    async def sleep(self, key: PodKey, reason: str, container: str | None = None) -> dict:
+        """As ``zeropodctl sleep`` (the reason is the control op's)."""
+        return await self.service.handle(SleepRequest(key.pod, key.namespace, container))
+
+    async def wake(self, key: PodKey, reason: str, client_since: float | None = None) -> dict:
+        life = self.life(key)
+        await life.wake(reason, client_since)
+        return life.describe()
 
     def register(
         self, container: str = "app", pod: str = "web-1", annotations: dict[str, str] | None = None

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from zeropod.activity import monitor
-from zeropod.activity.sockdiag import Connection, Listener, Snapshot, TcpState
+from zeropod.activity.sockdiag import Connection, ListeningSocket, Snapshot, TcpState
 from zeropod.activity.tracker import ActivityTracker
 
 
@@ -36,7 +36,7 @@ def _conn(remote: str) -> Connection:
 
 def test_line_lists_open_and_ignored_clients() -> None:
     tracker = ActivityTracker(0.0)
-    listener = Listener(10, ipaddress.ip_address("::"), 8080, 2, 4096, 5)
+    listener = ListeningSocket(10, ipaddress.ip_address("::"), 8080, 2, 4096, 5)
     snap = Snapshot(3.0, (listener,), (_conn("10.88.0.32"), _conn("127.0.0.1")))
     tracker.observe(snap, 3.0)
     doc = monitor.line(7, tracker, snap, 3.0)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from zeropod.activity import sockdiag, sources
-from zeropod.activity.sockdiag import Connection, Listener, TcpState
+from zeropod.activity.sockdiag import Connection, ListeningSocket, TcpState
 
 
 class FakeMsg(dict):
@@ -58,7 +58,7 @@ def test_established_connection_with_tcp_info() -> None:
 
 def test_listener_reports_accept_queue_and_backlog() -> None:
     msg = FakeMsg(idiag_state=10, idiag_src="::", idiag_rqueue=3, idiag_wqueue=4096, idiag_inode=9)
-    assert sockdiag.parse_message(msg) == Listener(
+    assert sockdiag.parse_message(msg) == ListeningSocket(
         socket.AF_INET6, ipaddress.ip_address("::"), 8080, 3, 4096, 9
     )
 

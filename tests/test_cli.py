@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.control_calls import register_container
 from zeropod.cli.main import main
 from zeropod.cli.render import age, event_line, status_table
-from zeropod.control.client import ControlClient, register_container
-from zeropod.control.protocol import DaemonUnavailable
+from zeropod.contract.daemonclient import ControlClient
+from zeropod.contract.protocol import DaemonUnavailable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import pytest
 
 from zeropod.cli import main as cli
 from zeropod.cli.render import pod_summary
-from zeropod.control.protocol import NOT_FOUND, ControlError
+from zeropod.contract.protocol import NOT_FOUND, ControlError
 
 
 class FakeClient:

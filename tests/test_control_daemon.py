@@ -16,15 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from daemon_fakes import World
 
 from zeropod.config.annotations import CONTAINER_NAMES, PORTS_MAP, SCALEDOWN_DURATION
-from zeropod.control.protocol import NOT_FOUND, ControlError
-from zeropod.control.requests import RegisterRequest, StatusRequest
-from zeropod.daemon import notify
-from zeropod.daemon.events import EventHub
-from zeropod.daemon.phase import IllegalTransition, Phase
-from zeropod.daemon.registry import Registry
-from zeropod.daemon.service import ControlService
+from zeropod.contract.protocol import NOT_FOUND, ControlError
+from zeropod.contract.requests import RegisterRequest, StatusRequest
+from zeropod.daemon.adapters import notify
+from zeropod.daemon.api.service import ControlService
+from zeropod.daemon.model.phase import IllegalTransition, Phase
 from zeropod.journal import ERR, INFO, WARNING, Journal, stderr_sink
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +130,7 @@ class Captured:
 
 def make_service() -> tuple[ControlService, Captured]:
     captured = Captured()
-    return ControlService(Registry(), Journal(captured), EventHub()), captured
+    return World(Journal(captured)).service, captured
 
 
 def request(container: str = "app", annotations: dict[str, str] | None = None, **kw: Any) -> Any:

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from zeropod.control.oci import cri_registration, network_namespace_path
+from zeropod.shim.oci import cri_registration, network_namespace_path
 
 CRI = {
     "io.kubernetes.cri.container-type": "container",

@@ -6,11 +6,11 @@ import pytest
 from daemon_fakes import World
 
 from zeropod.config.annotations import SCALEDOWN_DURATION
-from zeropod.control.protocol import ControlError
-from zeropod.daemon.backoff import MAX_DELAY, SleepBackoff, delay_after
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import PodKey
-from zeropod.daemon.steps import CHECKPOINT_FAILED, ShimError
+from zeropod.contract.protocol import CHECKPOINT_FAILED, ControlError
+from zeropod.daemon.lifecycle.backoff import MAX_DELAY, SleepBackoff, delay_after
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
 
 KEY = PodKey("shop", "web-1")
 RLIMIT = ShimError(
@@ -71,7 +71,7 @@ async def test_a_failed_dump_backs_off_logs_one_line_and_shows_in_status() -> No
     app = world.register(annotations={SCALEDOWN_DURATION: "5s"})
     world.shim.refusals["app"] = [RLIMIT] * 5
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(KEY, "idle")
+        await world.sleep(KEY, "idle")
     assert "next idle try in 10 s" in info.value.message
     # Not a request in flight: the dump is not retried at once.
     assert world.rec.names().count("checkpoint") == 1
@@ -89,9 +89,9 @@ async def test_a_failed_dump_backs_off_logs_one_line_and_shows_in_status() -> No
 
     # zeropodctl sleep tries at once (the back-off is the idle loop's), and doubles it.
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(KEY, "zeropodctl sleep")
+        await world.sleep(KEY, "zeropodctl sleep")
     assert "next idle try in 20 s" in info.value.message
-    assert world.pods.get(KEY).backoff.failures == 2
+    assert world.life(KEY).backoff.failures == 2
 
 
 async def test_a_successful_sleep_or_a_changed_pod_resets_the_back_off() -> None:
@@ -99,21 +99,21 @@ async def test_a_successful_sleep_or_a_changed_pod_resets_the_back_off() -> None
     world.register(annotations={SCALEDOWN_DURATION: "5s"})
     world.shim.refusals["app"] = [RLIMIT]
     with pytest.raises(ControlError):
-        await world.scaler.sleep(KEY, "idle")
-    assert world.pods.get(KEY).backoff.failures == 1
-    await world.scaler.sleep(KEY, "zeropodctl sleep")
-    assert world.pods.get(KEY).backoff.failures == 0
+        await world.sleep(KEY, "idle")
+    assert world.life(KEY).backoff.failures == 1
+    await world.sleep(KEY, "zeropodctl sleep")
+    assert world.life(KEY).backoff.failures == 0
 
-    await world.scaler.wake(KEY, "test")
+    await world.wake(KEY, "test")
     world.shim.refusals["app"] = [RLIMIT]
     with pytest.raises(ControlError):
-        await world.scaler.sleep(KEY, "idle")
+        await world.sleep(KEY, "idle")
     world.register(annotations={SCALEDOWN_DURATION: "10s"})  # re-registered: changed
-    assert world.pods.get(KEY).backoff.failures == 0
+    assert world.life(KEY).backoff.failures == 0
 
 
 def _status():
-    from zeropod.control.requests import StatusRequest
+    from zeropod.contract.requests import StatusRequest
 
     return StatusRequest()
 
@@ -126,12 +126,12 @@ async def test_a_pod_whose_dump_always_fails_is_dumped_at_most_ten_times_in_an_h
     refused = ShimError(CHECKPOINT_FAILED, "CRIU: inet: Connected TCP socket (sk-inet.c:191)")
     world.shim.refusals["app"] = [refused] * 100
     now = [5.0]  # the first idle period has passed
-    backoff = world.pods.get(KEY).backoff
+    backoff = world.life(KEY).backoff
     backoff.clock = lambda: now[0]
     while now[0] < 3600:
         assert backoff.ready()
         with pytest.raises(ControlError):
-            await world.scaler.sleep(KEY, "idle")
+            await world.sleep(KEY, "idle")
         assert backoff.next_try is not None
         now[0] = backoff.next_try
     assert world.rec.names().count("checkpoint") <= 10

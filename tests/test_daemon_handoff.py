@@ -21,10 +21,10 @@ from daemon_fakes import World
 
 from zeropod.activity.sockdiag import Connection, TcpState
 from zeropod.activity.sources import LOOPBACK
-from zeropod.daemon.handoff import ActivationServer, HeldSockets
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import PodKey
-from zeropod.daemon.probes import OK_RESPONSE
+from zeropod.daemon.adapters.handoff import ActivationServer, HeldSockets
+from zeropod.daemon.lifecycle.probes import OK_RESPONSE
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = "zeropod@shop_web\\x2d1.service"
@@ -126,18 +126,18 @@ def client(port: int, request: bytes) -> bytes:
 
 async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
     world = World()
-    world.scaler.node_networks = lambda: LOOPBACK
+    world.watch.node_networks = lambda: LOOPBACK
     app = world.register()
     key = PodKey.of(app)
-    await world.scaler.sleep(key, "forced")
+    await world.sleep(key, "forced")
     sock = listener()
     sock.setblocking(False)
     port = sock.getsockname()[1]
     held_copy = sock.dup()
     ours, activator_side = socket.socketpair()
-    await world.scaler.on_activation(HeldSockets(UNIT, [held_copy], ours))
-    world.connections = [queued_from("127.0.0.1", port)]
-    world.pods.get(key).held_ports = ()  # watch the listener's own port
+    await world.watch.on_activation(HeldSockets(UNIT, [held_copy], ours))
+    world.net.queue = [queued_from("127.0.0.1", port)]
+    world.life(key).ports.ports = ()  # watch the listener's own port
 
     probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
     for _ in range(3):
@@ -146,11 +146,11 @@ async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
     assert "restore" not in world.rec.names()
     assert sum("answered a http probe" in m for m in world.captured.messages()) == 3
 
-    world.connections = [queued_from("10.88.255.254", port)]
+    world.net.queue = [queued_from("10.88.255.254", port)]
     real = socket.create_connection(("127.0.0.1", port))
     await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake")
     assert activator_side.recv(10) == b""  # the hand-off is over
-    assert world.pods.get(key).handoff is None
+    assert world.life(key).ports.handoff is None
     # The real client was never accepted by the daemon: it waits in the queue for the app.
     accepted, _ = sock.accept()
     accepted.close()
@@ -162,18 +162,18 @@ async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
 async def test_a_quiet_hand_off_ends_and_the_pod_stays_asleep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from zeropod.daemon import scaler
+    from zeropod.daemon.lifecycle import watch
 
-    monkeypatch.setattr(scaler, "HANDOFF_IDLE", 0.05)
+    monkeypatch.setattr(watch, "HANDOFF_IDLE", 0.05)
     world = World()
-    world.scaler.node_networks = lambda: LOOPBACK
+    world.watch.node_networks = lambda: LOOPBACK
     app = world.register()
     key = PodKey.of(app)
-    await world.scaler.sleep(key, "forced")
+    await world.sleep(key, "forced")
     sock = listener()
     ours, activator_side = socket.socketpair()
-    await world.scaler.on_activation(HeldSockets(UNIT, [sock.dup()], ours))
-    await wait_until(lambda: world.pods.get(key).handoff is None, "the hand-off to end")
+    await world.watch.on_activation(HeldSockets(UNIT, [sock.dup()], ours))
+    await wait_until(lambda: world.life(key).ports.handoff is None, "the hand-off to end")
     assert activator_side.recv(10) == b""  # the activated service may exit now
     assert app.phase.phase is Phase.SCALED_DOWN
     sock.close()
@@ -206,7 +206,7 @@ async def test_a_peer_that_is_not_the_named_units_root_process_is_refused(tmp_sh
 
 
 def test_a_non_socket_fd_is_refused_without_leaking_any() -> None:
-    from zeropod.daemon.handoff import _parse
+    from zeropod.daemon.adapters.handoff import _parse
 
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(40):
@@ -236,7 +236,7 @@ def test_a_non_socket_fd_is_refused_without_leaking_any() -> None:
     ],
 )
 def test_the_unit_a_process_runs_in(tmp_path, monkeypatch, cgroup: str, unit) -> None:
-    from zeropod.daemon import handoff
+    from zeropod.daemon.adapters import handoff
 
     real_open = open
 

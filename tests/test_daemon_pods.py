@@ -5,9 +5,8 @@ from __future__ import annotations
 from daemon_fakes import World
 
 from zeropod.config.annotations import CONTAINER_NAMES, PORTS_MAP, SCALEDOWN_DURATION
-from zeropod.daemon.idle import scaledown_after, watched_ports
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import PodKey, pod_phase
+from zeropod.daemon.lifecycle.idle import scaledown_after, watched_ports
+from zeropod.daemon.model.pod import PodKey
 
 
 def test_unit_names_of_a_pod() -> None:
@@ -27,20 +26,11 @@ def test_only_managed_containers_of_the_same_pod_are_grouped() -> None:
     other = world.register("app", pod="db")
     world.register("app", pod="bad", annotations={SCALEDOWN_DURATION: "soon"})
     key = PodKey("shop", "web-1")
-    assert world.pods.scaled(key) == [app, worker]
-    assert world.pods.scaled(PodKey.of(other)) == [other]
-    assert world.pods.pod_keys() == [PodKey("shop", "db"), key]
+    assert world.life(key).containers() == [app, worker]
+    assert world.life(PodKey.of(other)).containers() == [other]
+    assert [life.key for life in world.pods.lives()] == [PodKey("shop", "db"), key]
     assert app.unit == "zeropod@shop_web\\x2d1.service"
     assert world.registry.get("id-web-1-side").unit is None
-
-
-def test_pod_phase_is_shared_or_none() -> None:
-    world = World()
-    app = world.register("app")
-    side = world.register("side")
-    assert pod_phase([app, side]) is Phase.RUNNING
-    app.phase.transition(Phase.CHECKPOINTING, "idle")
-    assert pod_phase([app, side]) is None
 
 
 def test_scaledown_after_takes_the_longest_and_zero_means_never() -> None:
@@ -59,7 +49,9 @@ def test_watched_ports_use_the_ports_map_else_detection() -> None:
     mapped = {PORTS_MAP: "app=80,81"}
     app = world.register("app", annotations=mapped)
     side = world.register("side", annotations=mapped)
-    ports = watched_ports([app, side], lambda pid: [9000] if pid == side.pid else [1])
+    ports, detected = watched_ports([app, side], lambda pid: [9000] if pid == side.pid else [1])
     assert ports == [80, 81, 9000]
-    assert side.listen_ports == (9000,) and side.ports == (9000,)
+    assert detected == {side.identity.container_id: (9000,)}  # recorded by the loop
+    side.listen_ports = detected[side.identity.container_id]
+    assert side.ports == (9000,)
     assert app.ports == (80, 81)

@@ -9,7 +9,7 @@ import pytest
 
 from zeropod.activity.sockdiag import Connection, TcpState
 from zeropod.activity.sources import LOOPBACK
-from zeropod.daemon.probes import OK_RESPONSE, Kind, Verdict, answer, classify, decide
+from zeropod.daemon.lifecycle.probes import OK_RESPONSE, Kind, Verdict, answer, classify, decide
 
 NODE = (*LOOPBACK, ipaddress.ip_network("10.88.0.1/32"))
 POD = ipaddress.ip_address("10.88.0.7")
@@ -110,7 +110,7 @@ async def test_a_probe_longer_than_the_buffer_is_not_a_probe() -> None:
 async def test_probe_detection_off_wakes_on_a_node_connection() -> None:
     from daemon_fakes import World
 
-    from zeropod.daemon.scaler import probe_settings
+    from zeropod.daemon.lifecycle.watch import probe_settings
 
     world = World()
     on = world.register(container="web", pod="p1")

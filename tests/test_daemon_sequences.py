@@ -7,10 +7,12 @@ import pytest
 from daemon_fakes import PORT, World
 
 from zeropod.config.annotations import CONTAINER_NAMES, DISABLE_CHECKPOINTING
-from zeropod.control.protocol import ControlError
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import PodKey
-from zeropod.daemon.steps import CHECKPOINT_FAILED, ShimError, ShimReply
+from zeropod.contract.protocol import CHECKPOINT_FAILED, ControlError
+from zeropod.contract.requests import WakeRequest
+from zeropod.contract.shimops import TaskReply
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
 
 KEY = PodKey("shop", "web-1")
 SOCKET = "zeropod@shop_web\\x2d1.socket"
@@ -19,7 +21,7 @@ SOCKET = "zeropod@shop_web\\x2d1.socket"
 async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_release() -> None:
     world = World()
     app = world.register()
-    answer = await world.scaler.sleep(KEY, "forced")
+    answer = await world.sleep(KEY, "forced")
     assert world.rec.calls == [
         ("migrate", "/var/run/netns/web-1"),
         ("reuseport", app.pid, ()),
@@ -36,7 +38,7 @@ async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_r
 
     world.rec.calls.clear()
     old_pid = app.pid
-    await world.scaler.wake(KEY, "test")
+    await world.wake(KEY, "test")
     assert world.rec.calls == [
         ("restore", "app", f"/images/{app.identity.container_id}"),
         ("listening", (8080,), 2),
@@ -51,11 +53,11 @@ async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_r
 async def test_sleep_and_wake_are_idempotent() -> None:
     world = World()
     world.register()
-    await world.scaler.wake(KEY, "already running")
+    await world.wake(KEY, "already running")
     assert world.rec.calls == []
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     world.rec.calls.clear()
-    await world.scaler.sleep(KEY, "again")
+    await world.sleep(KEY, "again")
     assert world.rec.calls == []
 
 
@@ -64,15 +66,15 @@ async def test_a_refused_dump_is_retried_a_bounded_number_of_times() -> None:
     app = world.register()
     refused = ShimError(CHECKPOINT_FAILED, "Connected TCP socket")
     world.shim.refusals["app"] = [refused]
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     assert world.rec.names().count("checkpoint") == 2
     assert app.phase.phase is Phase.SCALED_DOWN
 
-    await world.scaler.wake(KEY, "test")
+    await world.wake(KEY, "test")
     world.shim.refusals["app"] = [refused] * 3
     world.rec.calls.clear()
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(KEY, "forced")
+        await world.sleep(KEY, "forced")
     assert info.value.code == "sleep_failed" and "Connected TCP socket" in info.value.message
     assert world.rec.names().count("checkpoint") == 2
     assert world.rec.names()[-1] == "unit_stop"
@@ -83,7 +85,7 @@ async def test_a_refused_dump_is_retried_a_bounded_number_of_times() -> None:
     # request in flight (an open connection to something outside the pod).
     world.rec.calls.clear()
     with pytest.raises(ControlError):
-        await world.scaler.sleep(KEY, "forced")
+        await world.sleep(KEY, "forced")
     assert world.rec.names().count("checkpoint") == 1
 
 
@@ -92,7 +94,7 @@ async def test_a_failed_unit_start_releases_everything_and_keeps_running() -> No
     app = world.register()
     world.units.fail_start = RuntimeError("bind: address in use")
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(KEY, "forced")
+        await world.sleep(KEY, "forced")
     assert "address in use" in info.value.message
     assert "checkpoint" not in world.rec.names()
     assert world.rec.names()[-1] == "unit_stop"
@@ -106,7 +108,7 @@ async def test_second_container_failing_brings_the_first_back() -> None:
     side = world.register("side")
     world.shim.refusals["side"] = [ShimError("internal", "runc said no")]
     with pytest.raises(ControlError):
-        await world.scaler.sleep(KEY, "forced")
+        await world.sleep(KEY, "forced")
     names = world.rec.names()
     assert names.index("restore") > names.index("checkpoint")
     assert ("restore", "app", f"/images/{app.identity.container_id}") in world.rec.calls
@@ -117,32 +119,32 @@ async def test_second_container_failing_brings_the_first_back() -> None:
 async def test_failed_restore_cold_start_is_counted_and_total_failure_is_failed() -> None:
     world = World()
     app = world.register()
-    await world.scaler.sleep(KEY, "forced")
-    world.shim.restore_reply["app"] = ShimReply(pid=5, duration_ms=50, cold=True, error="criu")
-    await world.scaler.wake(KEY, "test")
+    await world.sleep(KEY, "forced")
+    world.shim.restore_reply["app"] = TaskReply(pid=5, duration_ms=50, cold=True, error="criu")
+    await world.wake(KEY, "test")
     assert app.phase.phase is Phase.RUNNING
     assert app.measured.restore_errors == 1 and app.measured.cold_starts == 1
     assert any("started cold instead: criu" in m for m in world.captured.messages())
 
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     world.shim.restore_reply["app"] = ShimError("unavailable", "shim gone")
     with pytest.raises(ControlError) as info:
-        await world.scaler.wake(KEY, "test")
+        await world.wake(KEY, "test")
     assert info.value.code == "wake_failed"
     assert app.phase.phase is Phase.FAILED
     assert world.rec.names()[-1] == "unit_stop"  # ports released: refused, not hanging
     world.shim.restore_reply.pop("app")
-    await world.scaler.wake(KEY, "retry")
+    await world.wake(KEY, "retry")
     assert app.phase.phase is Phase.RUNNING
 
 
 async def test_failed_restore_takes_the_cold_path() -> None:
     world = World()
     app = world.register()
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     world.shim.broken_images["app"] = "criu: pages-1.img truncated (CRIU log: /i/restore.log)"
     world.rec.calls.clear()
-    await world.scaler.wake(KEY, "test")
+    await world.wake(KEY, "test")
     # restore without the shim's fallback while the holder listens; it fails, so the
     # waiting clients are taken, the ports released, and only then the app starts cold
     image = f"/images/{app.identity.container_id}"
@@ -163,10 +165,10 @@ async def test_one_failed_restore_of_two_containers() -> None:
     world = World()
     app = world.register("app")
     side = world.register("side")
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     world.shim.broken_images["side"] = "criu failed"
     world.rec.calls.clear()
-    await world.scaler.wake(KEY, "test")
+    await world.wake(KEY, "test")
     assert world.rec.calls == [
         ("restore", "app", f"/images/{app.identity.container_id}"),
         ("restore", "side", f"/images/{side.identity.container_id}"),
@@ -181,7 +183,7 @@ async def test_one_failed_restore_of_two_containers() -> None:
 async def test_failed_restore_and_failed_cold_start_is_failed() -> None:
     world = World()
     app = world.register()
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     world.shim.broken_images["app"] = "criu failed"
 
     async def refuse_cold(container, image_dir, *, fallback=True):  # type: ignore[no-untyped-def]
@@ -192,7 +194,7 @@ async def test_failed_restore_and_failed_cold_start_is_failed() -> None:
 
     world.shim.restore = refuse_cold  # type: ignore[method-assign]
     with pytest.raises(ControlError) as info:
-        await world.scaler.wake(KEY, "test")
+        await world.wake(KEY, "test")
     assert info.value.code == "wake_failed" and "cold start failed" in info.value.message
     assert app.phase.phase is Phase.FAILED
     assert world.rec.names()[-1] == "restore" and "unit_stop" in world.rec.names()
@@ -201,10 +203,10 @@ async def test_failed_restore_and_failed_cold_start_is_failed() -> None:
 async def test_disable_checkpointing_stops_and_cold_starts() -> None:
     world = World()
     world.register(annotations={DISABLE_CHECKPOINTING: "true"})
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     assert ("checkpoint", "app", "stop") in world.rec.calls
     world.rec.calls.clear()
-    await world.scaler.wake(KEY, "test")
+    await world.wake(KEY, "test")
     # A cold start cannot take over the queue: release the ports first, then start.
     assert world.rec.calls == [
         ("unit_stop", SOCKET),
@@ -219,12 +221,12 @@ async def test_only_named_containers_sleep_and_the_pod_wakes_for_an_exec() -> No
     names = {CONTAINER_NAMES: "app"}
     app = world.register("app", annotations=names)
     side = world.register("side", annotations=names)
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     assert app.phase.phase is Phase.SCALED_DOWN and side.phase.phase is Phase.RUNNING
     assert [c[1] for c in world.rec.calls if c[0] == "checkpoint"] == ["app"]
-    assert await world.scaler.wake_container(side.identity.container_id) == {}
+    assert await world.service.handle(WakeRequest(side.identity.container_id)) == {}
     assert app.phase.phase is Phase.SCALED_DOWN
-    await world.scaler.wake_container(app.identity.container_id)
+    await world.service.handle(WakeRequest(app.identity.container_id))
     assert app.phase.phase is Phase.RUNNING
 
 
@@ -232,22 +234,22 @@ async def test_sleep_refuses_unknown_pods_and_containers() -> None:
     world = World()
     world.register()
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(PodKey("shop", "nope"), "forced")
+        await world.sleep(PodKey("shop", "nope"), "forced")
     assert info.value.code == "not_found"
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(KEY, "forced", container="nope")
+        await world.sleep(KEY, "forced", container="nope")
     assert "not a scaled container" in info.value.message
 
 
 async def test_delete_while_asleep_removes_unit_and_image() -> None:
     world = World()
     app = world.register()
-    await world.scaler.sleep(KEY, "forced")
+    await world.sleep(KEY, "forced")
     world.rec.calls.clear()
     await world.service.unregister_async(app.identity.container_id, "killed while scaled down")
     assert ("image_remove", app.identity.container_id) in world.rec.calls
     assert ("unit_stop", SOCKET) in world.rec.calls
-    assert world.pods.pod_keys() == []
+    assert world.pods.lives() == []
 
 
 async def test_hyphenated_container_names_never_reach_journal_field_names() -> None:
@@ -269,8 +271,8 @@ async def test_hyphenated_container_names_never_reach_journal_field_names() -> N
     for name in names:
         world.register(container=name)
     for _ in range(3):
-        await world.scaler.sleep(KEY, "forced")
-        await world.scaler.wake(KEY, "test")
+        await world.sleep(KEY, "forced")
+        await world.wake(KEY, "test")
     assert refused == []
     woke = [f for m, _, f in world.captured.entries if "woke in" in m]
     assert sorted({f["CONTAINER"] for f in woke}) == sorted(names)
@@ -289,8 +291,8 @@ async def test_an_image_directory_that_cannot_be_made_fails_the_sleep_cleanly() 
 
     world.images.prepare = full  # type: ignore[method-assign]
     with pytest.raises(ControlError) as info:
-        await world.scaler.sleep(KEY, "idle")
+        await world.sleep(KEY, "idle")
     assert "No space left on device" in info.value.message
     assert app.phase.phase is Phase.RUNNING
     assert world.rec.names()[-1] == "unit_stop" and "checkpoint" not in world.rec.names()
-    assert world.pods.get(KEY).held_ports == ()
+    assert world.life(KEY).ports.ports == ()

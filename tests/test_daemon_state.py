@@ -10,9 +10,15 @@ from pathlib import Path
 from daemon_fakes import World
 
 from zeropod.config.annotations import PORTS_MAP
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import HeldPort, PodKey
-from zeropod.daemon.state import StateStore, from_json, pid_alive, recovered_phase, to_json
+from zeropod.daemon.adapters.statefiles import (
+    StateStore,
+    from_json,
+    pid_alive,
+    recovered_phase,
+    to_json,
+)
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import HeldPort, PodKey
 
 HELD = (HeldPort(socket.AF_INET6, "::", 8080, True), HeldPort(socket.AF_INET, "0.0.0.0", 81, False))
 
@@ -46,7 +52,7 @@ async def test_service_saves_on_every_transition_and_a_new_daemon_reloads(tmp_pa
     app = world.register()
     path = tmp_path / f"{app.identity.container_id}.json"
     assert json.loads(path.read_text())["phase"] == "RUNNING"
-    await world.scaler.sleep(PodKey.of(app), "forced")
+    await world.sleep(PodKey.of(app), "forced")
     assert json.loads(path.read_text())["phase"] == "SCALED_DOWN"
     assert json.loads(path.read_text())["held_ports"][0]["port"] == 8080
     (tmp_path / "garbage.json").write_text("{")
@@ -60,7 +66,7 @@ async def test_service_saves_on_every_transition_and_a_new_daemon_reloads(tmp_pa
     reloaded = again.registry.get(app.identity.container_id)
     assert reloaded is not None and reloaded.phase.phase is Phase.SCALED_DOWN
     assert reloaded.managed and reloaded.unit == app.unit
-    await again.scaler.wake(PodKey.of(reloaded), "traffic after a restart")
+    await again.wake(PodKey.of(reloaded), "traffic after a restart")
     assert reloaded.phase.phase is Phase.RUNNING
 
     await world.service.unregister_async(app.identity.container_id)

@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_fakes import World
 from zeropod.config.annotations import CONTAINER_NAMES
-from zeropod.control.protocol import ControlError
-from zeropod.daemon import footprint, proctime
-from zeropod.daemon.metrics import AddressError, Metrics, parse_address, serve
-from zeropod.daemon.pods import PodKey
-from zeropod.daemon.steps import ShimError
+from zeropod.contract.protocol import ControlError
+from zeropod.daemon.adapters import footprint, proctime
+from zeropod.daemon.api.metrics import AddressError, Metrics, parse_address, serve
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.model.pod import PodKey
 
 POD = PodKey("shop", "web-1")
 SCALED = {"zeropod.ctrox.dev/scaledown-duration": "10s"}
@@ -66,7 +66,7 @@ async def test_sleep_and_wake_show_in_every_metric() -> None:
         assert not any(dict(key[1]).get("container") == "side" for key in before)
 
         started = time.time()
-        await world.scaler.sleep(POD, "test")
+        await world.sleep(POD, "test")
         app.measured.probes_answered += 2  # as the scaler counts answered probes
         await until(lambda: metrics.checkpoint.labels("app", "web-1", "shop")._sum.get() > 0)
         asleep = samples(metrics.exposition().decode())
@@ -84,7 +84,7 @@ async def test_sleep_and_wake_show_in_every_metric() -> None:
         assert checkpointed is not None and started <= checkpointed <= time.time()
         assert value(asleep, "zeropod_probes_answered_total", **LABELS) == 2.0
 
-        await world.scaler.wake(POD, "a client", client_since=time.time() - 0.3)
+        await world.wake(POD, "a client", client_since=time.time() - 0.3)
         await until(lambda: metrics.restore.labels("app", "web-1", "shop")._sum.get() > 0)
         awake = samples(metrics.exposition().decode())
         assert value(awake, "zeropod_running", **LABELS) == 1.0
@@ -105,8 +105,8 @@ async def test_a_wake_without_a_client_has_no_latency() -> None:
     world, metrics, follower = await followed_world()
     try:
         world.register("app", annotations=SCALED)
-        await world.scaler.sleep(POD, "test")
-        await world.scaler.wake(POD, "zeropodctl wake")
+        await world.sleep(POD, "test")
+        await world.wake(POD, "zeropodctl wake")
         await until(lambda: metrics.restore.labels("app", "web-1", "shop")._sum.get() > 0)
         found = samples(metrics.exposition().decode())
         assert value(found, "zeropod_wake_latency_seconds_count", **LABELS) is None
@@ -119,7 +119,7 @@ async def test_memory_and_image_size_of_the_last_checkpoint() -> None:
     try:
         app = world.register("app", annotations=SCALED)
         app.pid = os.getpid()  # a real process: its memory is read before the dump
-        await world.scaler.sleep(POD, "test")
+        await world.sleep(POD, "test")
         found = samples(metrics.exposition().decode())
         rss = value(found, "zeropod_memory_rss_bytes", **LABELS)
         pss = value(found, "zeropod_memory_pss_bytes", **LABELS)
@@ -139,7 +139,7 @@ async def test_a_failed_sleep_counts_an_error_and_no_duration() -> None:
         world.register("app", annotations=SCALED)
         world.shim.refusals["app"] = [ShimError("unavailable", "shim gone")]
         with pytest.raises(ControlError):
-            await world.scaler.sleep(POD, "test")
+            await world.sleep(POD, "test")
         found = samples(metrics.exposition().decode())
         assert value(found, "zeropod_checkpoint_errors_total", **LABELS) == 1.0
         assert value(found, "zeropod_running", **LABELS) == 1.0
@@ -166,8 +166,8 @@ async def test_a_deleted_container_leaves_no_series() -> None:
     world, metrics, follower = await followed_world()
     try:
         app = world.register("app", annotations=SCALED)
-        await world.scaler.sleep(POD, "test")
-        await world.scaler.wake(POD, "test", client_since=time.time())
+        await world.sleep(POD, "test")
+        await world.wake(POD, "test", client_since=time.time())
         await until(lambda: metrics.wake_latency.labels("app", "web-1", "shop")._sum.get() >= 0)
         await world.service.unregister_async(app.identity.container_id, "deleted")
 

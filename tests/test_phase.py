@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from zeropod.daemon.phase import (
+from zeropod.daemon.model.phase import (
     TRANSITIONS,
     IllegalTransition,
     Phase,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zeropod.shim import bootstrap, paths
-from zeropod.shim.cli import FlagError, parse_args
+from zeropod.shim.commandline import FlagError, parse_args
 
 CONTAINERD_START = [
     "-namespace", "k8s.io", "-address", "/run/containerd/containerd.sock",

@@ -6,11 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
-from zeropod.control.protocol import encode
+from zeropod.contract.protocol import encode
 from zeropod.shim.daemonlink import DaemonLink
-from zeropod.shim.phase import Phase
 from zeropod.shim.taskapi import V3
-from zeropod.shim.tasks import Container
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.tasks import TaskRecord
 
 ANNOTATIONS = {
     "io.kubernetes.cri.container-type": "container",
@@ -23,19 +23,19 @@ ANNOTATIONS = {
 
 
 class FakeDaemon:
-    """Answers every request ok, except fields listed in ``refuse`` (as an old daemon would)."""
+    """Answers every request ok; a daemon speaking only up to ``speaks`` refuses later
+    versions by code, as an older daemon does."""
 
-    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+    def __init__(self, speaks: int = 2) -> None:
         self.got: list[dict] = []
-        self.refuse = refuse
+        self.speaks = speaks
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             message = json.loads(line)
             self.got.append(message)
-            bad = [f for f in self.refuse if f in message]
-            if bad:
-                error = {"code": "bad_request", "message": f"unknown field {bad[0]!r} for op"}
+            if message["v"] > self.speaks:
+                error = {"code": "unsupported_version", "message": f"speaks {self.speaks}"}
                 writer.write(encode({"ok": False, "error": error}))
             else:
                 writer.write(encode({"ok": True, "managed": True}))
@@ -43,14 +43,14 @@ class FakeDaemon:
         writer.close()
 
 
-def container(tmp_path: Path) -> Container:
+def container(tmp_path: Path) -> TaskRecord:
     spec = {
         "annotations": ANNOTATIONS,
         "linux": {"namespaces": [{"type": "network", "path": "/n"}]},
     }
     (tmp_path / "config.json").write_text(json.dumps(spec))
     req = V3.messages.CreateTaskRequest(id="c1", bundle=str(tmp_path))
-    return Container("c1", V3, req, [], phase=Phase.RUNNING, pid=42)
+    return TaskRecord("c1", V3, req, [], phase=TaskPhase.RUNNING, pid=42)
 
 
 async def until(predicate, timeout: float = 5) -> None:
@@ -71,22 +71,23 @@ async def test_register_unregister_wake(tmp_path: Path) -> None:
     assert (register["pod"], register["pid"], register["netns"]) == ("web-1", 42, "/n")
     assert register["annotations"] == {"zeropod.ctrox.dev/scaledown-duration": "10s"}
     assert await link.wake(c) is True
-    assert fake.got[1] == {"v": 1, "op": "wake", "id": "c1"}
+    assert fake.got[1] == {"v": 2, "op": "wake", "id": "c1"}
     link.unregister(c, "exited")
     await until(lambda: len(fake.got) == 3)
-    assert fake.got[2] == {"v": 1, "op": "unregister", "id": "c1", "reason": "exited"}
+    assert fake.got[2] == {"v": 2, "op": "unregister", "id": "c1", "reason": "exited"}
     await link.close()
     server.close()
 
 
 async def test_older_daemon_and_no_daemon(tmp_path: Path) -> None:
-    fake = FakeDaemon(refuse=("shim_socket",))
+    fake = FakeDaemon(speaks=1)
     server = await asyncio.start_unix_server(fake.serve, path=str(tmp_path / "d.sock"))
     link = DaemonLink("/s.ctl.sock", path=str(tmp_path / "d.sock"))
     c = container(tmp_path)
     link.register(c)
     await until(lambda: c.registered)
     assert "shim_socket" in fake.got[0] and "shim_socket" not in fake.got[1]
+    assert [m["v"] for m in fake.got] == [2, 1]  # by version number, never by error text
     server.close()
     await link.close()
     gone = DaemonLink("/s.ctl.sock", path=str(tmp_path / "none.sock"))

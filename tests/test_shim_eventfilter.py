@@ -18,18 +18,18 @@ from zeropod.shim.eventfilter import (
     Verdict,
     decide,
 )
-from zeropod.shim.events import SERVICE
-from zeropod.shim.phase import Phase
+from zeropod.shim.eventrelay import SERVICE
 from zeropod.shim.taskapi import V3
-from zeropod.shim.tasks import Container, Tracker
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.tasks import TaskRecord, Tracker
 from zeropod.ttrpc import Call
 
 CID = "c1"
 
 
-def container(phase: Phase, generation: int = 0, pid: int = 200) -> Container:
+def container(phase: TaskPhase, generation: int = 0, pid: int = 200) -> TaskRecord:
     req = V3.messages.CreateTaskRequest(id=CID, bundle="/b")
-    return Container(CID, V3, req, [], phase=phase, pid=pid, generation=generation)
+    return TaskRecord(CID, V3, req, [], phase=phase, pid=pid, generation=generation)
 
 
 def event(topic: str, pid: int = 100, process: str = CID) -> Message:
@@ -56,27 +56,27 @@ def forward_call(topic: str, message: Message, extra: str = "") -> Call:
 
 
 ALL = (EXIT, DELETE, CREATE, START, CHECKPOINTED)
-HIDDEN_PHASES = (Phase.CHECKPOINTING, Phase.SCALED_DOWN, Phase.RESTORING)
+HIDDEN_PHASES = (TaskPhase.CHECKPOINTING, TaskPhase.SCALED_DOWN, TaskPhase.RESTORING)
 CASES = [
     # hidden: every watched event of the container is held back
     *[(phase, 1, t, 100, CID, Verdict.HOLD) for phase in HIDDEN_PHASES for t in ALL],
     # never checkpointed: everything passes
-    *[(Phase.RUNNING, 0, t, 100, CID, Verdict.PASS) for t in ALL],
+    *[(TaskPhase.RUNNING, 0, t, 100, CID, Verdict.PASS) for t in ALL],
     # restored (generation 1, current pid 200): late events of the restore are ours
-    (Phase.RUNNING, 1, CREATE, 200, CID, Verdict.DROP),
-    (Phase.RUNNING, 1, START, 200, CID, Verdict.DROP),
-    (Phase.RUNNING, 1, CHECKPOINTED, 0, CID, Verdict.DROP),
-    (Phase.RUNNING, 1, EXIT, 100, CID, Verdict.DROP),  # the dumped process
-    (Phase.RUNNING, 1, DELETE, 100, CID, Verdict.DROP),
-    (Phase.RUNNING, 1, EXIT, 200, CID, Verdict.PASS),  # the restored process really exits
-    (Phase.EXITED, 1, DELETE, 200, CID, Verdict.PASS),
-    (Phase.RUNNING, 1, EXIT, 300, "exec-1", Verdict.PASS),  # an exec's exit
+    (TaskPhase.RUNNING, 1, CREATE, 200, CID, Verdict.DROP),
+    (TaskPhase.RUNNING, 1, START, 200, CID, Verdict.DROP),
+    (TaskPhase.RUNNING, 1, CHECKPOINTED, 0, CID, Verdict.DROP),
+    (TaskPhase.RUNNING, 1, EXIT, 100, CID, Verdict.DROP),  # the dumped process
+    (TaskPhase.RUNNING, 1, DELETE, 100, CID, Verdict.DROP),
+    (TaskPhase.RUNNING, 1, EXIT, 200, CID, Verdict.PASS),  # the restored process really exits
+    (TaskPhase.EXITED, 1, DELETE, 200, CID, Verdict.PASS),
+    (TaskPhase.RUNNING, 1, EXIT, 300, "exec-1", Verdict.PASS),  # an exec's exit
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("phase", "generation", "topic", "pid", "process", "verdict"), CASES)
 def test_decide(
-    phase: Phase, generation: int, topic: str, pid: int, process: str, verdict: Verdict
+    phase: TaskPhase, generation: int, topic: str, pid: int, process: str, verdict: Verdict
 ) -> None:
     c = container(phase, generation)
     assert decide(c, topic, event(topic, pid, process)) is verdict
@@ -88,7 +88,7 @@ class Recorder(FilteringRelay):
         super().__init__("/nonexistent", tracker, "k8s.io", self._on_exit)
         self.published: list[Call] = []
 
-    def _on_exit(self, c: Container, e: Message) -> None:
+    def _on_exit(self, c: TaskRecord, e: Message) -> None:
         self.exits.append((c.id, e.pid))
 
     def publish(self, call: Call) -> None:
@@ -102,11 +102,11 @@ def topics(calls: list[Call]) -> list[str]:
 async def test_intercept_holds_and_reports_real_exits() -> None:
     tracker = Tracker()
     relay = Recorder(tracker)
-    c = container(Phase.RUNNING, pid=100)
+    c = container(TaskPhase.RUNNING, pid=100)
     tracker.add(c)
     # cheap path: nothing needs attention and it is no exit: not even decoded
     assert relay.intercept(Call(request_pb2.Request(payload=b"\xff garbage"), b""))
-    tracker.move(c, Phase.CHECKPOINTING)
+    tracker.move(c, TaskPhase.CHECKPOINTING)
     for topic in (EXIT, DELETE, CHECKPOINTED):
         assert not relay.intercept(forward_call(topic, event(topic, 100)))
     assert topics(c.held) == [EXIT, DELETE, CHECKPOINTED]
@@ -115,7 +115,7 @@ async def test_intercept_holds_and_reports_real_exits() -> None:
     assert relay.intercept(forward_call(EXIT, other))
     assert relay.exits == []
     # a failed dump whose process ended anyway: its exit and delete go out after all
-    tracker.move(c, Phase.RUNNING)
+    tracker.move(c, TaskPhase.RUNNING)
     assert relay.release_real_exit(c) is True
     assert topics(relay.published) == [EXIT, DELETE] and c.held == []
     # a real exit of a running container is relayed and reported
@@ -127,7 +127,7 @@ async def test_published_exit_and_delete_events() -> None:
     tracker = Tracker()
     relay = Recorder(tracker)
     relay.intercept(forward_call(START, event(START), extra="meta"))  # metadata to copy
-    c = container(Phase.ENDED, pid=100)
+    c = container(TaskPhase.ENDED, pid=100)
     c.end(143)
     relay.publish_exit(c)
     relay.publish_delete(c)

@@ -11,10 +11,10 @@ import pytest
 
 from zeropod._gen.containerd.api.services.ttrpc.events.v1 import events_pb2
 from zeropod._gen.ttrpc import request_pb2
-from zeropod.shim.events import SERVICE as EVENTS
-from zeropod.shim.events import EventRelay
-from zeropod.shim.proxy import TaskProxy
+from zeropod.shim.eventrelay import SERVICE as EVENTS
+from zeropod.shim.eventrelay import EventRelay
 from zeropod.shim.taskapi import BY_SERVICE, METHODS, V2, V3
+from zeropod.shim.taskproxy import TaskProxy
 from zeropod.ttrpc import Call, Client, ConnectionClosed, RawResponse, Server, TtrpcError
 from zeropod.ttrpc.status import Code, encode_status
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zeropod import timeouts
+from zeropod.contract import timeouts
 from zeropod.shim import restore, restorebound
 
 CID = "c0ffee"

@@ -25,9 +25,9 @@ from zeropod.shim.control import ShimControl
 from zeropod.shim.daemonlink import DaemonLink
 from zeropod.shim.eventfilter import SERVICE as EVENTS
 from zeropod.shim.eventfilter import FilteringRelay
-from zeropod.shim.phase import Phase
 from zeropod.shim.scaling import ScalingProxy
 from zeropod.shim.taskapi import BY_SERVICE, V2, V3, TaskAPI
+from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import Tracker
 from zeropod.shim.upstream import Upstream
 from zeropod.ttrpc import Call, Client, Server, TtrpcError
@@ -199,7 +199,7 @@ async def test_create_annotates_and_remembers(rig: Rig) -> None:
     spec = json.loads((rig.tmp / "config.json").read_text())
     assert spec["annotations"]["org.criu.config"] == "/run/zeropod/criu.conf"
     c = rig.ctx.tracker.get(CID)
-    assert c is not None and (c.phase, c.pid, c.api) == (Phase.RUNNING, pid, rig.api)
+    assert c is not None and (c.phase, c.pid, c.api) == (TaskPhase.RUNNING, pid, rig.api)
 
 
 async def test_wait_pending_and_state_running_across_cycles(rig: Rig) -> None:
@@ -218,7 +218,7 @@ async def test_wait_pending_and_state_running_across_cycles(rig: Rig) -> None:
         assert (zero.stats.type_url, zero.stats.value) == (stats.stats.type_url, b"")
         connect = await rig.call("Connect", "ConnectResponse", id=CID)
         assert connect.task_pid == pid and connect.shim_pid == os.getpid()
-        woke = await rig.control.handle(rig.op("restore", image_dir=image))
+        woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=True))
         assert woke["cold"] is False and woke["pid"] != pid
         pid = woke["pid"]
         assert not wait.done()
@@ -261,11 +261,11 @@ async def test_failed_restore_starts_cold(rig: Rig) -> None:
     await rig.control.handle(rig.op("checkpoint", image_dir=image))
     rig.runc.fail_restore = True
     calls = len(rig.runc.calls)
-    woke = await rig.control.handle(rig.op("restore", image_dir=image))
+    woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=True))
     assert woke["cold"] is True and "criu failed" in woke["error"] and image in woke["error"]
     assert rig.runc.calls[calls:] == ["Create", "Start", "Delete", "Create", "Start"]
     assert rig.runc.created[-1].checkpoint == ""
-    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
 
 
 async def test_failed_restore_without_fallback_stays_asleep(rig: Rig) -> None:
@@ -281,13 +281,13 @@ async def test_failed_restore_without_fallback_stays_asleep(rig: Rig) -> None:
     assert "criu failed" in answer["error"]["message"]
     assert f"{image}/restore.log" in answer["error"]["message"]
     assert rig.runc.calls[calls:] == ["Create", "Start", "Delete"]  # no cold start
-    assert rig.ctx.tracker.get(CID).phase is Phase.SCALED_DOWN
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.SCALED_DOWN
     state = await rig.call("State", "StateResponse", id=CID)
     assert state.status == RUNNING  # containerd still sees it running
     woke = await rig.control.handle(rig.op("restore", image_dir=None))  # the daemon's cold start
     assert woke["cold"] is True and "error" not in woke
     assert rig.runc.created[-1].checkpoint == ""
-    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
 
 
 async def test_hanging_restore_is_killed_at_its_bound(
@@ -314,7 +314,7 @@ async def test_hanging_restore_is_killed_at_its_bound(
     message = answer["error"]["message"]
     assert "timeout" in message and "[4242]" in message and f"{image}/restore.log" in message
     assert rig.runc.calls[calls:] == ["Create", "Start", "Delete"]
-    assert rig.ctx.tracker.get(CID).phase is Phase.SCALED_DOWN
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.SCALED_DOWN
     assert (image / "restore.log").stat().st_size == restorebound.LOG_KEEP
 
 
@@ -324,7 +324,7 @@ async def test_restore_clears_a_task_left_by_the_checkpoint(rig: Rig) -> None:
     await rig.control.handle(rig.op("checkpoint", image_dir=image))
     rig.runc.tasks[CID] = rig.runc.created[-1]  # as if the checkpoint's Delete had failed
     calls = len(rig.runc.calls)
-    woke = await rig.control.handle(rig.op("restore", image_dir=image))
+    woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=True))
     assert woke["cold"] is False
     assert rig.runc.calls[calls:] == ["Create", "Delete", "Create", "Start"]
 
@@ -340,7 +340,7 @@ async def test_failed_checkpoint_keeps_running(rig: Rig) -> None:
     assert str(rig.tmp / "img" / "dump.log") in answer["error"]["message"]
     state = await rig.call("State", "StateResponse", id=CID)
     assert (state.status, state.pid) == (RUNNING, pid)
-    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
 
 
 async def test_exec_while_asleep_restores_without_daemon(rig: Rig) -> None:
@@ -350,7 +350,7 @@ async def test_exec_while_asleep_restores_without_daemon(rig: Rig) -> None:
     await rig.call("Exec", id=CID, exec_id="e1")
     assert rig.runc.calls[-3:] == ["Create", "Start", "Exec"]
     assert rig.runc.created[-1].checkpoint == image
-    assert rig.ctx.tracker.get(CID).phase is Phase.RUNNING
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
 
 
 async def test_stop_mode_and_cold_restore(rig: Rig) -> None:
@@ -368,7 +368,7 @@ async def test_stop_mode_and_cold_restore(rig: Rig) -> None:
         ({"op": "checkpoint", "container_id": "ghost", "image_dir": "/x"}, "not_found"),
         ({"op": "checkpoint", "container_id": CID, "image_dir": "relative"}, "bad_request"),
         ({"op": "checkpoint", "container_id": CID, "image_dir": "/x", "mode": "x"}, "bad_request"),
-        ({"v": 2, "op": "status"}, "unsupported_version"),
+        ({"v": 3, "op": "status"}, "unsupported_version"),
         ({"op": "restore", "container_id": CID, "fallback": "no"}, "bad_request"),
     ],
 )

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from zeropod import timeouts
+from zeropod.contract import timeouts
 
 
 @pytest.mark.parametrize(

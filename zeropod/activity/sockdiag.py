@@ -118,7 +118,7 @@ class Connection:
 
 
 @dataclass(frozen=True)
-class Listener:
+class ListeningSocket:
     """A listening socket on a watched port: its accept queue now and its backlog."""
 
     family: int
@@ -140,7 +140,7 @@ class Snapshot:
     """
 
     taken_at: float
-    listeners: tuple[Listener, ...]
+    listeners: tuple[ListeningSocket, ...]
     connections: tuple[Connection, ...]
     closed: tuple[Connection, ...] = ()
     events_lost: bool = False
@@ -161,14 +161,14 @@ def _tcp_state(value: int) -> TcpState | None:
         return None
 
 
-def parse_message(msg: Any) -> Connection | Listener | None:
-    """A pyroute2 inet_diag_msg as a Listener or Connection (None for other states)."""
+def parse_message(msg: Any) -> Connection | ListeningSocket | None:
+    """A pyroute2 inet_diag_msg as a ListeningSocket or Connection (None for other states)."""
     state = _tcp_state(msg["idiag_state"])
     if state is None:
         return None
     local = normalise(msg["idiag_src"])
     if state is TcpState.LISTEN:
-        return Listener(
+        return ListeningSocket(
             family=msg["idiag_family"],
             local_addr=local,
             local_port=msg["idiag_sport"],
@@ -193,15 +193,15 @@ def parse_message(msg: Any) -> Connection | Listener | None:
 
 
 def split(
-    items: Iterable[Connection | Listener | None], ports: Collection[int]
-) -> tuple[tuple[Listener, ...], tuple[Connection, ...]]:
+    items: Iterable[Connection | ListeningSocket | None], ports: Collection[int]
+) -> tuple[tuple[ListeningSocket, ...], tuple[Connection, ...]]:
     """The listeners and connections among ITEMS whose local port is in PORTS."""
-    listeners: list[Listener] = []
+    listeners: list[ListeningSocket] = []
     connections: list[Connection] = []
     for item in items:
         if item is None or item.local_port not in ports:
             continue
-        if isinstance(item, Listener):
+        if isinstance(item, ListeningSocket):
             listeners.append(item)
         else:
             connections.append(item)
@@ -290,7 +290,7 @@ class PodSockets:
         self._dump_again = True
         self._dumped_ports: frozenset[int] = frozenset()
         self._dumped_opens: int | None = None
-        self._listeners: tuple[Listener, ...] = ()
+        self._listeners: tuple[ListeningSocket, ...] = ()
         self.dumps = 0
         try:
             self._dump, self._events, self._snmp = run_in_netns(netns_path, _open_sockets)
@@ -324,9 +324,9 @@ class PodSockets:
         """The destroy-event socket's fd: readable when connections were freed."""
         return self._events.fileno()
 
-    def dump(self, states: int = SS_ALL) -> list[Connection | Listener]:
+    def dump(self, states: int = SS_ALL) -> list[Connection | ListeningSocket]:
         """Every TCP listener and connection (IPv4 and IPv6) in the netns in STATES (a mask)."""
-        items: list[Connection | Listener] = []
+        items: list[Connection | ListeningSocket] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in self._dump.get_sock_stats(
                 family=family, states=states, extensions=_EXT_INFO

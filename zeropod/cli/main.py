@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from zeropod.cli.render import event_line, pod_summary, status_table
-from zeropod.control.client import ControlClient
-from zeropod.control.protocol import NOT_FOUND, ControlError, DaemonUnavailable
+from zeropod.contract.daemonclient import ControlClient
+from zeropod.contract.protocol import NOT_FOUND, ControlError, DaemonUnavailable
 from zeropod.version import version
 
 PROG = "zeropodctl"

@@ -18,33 +18,33 @@ import signal
 import sys
 
 from zeropod.activity.sources import ExcludedSources
-from zeropod.control.protocol import socket_path
-from zeropod.control.server import ControlServer
-from zeropod.daemon.events import EventHub
-from zeropod.daemon.handoff import ActivationServer, activation_path
-from zeropod.daemon.idle import IdleLoops
-from zeropod.daemon.machinery import (
-    HostNetwork,
-    ImageStore,
-    ShimClient,
-    SystemdUnits,
-    read_connections,
-)
-from zeropod.daemon.metrics import AddressError, Metrics, MetricsServer, parse_address, serve
-from zeropod.daemon.notify import (
+from zeropod.contract.protocol import socket_path
+from zeropod.daemon.adapters.handoff import ActivationServer, activation_path
+from zeropod.daemon.adapters.images import ImageStore
+from zeropod.daemon.adapters.network import HostNetwork
+from zeropod.daemon.adapters.notify import (
     inherited_fds,
     notify,
     run_watchdog,
     store_fd,
     watchdog_interval,
 )
-from zeropod.daemon.phase import Phase
-from zeropod.daemon.pods import PodKey, Pods
-from zeropod.daemon.registry import Registry
-from zeropod.daemon.scaler import Scaler
-from zeropod.daemon.service import ControlService
-from zeropod.daemon.state import STATE_DIR, StateStore, pid_alive, recovered_phase
-from zeropod.daemon.steps import Machinery
+from zeropod.daemon.adapters.podnet import PodNetView
+from zeropod.daemon.adapters.shim import ShimClient
+from zeropod.daemon.adapters.statefiles import STATE_DIR, StateStore, pid_alive, recovered_phase
+from zeropod.daemon.adapters.systemd import SystemdUnits
+from zeropod.daemon.api.controlserver import ControlServer
+from zeropod.daemon.api.eventhub import EventHub
+from zeropod.daemon.api.metrics import AddressError, Metrics, MetricsServer, parse_address, serve
+from zeropod.daemon.api.service import ControlService
+from zeropod.daemon.lifecycle.idle import IdleLoops
+from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.pods import Pods
+from zeropod.daemon.lifecycle.ports import PortHold
+from zeropod.daemon.lifecycle.watch import HandoffWatch
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
+from zeropod.daemon.model.registry import Registry
 from zeropod.journal import Journal, open_journal
 from zeropod.version import version
 
@@ -55,26 +55,31 @@ METRICS_DEFAULT = "127.0.0.1:9925"
 READ_GROUP_ENV = "ZEROPOD_READ_GROUP"
 
 
-def _build(journal: Journal, state_dir: str) -> tuple[ControlService, Scaler, IdleLoops]:
-    """The daemon's parts, wired to the node's real machinery."""
+def _build(journal: Journal, state_dir: str) -> tuple[ControlService, HandoffWatch, IdleLoops]:
+    """The daemon's parts, wired to the node's real adapters."""
     excluded = ExcludedSources(refresh_seconds=5.0)  # the node's addresses, re-read
     if excluded.error is not None:
         journal.warning(f"cannot list the node's addresses yet: {excluded.error}")
     registry = Registry()
-    pods = Pods(registry)
-    machinery = Machinery(ShimClient(), HostNetwork(), SystemdUnits(), ImageStore())
-    scaler = Scaler(pods, machinery, journal, excluded, read_connections)
-    idle = IdleLoops(pods, scaler.sleep, journal, excluded)
+    shim, network, units, images = ShimClient(), HostNetwork(), SystemdUnits(), ImageStore()
+
+    def make_life(key: PodKey, netns: str) -> PodLife:
+        return PodLife(
+            key,
+            registry,
+            shim=shim,
+            images=images,
+            ports=PortHold(key, units, network),
+            net=PodNetView(netns),
+            journal=journal,
+        )
+
+    pods = Pods(registry, make_life)
+    idle = IdleLoops(pods, journal, excluded)
     service = ControlService(
-        registry,
-        journal,
-        EventHub(),
-        pods=pods,
-        scaler=scaler,
-        idle=idle,
-        store=StateStore(state_dir),
+        registry, journal, EventHub(), pods=pods, idle=idle, store=StateStore(state_dir)
     )
-    return service, scaler, idle
+    return service, HandoffWatch(pods, journal, excluded), idle
 
 
 def reclaim_images(service: ControlService, images: ImageStore, journal: Journal) -> list[str]:
@@ -108,7 +113,7 @@ def _read_group(journal: Journal) -> int | None:
 
 
 def _reload(service: ControlService, journal: Journal) -> None:
-    """Bring back the containers saved before a restart (see zeropod.daemon.state)."""
+    """Bring back the containers saved before a restart (see zeropod.daemon.adapters.statefiles)."""
     assert service.store is not None
     for saved in service.store.load(journal.error):
         alive = pid_alive(saved.pid)
@@ -124,7 +129,7 @@ def _reload(service: ControlService, journal: Journal) -> None:
         container.measured.last_checkpoint_ms = saved.last_checkpoint_ms
         container.measured.last_restore_ms = saved.last_restore_ms
         if container.managed and phase is Phase.SCALED_DOWN:
-            service.pods.get(PodKey.of(container)).held_ports = saved.held_ports
+            service.pods.life_of(container).ports.restore_held(saved.held_ports)
         journal.info(
             f"{container.identity.label}: reloaded as {phase.value}",
             **container.journal_fields(),
@@ -163,9 +168,9 @@ async def run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    service, scaler, idle = _build(journal, state_dir)
+    service, watch, idle = _build(journal, state_dir)
     _reload(service, journal)
-    reclaim_images(service, scaler.machinery.images, journal)  # type: ignore[arg-type]
+    reclaim_images(service, ImageStore(), journal)
     follower, metrics_server = _start_metrics(service, journal, metrics_address)
     # Both listening sockets live in systemd's fd store: while the daemon restarts (even
     # after a crash) clients queue on them instead of being refused.
@@ -179,7 +184,7 @@ async def run(
     )
     await server.start()
     activation = ActivationServer(
-        activation_path(path), scaler.on_activation, journal.error, inherited.get(ACTIVATOR_FD)
+        activation_path(path), watch.on_activation, journal.error, inherited.get(ACTIVATOR_FD)
     )
     await activation.start()
     watchdog: asyncio.Task[None] | None = None
@@ -206,7 +211,7 @@ async def run(
                 await watchdog
         await activation.close()
         await idle.close()
-        await scaler.close()
+        await watch.close()
         await server.close()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from zeropod.install import preflight, steps
+from zeropod.install import plan, preflight
 from zeropod.install.containerd_config import ConfigError
 from zeropod.install.host import Host, HostError
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(PACKAGE_ENV),
         help=f"the package directory (make package; default ${PACKAGE_ENV})",
     )
-    parser.add_argument("--config", default=steps.CONTAINERD_CONFIG, help="containerd's config")
+    parser.add_argument("--config", default=plan.CONTAINERD_CONFIG, help="containerd's config")
     parser.add_argument("--uninstall", action="store_true", help="take zeropod off the node")
     parser.add_argument("--check", action="store_true", help="report changes, make none")
     parser.add_argument("--diff", action="store_true", help="show each file's change")
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     host = Host(args.host_root)
     try:
         if args.uninstall:
-            actions = steps.plan_uninstall(host, args.config)
+            actions = plan.plan_uninstall(host, args.config)
         else:
             if args.package is None or not (args.package / "VERSION").exists():
                 print(
                     f"zeropod install: --package DIR (or ${PACKAGE_ENV}) is needed", file=sys.stderr
                 )
                 return 2
-            package = steps.Package(args.package)
+            package = plan.Package(args.package)
             if not args.skip_preflight:
                 problems = preflight.check(host, package.criu)
                 if problems:
@@ -59,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"preflight: {problem}", file=sys.stderr)
                     print("zeropod install: nothing was changed", file=sys.stderr)
                     return 2
-            actions = steps.plan_install(host, package, args.config)
+            actions = plan.plan_install(host, package, args.config)
         for action in actions:
             print(f"{'would' if args.check else 'will'}: {action.summary}")
             if args.diff and action.diff:
                 print(action.diff, end="" if action.diff.endswith("\n") else "\n")
         if not args.check:
-            for line in steps.apply(host, actions):
+            for line in plan.apply(host, actions):
                 print(f"done: {line}")
     except (ConfigError, HostError, OSError) as err:
         print(f"zeropod install: {err}", file=sys.stderr)

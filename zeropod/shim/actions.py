@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zeropod.shim import launcher, paths
 from zeropod.shim import log as shimlog
-from zeropod.shim.cli import FlagError, ShimArgs, parse_args
+from zeropod.shim.commandline import FlagError, ShimArgs, parse_args
 
 log = logging.getLogger(__name__)
 

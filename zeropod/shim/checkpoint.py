@@ -20,26 +20,24 @@ import logging
 import os
 import signal
 import time
-from typing import Any
 
-from zeropod.control.protocol import ControlError
+from zeropod.contract.protocol import BAD_PHASE, CHECKPOINT_FAILED, ControlError
+from zeropod.contract.shimops import Mode, TaskReply
 from zeropod.criulog import first_error
-from zeropod.shim.context import BAD_PHASE, CHECKPOINT_FAILED, ShimContext
-from zeropod.shim.phase import Phase
+from zeropod.shim.context import ShimContext
 from zeropod.shim.spec import read_spec
 from zeropod.shim.sysvipc import release_dumped_segments
-from zeropod.shim.tasks import Container
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import TtrpcError
 
 log = logging.getLogger(__name__)
 
-MODES = ("checkpoint", "stop")
 
-
-async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) -> dict[str, Any]:
-    """Dump (or stop) ``c``; ``{"pid", "duration_ms"}`` or ControlError."""
+async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode) -> TaskReply:
+    """Dump (or stop) ``c``; its reply, or ControlError."""
     async with c.lock:
-        if c.phase is not Phase.RUNNING:
+        if c.phase is not TaskPhase.RUNNING:
             raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not running")
         if mode == "checkpoint" and not c.criu_config_set:
             raise ControlError(
@@ -48,7 +46,7 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
                 "so it is never dumped (its spec could name CRIU action scripts)",
             )
         started = time.monotonic()
-        ctx.tracker.move(c, Phase.CHECKPOINTING, mode)
+        ctx.tracker.move(c, TaskPhase.CHECKPOINTING, mode)
         c.hold_stdio()
         try:
             if mode == "checkpoint":
@@ -59,11 +57,11 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
                 await ctx.upstream.wait(c)
         except (TtrpcError, ConnectionError, OSError) as err:
             c.release_stdio()
-            ctx.tracker.move(c, Phase.RUNNING, "checkpoint failed")
+            ctx.tracker.move(c, TaskPhase.RUNNING, "checkpoint failed")
             if ctx.relay.release_real_exit(c):
                 ctx.exited(c)
             where = ""
-            if mode == MODES[0]:
+            if mode == "checkpoint":
                 dump_log = os.path.join(image_dir, "dump.log")
                 cause = first_error(dump_log)
                 where = f"; CRIU: {cause}" if cause else ""
@@ -79,7 +77,7 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
         c.image_dir = image_dir if mode == "checkpoint" else None
         c.held.clear()
         how = "dumped" if c.image_dir else "stopped"
-        ctx.tracker.move(c, Phase.SCALED_DOWN, f"pid {c.pid} {how}")
+        ctx.tracker.move(c, TaskPhase.SCALED_DOWN, f"pid {c.pid} {how}")
         duration_ms = round((time.monotonic() - started) * 1000)
         log.info(
             "container %s scaled down in %d ms",
@@ -87,10 +85,10 @@ async def checkpoint(ctx: ShimContext, c: Container, image_dir: str, mode: str) 
             duration_ms,
             extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
         )
-        return {"pid": c.pid, "duration_ms": duration_ms}
+        return TaskReply(pid=c.pid, duration_ms=duration_ms)
 
 
-async def _release_sysv_segments(c: Container, image_dir: str) -> None:
+async def _release_sysv_segments(c: TaskRecord, image_dir: str) -> None:
     """Step 3b: the dumped SysV segments leave the pod's IPC namespace (see
     :mod:`zeropod.shim.sysvipc`), or the restore could not re-create them."""
     try:

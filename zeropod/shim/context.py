@@ -9,16 +9,11 @@ from google.protobuf.message import Message
 
 from zeropod.shim.daemonlink import DaemonLink
 from zeropod.shim.eventfilter import FilteringRelay
-from zeropod.shim.phase import Phase
-from zeropod.shim.tasks import Container, Tracker
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.tasks import TaskRecord, Tracker
 from zeropod.shim.upstream import Upstream
 
 log = logging.getLogger(__name__)
-
-# Error codes of the interposer's control socket beyond zeropod.control.protocol's.
-CHECKPOINT_FAILED = "checkpoint_failed"
-RESTORE_FAILED = "restore_failed"
-BAD_PHASE = "bad_phase"
 
 
 @dataclass
@@ -28,9 +23,9 @@ class ShimContext:
     relay: FilteringRelay
     daemon: DaemonLink
 
-    def exited(self, c: Container, event: Message | None = None) -> None:
+    def exited(self, c: TaskRecord, event: Message | None = None) -> None:
         """The task's process really ended (its exit event passed to containerd)."""
-        if c.phase in (Phase.CREATED, Phase.RUNNING):
+        if c.phase in (TaskPhase.CREATED, TaskPhase.RUNNING):
             why = f"exit status {event.exit_status}" if event is not None else "exited"
-            self.tracker.move(c, Phase.EXITED, why)
+            self.tracker.move(c, TaskPhase.EXITED, why)
         self.daemon.unregister(c, "exited")

@@ -1,14 +1,8 @@
 """The interposer's own control socket: the daemon's ``checkpoint``/``restore``, and ``status``.
 
-JSON lines with :mod:`zeropod.control.protocol`'s framing and error shape; every op but
-``status`` names ``container_id`` (``id`` is accepted too). See docs/scale-to-zero.md.
-
-- ``checkpoint {container_id, image_dir, mode?: "checkpoint"|"stop"}`` -> ``{pid, duration_ms}``
-- ``restore {container_id, image_dir?, fallback?}`` -> ``{pid, cold, duration_ms, error?}``;
-  ``image_dir`` null starts cold, absent uses the last checkpoint's image. ``fallback`` (default
-  true) false: a failed restore is not followed by a cold start; the container stays scaled
-  down and the answer is a ``restore_failed`` error (the daemon then runs its own cold path).
-- ``status`` -> ``{containers: [{container_id, phase, pid, last_pid, ...}]}``
+The ops, their fields and replies are :mod:`zeropod.contract.shimops`; framing and error
+shape are :mod:`zeropod.contract.protocol`'s. This module only looks the task up and calls
+one function per op (:mod:`.checkpoint`, :mod:`.restore`).
 """
 
 from __future__ import annotations
@@ -19,28 +13,28 @@ import logging
 import os
 from typing import Any
 
-from zeropod.control.protocol import (
-    BAD_REQUEST,
+from zeropod.contract.protocol import (
     INTERNAL,
     MAX_LINE,
     NOT_FOUND,
-    UNKNOWN_OP,
-    UNSUPPORTED_VERSION,
-    VERSION,
     ControlError,
     decode,
     encode,
     failure,
     ok,
 )
-from zeropod.shim.checkpoint import MODES, checkpoint
+from zeropod.contract.shimops import (
+    CheckpointRequest,
+    RestoreRequest,
+    ShimStatusRequest,
+    parse_shim_request,
+)
+from zeropod.shim.checkpoint import checkpoint
 from zeropod.shim.context import ShimContext
 from zeropod.shim.restore import restore
-from zeropod.shim.tasks import Container
+from zeropod.shim.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
-
-OPS = ("checkpoint", "restore", "status")
 
 
 class ShimControl:
@@ -92,44 +86,20 @@ class ShimControl:
             log.exception("control request failed: %r", line[:200])
             return failure(ControlError(INTERNAL, f"{type(err).__name__}: {err}"))
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        version = request.get("v", VERSION)
-        if version != VERSION:
-            raise ControlError(UNSUPPORTED_VERSION, f"field 'v': speaks {VERSION}, got {version!r}")
-        op = request.get("op")
-        if op == "status":
-            return {"containers": [c.status() for c in self.ctx.tracker.all()]}
-        if op not in OPS:
-            raise ControlError(UNKNOWN_OP, f"unknown op {op!r}; known ops: {', '.join(OPS)}")
-        c = self._container(request)
-        if op == "checkpoint":
-            mode = request.get("mode", MODES[0])
-            if mode not in MODES:
-                raise ControlError(BAD_REQUEST, f"field 'mode': one of {MODES}, got {mode!r}")
-            image_dir = _path(request, "image_dir", required=mode == MODES[0])
-            return await checkpoint(self.ctx, c, image_dir or "", mode)
-        image_dir = _path(request, "image_dir", required=False) if "image_dir" in request else None
-        if "image_dir" not in request:
-            image_dir = c.image_dir
-        fallback = request.get("fallback", True)
-        if not isinstance(fallback, bool):
-            raise ControlError(BAD_REQUEST, f"field 'fallback': true or false, got {fallback!r}")
-        return await restore(self.ctx, c, image_dir, fallback=fallback)
+    async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        match parse_shim_request(message):
+            case ShimStatusRequest():
+                return {"containers": [c.status() for c in self.ctx.tracker.all()]}
+            case CheckpointRequest() as op:
+                c = self._task(op.container_id)
+                return (await checkpoint(self.ctx, c, op.image_dir or "", op.mode)).to_body()
+            case RestoreRequest() as op:
+                c = self._task(op.container_id)
+                reply = await restore(self.ctx, c, op.image_dir, fallback=op.fallback)
+                return reply.to_body()
 
-    def _container(self, request: dict[str, Any]) -> Container:
-        cid = request.get("container_id", request.get("id"))
-        if not isinstance(cid, str) or not cid:
-            raise ControlError(BAD_REQUEST, f"field 'container_id': a container id, got {cid!r}")
-        c = self.ctx.tracker.get(cid)
+    def _task(self, container_id: str) -> TaskRecord:
+        c = self.ctx.tracker.get(container_id)
         if c is None:
-            raise ControlError(NOT_FOUND, f"no container {cid} in this shim")
+            raise ControlError(NOT_FOUND, f"no container {container_id} in this shim")
         return c
-
-
-def _path(request: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = request.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise ControlError(BAD_REQUEST, f"field {name!r}: an absolute path, got {value!r}")
-    return value

@@ -14,20 +14,17 @@ import asyncio
 import logging
 from typing import Any
 
-from zeropod.control import oci
-from zeropod.control.client import ANNOTATION_PREFIX, SHIM_TIMEOUT, ControlClient
-from zeropod.control.protocol import BAD_REQUEST, VERSION, ControlError
-from zeropod.control.requests import RegisterRequest, UnregisterRequest
-from zeropod.shim import spec
-from zeropod.shim.phase import Phase
-from zeropod.shim.tasks import Container
+from zeropod.contract import timeouts
+from zeropod.contract.daemonclient import ANNOTATION_PREFIX, SHIM_TIMEOUT, ControlClient
+from zeropod.contract.protocol import ControlError
+from zeropod.contract.requests import RegisterRequest, UnregisterRequest, WakeRequest
+from zeropod.shim import oci, spec
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
 
-WAKE_TIMEOUT = 120.0
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
-OPTIONAL_FIELDS = ("shim_socket", "reason")
-"""Fields of the contract a daemon built before it may refuse as unknown."""
 
 
 class DaemonLink:
@@ -44,21 +41,15 @@ class DaemonLink:
         task.add_done_callback(self._tasks.discard)
 
     def _send(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """One request; an optional field an older daemon refuses is dropped and resent."""
-        client = ControlClient(self.path, timeout)
-        try:
-            return client.request(message)
-        except ControlError as err:
-            refused = [f for f in OPTIONAL_FIELDS if f in message and repr(f) in err.message]
-            if err.code != BAD_REQUEST or not refused:
-                raise
-            return client.request({k: v for k, v in message.items() if k not in refused})
+        """One request, through the contract's one client (which speaks an older daemon's
+        version when it must)."""
+        return ControlClient(self.path, timeout).request(message)
 
-    def register(self, c: Container) -> None:
+    def register(self, c: TaskRecord) -> None:
         """Register a started CRI container in the background (not the pause container)."""
         self._background(self._register(c), f"register-{c.id}")
 
-    async def _register(self, c: Container) -> None:
+    async def _register(self, c: TaskRecord) -> None:
         try:
             fields = oci.cri_registration(c.id, c.bundle, c.pid, spec.read_spec(c.bundle))
         except (OSError, ValueError) as err:
@@ -69,9 +60,9 @@ class DaemonLink:
         fields["annotations"] = {
             k: v for k, v in fields["annotations"].items() if k.startswith(ANNOTATION_PREFIX)
         }
-        message = RegisterRequest(**fields).to_message() | {"shim_socket": self.shim_socket}
+        message = RegisterRequest(**fields, shim_socket=self.shim_socket).to_message()
         delay = RETRY_MIN
-        while c.phase not in (Phase.EXITED, Phase.ENDED, Phase.DELETED):
+        while c.phase not in (TaskPhase.EXITED, TaskPhase.ENDED, TaskPhase.DELETED):
             try:
                 answer = await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
             except ControlError as err:
@@ -93,7 +84,7 @@ class DaemonLink:
             )
             return
 
-    def unregister(self, c: Container, reason: str) -> None:
+    def unregister(self, c: TaskRecord, reason: str) -> None:
         """Tell the daemon (in the background) that the task really ended."""
         if not c.registered:
             return
@@ -101,7 +92,7 @@ class DaemonLink:
         self._background(self._unregister(c.id, reason), f"unregister-{c.id}")
 
     async def _unregister(self, container_id: str, reason: str) -> None:
-        message = UnregisterRequest(container_id).to_message() | {"reason": reason}
+        message = UnregisterRequest(container_id, reason).to_message()
         try:
             await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
         except ControlError as err:
@@ -109,11 +100,13 @@ class DaemonLink:
             return
         log.info("container %s unregistered: %s", container_id, reason)
 
-    async def wake(self, c: Container) -> bool:
+    async def wake(self, c: TaskRecord) -> bool:
         """Ask the daemon to wake ``c``'s pod; False if it could not (restore locally then)."""
-        message = {"v": VERSION, "op": "wake", "id": c.id}
+        message = WakeRequest(container_id=c.id).to_message()
+        # The daemon restores the whole pod: wait as long as the policy lets it wait.
+        image = await asyncio.to_thread(timeouts.pages_bytes, c.image_dir) if c.image_dir else 0
         try:
-            await asyncio.to_thread(self._send, message, WAKE_TIMEOUT)
+            await asyncio.to_thread(self._send, message, timeouts.wake_wait(image))
         except ControlError as err:
             log.warning("container %s: daemon did not wake it (%s); restoring here", c.id, err)
             return False

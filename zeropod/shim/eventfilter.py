@@ -26,8 +26,8 @@ from google.protobuf.message import DecodeError, Message
 from zeropod._gen.containerd.api.events import task_pb2 as events
 from zeropod._gen.containerd.api.services.ttrpc.events.v1 import events_pb2
 from zeropod._gen.ttrpc import request_pb2
-from zeropod.shim.events import SERVICE, EventRelay
-from zeropod.shim.tasks import Container, Tracker
+from zeropod.shim.eventrelay import SERVICE, EventRelay
+from zeropod.shim.tasks import TaskRecord, Tracker
 from zeropod.ttrpc import Call
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Verdict(enum.Enum):
     DROP = "drop"  # ours: containerd must never see it
 
 
-def decide(c: Container, topic: str, event: Message) -> Verdict:
+def decide(c: TaskRecord, topic: str, event: Message) -> Verdict:
     """What to do with ``event`` (of ``topic``) of container ``c``; pure, for tests."""
     if c.hidden:
         return Verdict.HOLD
@@ -85,7 +85,7 @@ class FilteringRelay(EventRelay):
         containerd_address: str,
         tracker: Tracker,
         namespace: str,
-        on_exit: Callable[[Container, Message], None],
+        on_exit: Callable[[TaskRecord, Message], None],
     ) -> None:
         super().__init__(containerd_address)
         self.tracker = tracker
@@ -113,7 +113,7 @@ class FilteringRelay(EventRelay):
             self.on_exit(c, event)
         return verdict is Verdict.PASS
 
-    def release_real_exit(self, c: Container) -> bool:
+    def release_real_exit(self, c: TaskRecord) -> bool:
         """After a failed checkpoint: relay held exit/delete events of the current process.
 
         The dump failed but the process may have ended meanwhile on its own. Other held
@@ -152,13 +152,13 @@ class FilteringRelay(EventRelay):
             request.metadata.add(key=key, value=value)
         self.publish(Call(request, request.SerializeToString()))
 
-    def publish_exit(self, c: Container) -> None:
+    def publish_exit(self, c: TaskRecord) -> None:
         """``/tasks/exit`` for a task that ended without a process (from its record)."""
         event = events.TaskExit(container_id=c.id, id=c.id, pid=c.pid, exit_status=c.exit_status)
         event.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
         self.publish_event(EXIT, event)
 
-    def publish_delete(self, c: Container) -> None:
+    def publish_delete(self, c: TaskRecord) -> None:
         event = events.TaskDelete(container_id=c.id, pid=c.pid, exit_status=c.exit_status)
         event.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
         self.publish_event(DELETE, event)

@@ -28,9 +28,9 @@ from zeropod.shim.context import ShimContext
 from zeropod.shim.control import ShimControl
 from zeropod.shim.daemonlink import DaemonLink
 from zeropod.shim.eventfilter import FilteringRelay
-from zeropod.shim.events import EventRelay
-from zeropod.shim.proxy import TaskProxy
+from zeropod.shim.eventrelay import EventRelay
 from zeropod.shim.scaling import ScalingProxy
+from zeropod.shim.taskproxy import TaskProxy
 from zeropod.shim.tasks import Tracker
 from zeropod.shim.upstream import Upstream
 from zeropod.ttrpc import Client, Server

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import zeropod
 from zeropod.shim import bootstrap, paths
-from zeropod.shim.cli import ShimArgs
+from zeropod.shim.commandline import ShimArgs
 from zeropod.shim.config import Config
 
 log = logging.getLogger(__name__)

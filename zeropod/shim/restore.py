@@ -29,12 +29,13 @@ import shutil
 import time
 from typing import Any
 
-from zeropod.control.protocol import ControlError
+from zeropod.contract.protocol import BAD_PHASE, RESTORE_FAILED, ControlError
+from zeropod.contract.shimops import TaskReply
 from zeropod.criulog import first_error
 from zeropod.shim import restorebound
-from zeropod.shim.context import BAD_PHASE, RESTORE_FAILED, ShimContext
-from zeropod.shim.phase import Phase
-from zeropod.shim.tasks import Container
+from zeropod.shim.context import ShimContext
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import TtrpcError
 from zeropod.ttrpc.status import Code
 
@@ -50,19 +51,22 @@ class RestoreTimeout(Exception):
 
 
 async def restore(
-    ctx: ShimContext, c: Container, image_dir: str | None, *, fallback: bool = True
-) -> dict[str, Any]:
-    """Bring ``c`` back; ``{"pid", "cold", "duration_ms", "error"?}`` or ControlError.
+    ctx: ShimContext, c: TaskRecord, image_dir: str | None, *, fallback: bool = False
+) -> TaskReply:
+    """Bring ``c`` back from ``image_dir`` (None: cold); its reply, or ControlError.
 
-    ``fallback=False``: a failed restore from ``image_dir`` is not followed by a cold start.
+    A failed restore from ``image_dir`` raises ``restore_failed`` and leaves ``c`` scaled
+    down: the daemon decides the cold start (it must release the pod's ports first). Only
+    ``fallback=True`` starts it cold here: the shim's own wake when the daemon cannot
+    (:meth:`zeropod.shim.scaling.ScalingProxy.wake`).
     """
     async with c.lock:
-        if c.phase is Phase.RUNNING:
-            return {"pid": c.pid, "cold": False, "duration_ms": 0}
-        if c.phase is not Phase.SCALED_DOWN:
+        if c.phase is TaskPhase.RUNNING:
+            return TaskReply(pid=c.pid, duration_ms=0)
+        if c.phase is not TaskPhase.SCALED_DOWN:
             raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not scaled down")
         started = time.monotonic()
-        ctx.tracker.move(c, Phase.RESTORING, f"from {image_dir}" if image_dir else "cold")
+        ctx.tracker.move(c, TaskPhase.RESTORING, f"from {image_dir}" if image_dir else "cold")
         result: dict[str, Any] = {"cold": image_dir is None}
         pid = 0
         if image_dir is not None:
@@ -76,7 +80,7 @@ async def restore(
                     f"{f'; CRIU: {cause}' if cause else ''} (CRIU log: {log_path})"
                 )
                 if not fallback:
-                    ctx.tracker.move(c, Phase.SCALED_DOWN, "restore failed, no fallback")
+                    ctx.tracker.move(c, TaskPhase.SCALED_DOWN, "restore failed, no fallback")
                     log.warning("container %s: %s; not starting it cold", c.id, result["error"])
                     raise ControlError(RESTORE_FAILED, f"{c.id}: {result['error']}") from err
                 result["cold"] = True
@@ -90,12 +94,11 @@ async def restore(
                     RESTORE_FAILED, f"{c.id}: {result.get('error', 'no image')}; cold start: {err}"
                 ) from err
         c.pid = pid
-        ctx.tracker.move(c, Phase.RUNNING, f"pid {pid}{' (cold)' if result['cold'] else ''}")
+        ctx.tracker.move(c, TaskPhase.RUNNING, f"pid {pid}{' (cold)' if result['cold'] else ''}")
         c.release_stdio()
         if ctx.relay.release_real_exit(c):  # it died right after the restore
             ctx.exited(c)
-        result["pid"] = pid
-        result["duration_ms"] = duration_ms = round((time.monotonic() - started) * 1000)
+        duration_ms = round((time.monotonic() - started) * 1000)
         log.info(
             "container %s restored%s in %d ms, pid %d",
             c.id,
@@ -104,10 +107,10 @@ async def restore(
             pid,
             extra={"RESTORE_MS": duration_ms, "CONTAINER_ID": c.id},
         )
-        return result
+        return TaskReply(pid, duration_ms, cold=result["cold"], error=result.get("error"))
 
 
-async def _create_and_start(ctx: ShimContext, c: Container, image_dir: str | None) -> int:
+async def _create_and_start(ctx: ShimContext, c: TaskRecord, image_dir: str | None) -> int:
     """Create + Start; on failure the half-made runc task is deleted again.
 
     A runc task left over from the checkpoint (its Delete failed) is deleted first.
@@ -130,7 +133,7 @@ async def _create_and_start(ctx: ShimContext, c: Container, image_dir: str | Non
         raise
 
 
-async def _bounded_start(ctx: ShimContext, c: Container, image_dir: str) -> int:
+async def _bounded_start(ctx: ShimContext, c: TaskRecord, image_dir: str) -> int:
     """The restore's Start; past the image's bound its CRIU is killed (RestoreTimeout)."""
     bound = restorebound.bound_for(image_dir)
     start = asyncio.ensure_future(ctx.upstream.start(c))
@@ -154,17 +157,17 @@ async def _bounded_start(ctx: ShimContext, c: Container, image_dir: str) -> int:
         restorebound.release_cgyards(image_dir)
 
 
-async def end_asleep(ctx: ShimContext, c: Container, signal: int) -> None:
+async def end_asleep(ctx: ShimContext, c: TaskRecord, signal: int) -> None:
     """containerd's Kill while scaled down: the task ends with 128 + signal, not restored."""
     async with c.lock:
-        if c.phase is Phase.SCALED_DOWN:
+        if c.phase is TaskPhase.SCALED_DOWN:
             _end(ctx, c, 128 + signal, f"killed with signal {signal} while scaled down")
 
 
-def _end(ctx: ShimContext, c: Container, status: int, why: str) -> None:
+def _end(ctx: ShimContext, c: TaskRecord, status: int, why: str) -> None:
     """The task ends without a process: publish its exit, free everything it held."""
     c.end(status)
-    ctx.tracker.move(c, Phase.ENDED, why)
+    ctx.tracker.move(c, TaskPhase.ENDED, why)
     c.release_stdio()  # containerd's log readers see EOF and finish
     ctx.relay.publish_exit(c)
     ctx.daemon.unregister(c, "killed while scaled down")

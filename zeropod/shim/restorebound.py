@@ -6,7 +6,7 @@ truncated ``pages-*.img`` makes the restorer re-read the empty file, and restore
 :func:`kill_restore_criu` kills (SIGKILL) the CRIU processes of this container's ``runc
 restore`` only: the runc shim's Start then fails, and the restore is a failed one like any other.
 
-The bound is :mod:`zeropod.timeouts`' (10 s plus 1 s per 100 MB of ``pages-*.img``, at most
+The bound is :mod:`zeropod.contract.timeouts`' (10 s plus 1 s per 100 MB of ``pages-*.img``, at most
 100 s), the policy the daemon waits by too, a margin longer. A healthy restore reads its pages
 at well over 100 MB/s, so the bound only ends stuck ones.
 
@@ -31,7 +31,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from zeropod import timeouts
+from zeropod.contract import timeouts
 
 log = logging.getLogger(__name__)
 

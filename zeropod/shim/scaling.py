@@ -23,10 +23,10 @@ from zeropod._gen.containerd.api.types.task import task_pb2 as task_types
 from zeropod._gen.ttrpc import request_pb2
 from zeropod.shim import spec
 from zeropod.shim.context import ShimContext
-from zeropod.shim.phase import Phase
-from zeropod.shim.proxy import TaskProxy
 from zeropod.shim.restore import end_asleep, restore
-from zeropod.shim.tasks import Container
+from zeropod.shim.taskphase import TaskPhase
+from zeropod.shim.taskproxy import TaskProxy
+from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import Call, RawResponse, TtrpcError
 from zeropod.ttrpc.status import Code
 
@@ -69,7 +69,7 @@ class ScalingProxy(TaskProxy):
         self._stats_url: str | None = None
         self._shim_pid: int | None = None
 
-    def _container(self, call: Call, message: str) -> Container | None:
+    def _container(self, call: Call, message: str) -> TaskRecord | None:
         """The record of the task ``call`` is about; None for an exec or a task we do not know."""
         req = self.api(call).decode(message, call.payload)
         if getattr(req, "exec_id", ""):
@@ -95,7 +95,7 @@ class ScalingProxy(TaskProxy):
         reply = await self.forward(call)
         payload = reply_payload(reply)
         if payload is not None:
-            c = Container(req.id, api, req, call.metadata())
+            c = TaskRecord(req.id, api, req, call.metadata())
             c.criu_config_set = criu_config_set
             c.pid = api.decode("CreateTaskResponse", payload).pid
             self.ctx.tracker.add(c)
@@ -105,28 +105,28 @@ class ScalingProxy(TaskProxy):
         c = self._container(call, "StartRequest")
         reply = await self.forward(call)
         payload = reply_payload(reply)
-        if c is not None and payload is not None and c.phase is Phase.CREATED:
+        if c is not None and payload is not None and c.phase is TaskPhase.CREATED:
             c.pid = self.api(call).decode("StartResponse", payload).pid
-            self.ctx.tracker.move(c, Phase.RUNNING, f"pid {c.pid}")
+            self.ctx.tracker.move(c, TaskPhase.RUNNING, f"pid {c.pid}")
             self.ctx.daemon.register(c)
         return reply
 
     async def State(self, call: Call) -> RawResponse | bytes:
         c = self._container(call, "StateRequest")
-        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+        if c is None or not (c.hidden or c.phase is TaskPhase.ENDED):
             return await self.forward(call)
         r = c.request
         resp = self.api(call).messages.StateResponse(
             id=c.id,
             bundle=r.bundle,
             pid=c.pid,
-            status=STOPPED if c.phase is Phase.ENDED else RUNNING,
+            status=STOPPED if c.phase is TaskPhase.ENDED else RUNNING,
             stdin=r.stdin,
             stdout=r.stdout,
             stderr=r.stderr,
             terminal=r.terminal,
         )
-        if c.phase is Phase.ENDED:
+        if c.phase is TaskPhase.ENDED:
             resp.exit_status = c.exit_status
             resp.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
         return resp.SerializeToString()
@@ -137,7 +137,7 @@ class ScalingProxy(TaskProxy):
             return await self.forward(call)
         tracker = self.ctx.tracker
         while True:
-            if await tracker.visible(c) is Phase.ENDED:
+            if await tracker.visible(c) is TaskPhase.ENDED:
                 return self._ended_wait(call, c)
             generation = c.generation
             reply = await self.forward(call)
@@ -147,14 +147,14 @@ class ScalingProxy(TaskProxy):
                 return reply
             log.debug("container %s: Wait ended by a checkpoint; waiting on", c.id)
 
-    def _ended_wait(self, call: Call, c: Container) -> bytes:
+    def _ended_wait(self, call: Call, c: TaskRecord) -> bytes:
         resp = self.api(call).messages.WaitResponse(exit_status=c.exit_status)
         resp.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
         return resp.SerializeToString()
 
     async def Pids(self, call: Call) -> RawResponse | bytes:
         c = self._container(call, "PidsRequest")
-        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+        if c is None or not (c.hidden or c.phase is TaskPhase.ENDED):
             return await self.forward(call)
         resp = self.api(call).messages.PidsResponse()
         if c.hidden:
@@ -163,7 +163,7 @@ class ScalingProxy(TaskProxy):
 
     async def Stats(self, call: Call) -> RawResponse | bytes:
         c = self._container(call, "StatsRequest")
-        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+        if c is None or not (c.hidden or c.phase is TaskPhase.ENDED):
             reply = await self.forward(call)
             if self._stats_url is None and (payload := reply_payload(reply)) is not None:
                 self._stats_url = self.api(call).decode("StatsResponse", payload).stats.type_url
@@ -175,7 +175,7 @@ class ScalingProxy(TaskProxy):
 
     async def Connect(self, call: Call) -> RawResponse | bytes:
         c = self._container(call, "ConnectRequest")
-        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+        if c is None or not (c.hidden or c.phase is TaskPhase.ENDED):
             return await self.forward(call)
         resp = self.api(call).messages.ConnectResponse(shim_pid=self.shim_pid(), task_pid=c.pid)
         return resp.SerializeToString()
@@ -196,13 +196,13 @@ class ScalingProxy(TaskProxy):
     async def Kill(self, call: Call) -> RawResponse | bytes:
         req = self.api(call).decode("KillRequest", call.payload)
         c = self.ctx.tracker.get(req.id)
-        if c is None or not (c.hidden or c.phase is Phase.ENDED):
+        if c is None or not (c.hidden or c.phase is TaskPhase.ENDED):
             return await self.forward(call)
         if req.exec_id:
             raise TtrpcError(Code.NOT_FOUND, f"process {req.exec_id} does not exist")
-        if await self.ctx.tracker.settled(c) is Phase.RUNNING:
+        if await self.ctx.tracker.settled(c) is TaskPhase.RUNNING:
             return await self.forward(call)  # woke meanwhile: a real kill
-        if req.signal and c.phase is Phase.SCALED_DOWN:
+        if req.signal and c.phase is TaskPhase.SCALED_DOWN:
             await end_asleep(self.ctx, c, req.signal)
         return b""
 
@@ -210,18 +210,18 @@ class ScalingProxy(TaskProxy):
         c = self._container(call, "DeleteRequest")
         if c is None:
             return await self.forward(call)
-        if c.hidden and await self.ctx.tracker.settled(c) is Phase.SCALED_DOWN:
+        if c.hidden and await self.ctx.tracker.settled(c) is TaskPhase.SCALED_DOWN:
             await end_asleep(self.ctx, c, 9)  # deleted without a kill: as if SIGKILLed
-        if c.phase is not Phase.ENDED:
+        if c.phase is not TaskPhase.ENDED:
             reply = await self.forward(call)
             if reply_payload(reply) is not None:
                 self.ctx.daemon.unregister(c, "deleted")
-                self.ctx.tracker.move(c, Phase.DELETED)
+                self.ctx.tracker.move(c, TaskPhase.DELETED)
             return reply
         resp = self.api(call).messages.DeleteResponse(pid=c.pid, exit_status=c.exit_status)
         resp.exited_at.FromNanoseconds(int(c.exited_at * 1e9))
         self.ctx.relay.publish_delete(c)
-        self.ctx.tracker.move(c, Phase.DELETED, "deleted while scaled down")
+        self.ctx.tracker.move(c, TaskPhase.DELETED, "deleted while scaled down")
         return resp.SerializeToString()
 
     async def _awake(self, call: Call) -> RawResponse:
@@ -232,14 +232,14 @@ class ScalingProxy(TaskProxy):
             await self.wake(c)
         return await self.forward(call)
 
-    async def wake(self, c: Container) -> None:
+    async def wake(self, c: TaskRecord) -> None:
         """Bring ``c`` back: through the daemon (the whole pod), else here."""
-        if await self.ctx.tracker.settled(c) is not Phase.SCALED_DOWN:
+        if await self.ctx.tracker.settled(c) is not TaskPhase.SCALED_DOWN:
             return
-        if await self.ctx.daemon.wake(c) and c.phase is Phase.RUNNING:
+        if await self.ctx.daemon.wake(c) and c.phase is TaskPhase.RUNNING:
             return
-        if await self.ctx.tracker.settled(c) is Phase.SCALED_DOWN:
-            await restore(self.ctx, c, c.image_dir)
+        if await self.ctx.tracker.settled(c) is TaskPhase.SCALED_DOWN:
+            await restore(self.ctx, c, c.image_dir, fallback=True)
 
     async def Exec(self, call: Call) -> RawResponse:
         return await self._awake(call)

@@ -1,10 +1,10 @@
 """The interposer's record of each container it created, and the one place phases change.
 
-A :class:`Container` holds what the scale-to-zero logic needs to answer for a task that has
+A :class:`TaskRecord` holds what the scale-to-zero logic needs to answer for a task that has
 no process: the original CreateTaskRequest (to re-create the task), the last pid, the exit
 status when it ended asleep, the events held back, the stdio FIFO writers kept across a
 checkpoint. :class:`Tracker` owns every record; :meth:`Tracker.move` is the only way to
-change a phase (checked against :data:`zeropod.shim.phase.TRANSITIONS`, logged, and
+change a phase (checked against :data:`zeropod.shim.taskphase.TRANSITIONS`, logged, and
 announced to whoever waits for it).
 """
 
@@ -20,22 +20,22 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from zeropod.shim.phase import HIDDEN, Phase, check
 from zeropod.shim.taskapi import TaskAPI
+from zeropod.shim.taskphase import HIDDEN, TaskPhase, check
 from zeropod.ttrpc import Call
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class Container:
+class TaskRecord:
     """One task of the runc shim (not an exec), as containerd created it."""
 
     id: str
     api: TaskAPI
     request: Message  # the original CreateTaskRequest, decoded with ``api``
     metadata: list[tuple[str, str]]  # the ttrpc metadata of containerd's Create
-    phase: Phase = Phase.CREATED
+    phase: TaskPhase = TaskPhase.CREATED
     pid: int = 0  # the running process, or the last one while scaled down
     generation: int = 0  # checkpoints started so far; > 0 means events may be our own
     image_dir: str | None = None  # the last checkpoint's image (None after a "stop")
@@ -61,7 +61,7 @@ class Container:
         return {
             "container_id": self.id,
             "phase": self.phase.value,
-            "pid": self.pid if self.phase in (Phase.RUNNING, Phase.CREATED) else 0,
+            "pid": self.pid if self.phase in (TaskPhase.RUNNING, TaskPhase.CREATED) else 0,
             "last_pid": self.pid,
             "generation": self.generation,
             "image_dir": self.image_dir,
@@ -100,29 +100,29 @@ class Tracker:
     """Every container of this interposer by id; phase changes and waiting for them."""
 
     def __init__(self) -> None:
-        self._containers: dict[str, Container] = {}
+        self._containers: dict[str, TaskRecord] = {}
         self._changed = asyncio.Event()  # set and replaced on every phase change
         self.attention = 0
         """How many containers need the event filter's attention (hidden or restored)."""
 
-    def get(self, container_id: str) -> Container | None:
+    def get(self, container_id: str) -> TaskRecord | None:
         return self._containers.get(container_id)
 
-    def add(self, container: Container) -> None:
+    def add(self, container: TaskRecord) -> None:
         old = self._containers.get(container.id)
         if old is not None:
             log.warning("container %s created again; dropping the old record", container.id)
             self._forget(old)
         self._containers[container.id] = container
 
-    def all(self) -> list[Container]:
+    def all(self) -> list[TaskRecord]:
         return list(self._containers.values())
 
-    def move(self, container: Container, phase: Phase, why: str = "") -> None:
-        """Change ``container``'s phase; raises PhaseError for a transition not in the table."""
+    def move(self, container: TaskRecord, phase: TaskPhase, why: str = "") -> None:
+        """Change ``container``'s phase; raises TaskPhaseError for a transition not in the table."""
         check(container.id, container.phase, phase)
         before = container.phase
-        if phase is Phase.CHECKPOINTING:
+        if phase is TaskPhase.CHECKPOINTING:
             container.generation += 1
         container.phase = phase
         log.info(
@@ -133,12 +133,12 @@ class Tracker:
             f" ({why})" if why else "",
             extra={"CONTAINER_ID": container.id, "STATE": phase.value},
         )
-        if phase is Phase.DELETED:
+        if phase is TaskPhase.DELETED:
             self._forget(container)
         self._count()
         self._notify()
 
-    def _forget(self, container: Container) -> None:
+    def _forget(self, container: TaskRecord) -> None:
         container.release_stdio()
         if self._containers.get(container.id) is container:
             del self._containers[container.id]
@@ -154,13 +154,13 @@ class Tracker:
         while not done():
             await self._changed.wait()
 
-    async def settled(self, container: Container) -> Phase:
+    async def settled(self, container: TaskRecord) -> TaskPhase:
         """Wait until ``container`` is in no transitional phase (CHECKPOINTING, RESTORING)."""
-        busy = (Phase.CHECKPOINTING, Phase.RESTORING)
+        busy = (TaskPhase.CHECKPOINTING, TaskPhase.RESTORING)
         await self._wait_for(lambda: container.phase not in busy)
         return container.phase
 
-    async def visible(self, container: Container) -> Phase:
+    async def visible(self, container: TaskRecord) -> TaskPhase:
         """Wait until ``container`` is in no hidden phase; return that phase."""
         await self._wait_for(lambda: not container.hidden)
         return container.phase

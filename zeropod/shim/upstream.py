@@ -11,9 +11,9 @@ from __future__ import annotations
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from zeropod import timeouts
 from zeropod._gen.containerd.runc.options import oci_pb2
-from zeropod.shim.tasks import Container
+from zeropod.contract import timeouts
+from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import Client
 
 # containerd's runc shim of 1.6 only accepts the bare type URLs (no type.googleapis.com/).
@@ -32,7 +32,7 @@ class Upstream:
 
     async def _call(
         self,
-        c: Container,
+        c: TaskRecord,
         method: str,
         request: Message,
         reply: str | None,
@@ -47,7 +47,7 @@ class Upstream:
         )
         return c.api.decode(reply, payload) if reply else None
 
-    async def checkpoint(self, c: Container, image_dir: str) -> None:
+    async def checkpoint(self, c: TaskRecord, image_dir: str) -> None:
         """Dump the task's process into ``image_dir`` and let it exit (CRIU logs there too)."""
         opts = oci_pb2.CheckpointOptions(exit=True, work_path=image_dir)
         req = c.api.messages.CheckpointTaskRequest(
@@ -58,20 +58,20 @@ class Upstream:
         bound = timeouts.scaled(timeouts.resident_bytes(c.pid))  # the daemon waits longer
         await self._call(c, "Checkpoint", req, None, timeout=bound)
 
-    async def kill(self, c: Container, signal: int) -> None:
+    async def kill(self, c: TaskRecord, signal: int) -> None:
         await self._call(c, "Kill", c.api.messages.KillRequest(id=c.id, signal=signal), None)
 
-    async def wait(self, c: Container) -> int:
+    async def wait(self, c: TaskRecord) -> int:
         """Block until the task's process has exited; its exit status."""
         req = c.api.messages.WaitRequest(id=c.id)
         return self._int(await self._call(c, "Wait", req, "WaitResponse"), "exit_status")
 
-    async def delete(self, c: Container) -> int:
+    async def delete(self, c: TaskRecord) -> int:
         """Delete the stopped runc task; the pid it had."""
         req = c.api.messages.DeleteRequest(id=c.id)
         return self._int(await self._call(c, "Delete", req, "DeleteResponse"), "pid")
 
-    async def create(self, c: Container, checkpoint: str | None) -> int:
+    async def create(self, c: TaskRecord, checkpoint: str | None) -> int:
         """Re-create the task as containerd first created it, from ``checkpoint`` if given."""
         req = c.api.messages.CreateTaskRequest()
         req.CopyFrom(c.request)
@@ -80,7 +80,7 @@ class Upstream:
             req.options.CopyFrom(restore_options(c.request.options, checkpoint))
         return self._int(await self._call(c, "Create", req, "CreateTaskResponse"), "pid")
 
-    async def start(self, c: Container, timeout: float = START_TIMEOUT) -> int:
+    async def start(self, c: TaskRecord, timeout: float = START_TIMEOUT) -> int:
         """Start the created task (for a checkpoint: CRIU restores it); the new pid."""
         req = c.api.messages.StartRequest(id=c.id)
         return self._int(await self._call(c, "Start", req, "StartResponse", timeout), "pid")

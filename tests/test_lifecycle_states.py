@@ -1,0 +1,219 @@
+"""A pod's life as state objects: every state's operations, legal and illegal, on fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+
+import pytest
+from daemon_fakes import World
+
+from zeropod.contract.protocol import CONFLICT, ControlError
+from zeropod.daemon.lifecycle import states
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.states import (
+    ASLEEP,
+    FAILED,
+    GOING_TO_SLEEP,
+    RUNNING,
+    WAKING,
+    IllegalOperation,
+    at_rest,
+)
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
+
+KEY = PodKey("shop", "web-1")
+# Written out by hand from DESIGN.md's sleep and wake, not read from the table.
+MOVES = [
+    (RUNNING, GOING_TO_SLEEP),
+    (GOING_TO_SLEEP, ASLEEP), (GOING_TO_SLEEP, RUNNING), (GOING_TO_SLEEP, FAILED),
+    (ASLEEP, WAKING),
+    (WAKING, RUNNING), (WAKING, FAILED),
+    (FAILED, WAKING),
+]  # fmt: skip
+ALL = [RUNNING, GOING_TO_SLEEP, ASLEEP, WAKING, FAILED]
+
+
+class FakeHandoff:
+    def __init__(self, unit: str = KEY.service) -> None:
+        self.unit = unit
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> list[socket.socket]:
+        return []
+
+
+def pod(*names: str) -> tuple[World, PodLife]:
+    world = World()
+    for name in names or ("app",):
+        world.register(name)
+    return world, world.life(KEY)
+
+
+def test_the_moves_are_exactly_the_expected_ones() -> None:
+    table = {(a, b) for a, targets in states.MOVES.items() for b in targets}
+    assert table == set(MOVES)
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(ALL, ALL)))
+def test_a_move_outside_the_table_names_both_states(source, target) -> None:
+    _, life = pod()
+    life.state = source
+    if (source, target) in MOVES:
+        life._move(target)
+        assert life.state is target
+        return
+    with pytest.raises(IllegalOperation) as info:
+        life._move(target)
+    assert source.name in info.value.message and target.name in info.value.message
+    assert life.state is source
+
+
+def test_the_state_at_rest_follows_the_containers() -> None:
+    R, S, F = Phase.RUNNING, Phase.SCALED_DOWN, Phase.FAILED
+    assert at_rest([R, R]) is RUNNING and at_rest([]) is RUNNING
+    assert at_rest([S, S]) is ASLEEP
+    assert at_rest([S, R]) is FAILED and at_rest([F]) is FAILED and at_rest([S, F]) is FAILED
+
+
+@pytest.mark.parametrize("state", [GOING_TO_SLEEP, WAKING])
+@pytest.mark.parametrize("operation", ["sleep", "wake"])
+async def test_sequences_cannot_start_in_a_state_between_two(state, operation) -> None:
+    """Under the lock these states are never seen; called anyway, they refuse by name."""
+    world, life = pod()
+    life.state = state
+    with pytest.raises(IllegalOperation) as info:
+        if operation == "sleep":
+            await state.sleep(life, "test")
+        else:
+            await state.wake(life, "test", None, None)
+    assert info.value.code == CONFLICT
+    assert info.value.message == f"pod shop/web-1 is {state.name}: {operation} is not legal there"
+    assert world.rec.calls == []
+
+
+async def test_running_sleeps_through_going_to_sleep_and_a_wake_is_nothing() -> None:
+    world, life = pod()
+    seen: list[states.PodState] = []
+    checkpoint = world.shim.checkpoint
+
+    async def observe(container, image_dir, mode):  # type: ignore[no-untyped-def]
+        seen.append(life.state)
+        return await checkpoint(container, image_dir, mode)
+
+    world.shim.checkpoint = observe  # type: ignore[method-assign]
+    await life.wake("nothing to wake")
+    assert world.rec.calls == [] and life.state is RUNNING
+    await life.sleep("idle")
+    assert seen == [GOING_TO_SLEEP] and life.state is ASLEEP
+
+
+async def test_asleep_wakes_through_waking_and_a_sleep_is_nothing() -> None:
+    world, life = pod()
+    await life.sleep("idle")
+    world.rec.calls.clear()
+    await life.sleep("again")
+    assert world.rec.calls == [] and life.state is ASLEEP
+    seen: list[states.PodState] = []
+    restore = world.shim.restore
+
+    async def observe(container, image_dir):  # type: ignore[no-untyped-def]
+        seen.append(life.state)
+        return await restore(container, image_dir)
+
+    world.shim.restore = observe  # type: ignore[method-assign]
+    await life.wake("a client")
+    assert seen == [WAKING] and life.state is RUNNING
+
+
+async def test_failed_may_only_wake() -> None:
+    world, life = pod("app", "side")
+    await life.sleep("idle")
+    world.shim.restore_reply["side"] = ShimError("unavailable", "shim gone")
+    with pytest.raises(ControlError):
+        await life.wake("a client")
+    assert life.state is FAILED
+    with pytest.raises(IllegalOperation) as info:
+        await life.sleep("idle")
+    assert "is failed: sleep is not legal" in info.value.message
+    world.shim.restore_reply.clear()
+    await life.wake("again")
+    assert life.state is RUNNING and [c.phase.phase for c in life.containers()] == [
+        Phase.RUNNING,
+        Phase.RUNNING,
+    ]
+
+
+async def test_a_hand_off_is_kept_only_where_the_ports_are_held() -> None:
+    world, life = pod()
+    late = FakeHandoff()
+    assert life.hand_over(late) is False and late.closed  # running: the app listens
+    await life.sleep("idle")
+    first, second = FakeHandoff(), FakeHandoff()
+    assert life.hand_over(first) is True and not first.closed
+    assert life.hand_over(second) is True and first.closed  # replaced: never two copies
+    assert life.ports.handoff is second
+    await life.wake("a client")
+    assert second.closed and life.ports.handoff is None  # released after the unit stop
+    names = world.rec.names()
+    assert names.index("unit_stop") > names.index("restore")
+
+
+async def test_a_hand_off_while_waking_is_released_by_the_wake() -> None:
+    world, life = pod()
+    await life.sleep("idle")
+    during = FakeHandoff()
+    restore = world.shim.restore
+
+    async def hand_over_meanwhile(container, image_dir):  # type: ignore[no-untyped-def]
+        assert life.hand_over(during) is False  # kept, not watched: the wake is under way
+        assert not during.closed
+        return await restore(container, image_dir)
+
+    world.shim.restore = hand_over_meanwhile  # type: ignore[method-assign]
+    await life.wake("a client")
+    assert during.closed and life.ports.handoff is None
+
+
+async def test_a_hand_off_while_failed_is_closed() -> None:
+    world, life = pod()
+    await life.sleep("idle")
+    world.shim.restore_reply["app"] = ShimError("unavailable", "x")
+    with pytest.raises(ControlError):
+        await life.wake("a client")
+    assert life.state is FAILED and not life.ports.held
+    handoff = FakeHandoff()
+    assert life.hand_over(handoff) is False and handoff.closed
+
+
+async def test_forget_waits_for_the_running_sequence_and_drops_an_empty_pod() -> None:
+    world, life = pod()
+    gate = asyncio.Event()
+    checkpoint = world.shim.checkpoint
+
+    async def slow(container, image_dir, mode):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await checkpoint(container, image_dir, mode)
+
+    world.shim.checkpoint = slow  # type: ignore[method-assign]
+    sleeping = asyncio.create_task(life.sleep("idle"))
+    await asyncio.sleep(0)
+    while not life.lock.locked():
+        await asyncio.sleep(0)
+    app = life.containers()[0]
+    forgetting = asyncio.create_task(
+        world.service.unregister_async(app.identity.container_id, "deleted")
+    )
+    await asyncio.sleep(0.01)
+    assert not forgetting.done() and world.pods.find(KEY) is life  # the lock is the sleep's
+    gate.set()
+    await asyncio.gather(sleeping, forgetting, return_exceptions=True)
+    assert world.pods.find(KEY) is None and world.net.closed == 1
+    assert world.rec.names()[-1] == "unit_stop"

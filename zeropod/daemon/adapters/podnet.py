@@ -1,0 +1,76 @@
+"""One long-lived sock_diag view of a pod's network namespace (``PodSockets``).
+
+The idle loop polls it every second, the hand-off watch reads who is queued, the wake waits
+for the app's listeners: all through the one view a pod's life owns, made on first use and
+kept until the pod is forgotten. sock_diag calls block, so each runs in a worker thread of
+the loop's default pool, one at a time (``PodSockets`` is not thread-safe); after an error
+the view is re-made at the next call (the netns may have been re-created).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from zeropod.activity.sockdiag import Connection, PodSockets, Snapshot, TcpState, split
+
+T = TypeVar("T")
+LISTEN_ONLY = 1 << TcpState.LISTEN.value
+POLL = 0.005
+"""Seconds between two looks for the woken app's listeners."""
+
+
+class PodNetView:
+    """sock_diag in the netns at ``netns`` (e.g. /proc/PID/ns/net), opened lazily."""
+
+    def __init__(self, netns: str, open_sockets: Callable[[str], Any] = PodSockets) -> None:
+        self.netns = netns
+        self._open = open_sockets
+        self._sockets: Any = None
+        """The PodSockets; used by one worker thread at a time (``_lock``)."""
+        self._lock = asyncio.Lock()
+
+    async def _call(self, use: Callable[[Any], T]) -> T:
+        async with self._lock:
+            if self._sockets is None:
+                self._sockets = await asyncio.to_thread(self._open, self.netns)
+            try:
+                return await asyncio.to_thread(use, self._sockets)
+            except OSError:
+                self.close()
+                raise
+
+    async def snapshot(self, ports: Sequence[int]) -> Snapshot:
+        return await self._call(lambda s: s.snapshot(ports))
+
+    async def connections(self, ports: Sequence[int]) -> list[Connection]:
+        return await self._call(lambda s: list(split(s.dump(), ports)[1]))
+
+    async def listeners_per_port(self, ports: Sequence[int]) -> list[int]:
+        """How many sockets listen on each of ``ports`` (a LISTEN-only dump)."""
+
+        def count(sockets: Any) -> list[int]:
+            listeners, _ = split(sockets.dump(LISTEN_ONLY), ports)
+            return [sum(1 for x in listeners if x.local_port == p) for p in ports]
+
+        return await self._call(count)
+
+    async def wait_listening(self, ports: Sequence[int], count: int, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        polls = 0
+        while True:
+            per_port = await self.listeners_per_port(ports)
+            if all(n >= count for n in per_port):
+                return polls
+            if loop.time() >= deadline:
+                raise TimeoutError(f"ports {list(ports)}: listeners per port {per_port}")
+            polls += 1
+            await asyncio.sleep(POLL)
+
+    def close(self) -> None:
+        """Release the sockets (the next call opens them again)."""
+        sockets, self._sockets = self._sockets, None
+        if sockets is not None:
+            sockets.close()

@@ -1,0 +1,79 @@
+"""The daemon's side of the shim's control socket: checkpoint and restore, typed by the
+contract (:mod:`zeropod.contract.shimops`), each bounded by the timeout policy
+(:mod:`zeropod.contract.timeouts`). One connection per op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from zeropod.contract import timeouts
+from zeropod.contract.protocol import (
+    MAX_LINE,
+    UNAVAILABLE,
+    ControlError,
+    check_response,
+    decode,
+    encode,
+    older_version,
+)
+from zeropod.contract.shimops import CheckpointRequest, Mode, RestoreRequest, TaskReply
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.model.registry import Container
+
+
+class ShimClient:
+    """Sends checkpoint and restore to a container's interposer (docs/scale-to-zero.md)."""
+
+    async def checkpoint(self, container: Container, image_dir: str, mode: Mode) -> TaskReply:
+        op = CheckpointRequest(container.identity.container_id, image_dir, mode)
+        if mode == "checkpoint":
+            bound = timeouts.scaled(await asyncio.to_thread(timeouts.resident_bytes, container.pid))
+        else:
+            bound = timeouts.cold_start()  # a kill and a wait
+        return await self._call(container, op.to_message(), timeouts.daemon_wait(bound))
+
+    async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
+        op = RestoreRequest(container.identity.container_id, image_dir, fallback=False)
+        if image_dir is None:
+            bound = timeouts.cold_start()
+        else:  # the image's size measured at the sleep (>= its pages): no disk walk on wake
+            size = container.measured.last_image_bytes
+            bound = timeouts.scaled(size if size is not None else timeouts.pages_bytes(image_dir))
+        return await self._call(container, op.to_message(), timeouts.daemon_wait(bound))
+
+    async def _call(
+        self, container: Container, message: dict[str, Any], timeout: float
+    ) -> TaskReply:
+        path = container.identity.shim_socket
+        if not path:
+            raise ShimError(UNAVAILABLE, f"the shim of {container.identity.label} has no socket")
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    return TaskReply.from_body(await _exchange(path, message, timeout))
+                except ControlError as err:
+                    older = older_version(err, message)
+                    if older is None:
+                        raise ShimError(err.code, err.message) from err
+                    message = older
+
+
+async def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One request line and its answer; raises ControlError (``unavailable`` when the shim
+    cannot be reached or does not answer in ``timeout``)."""
+    op = message["op"]
+    try:
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
+        try:
+            writer.write(encode(message))
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    except TimeoutError as err:
+        raise ControlError(UNAVAILABLE, f"{op} via {path}: no answer in {timeout:g} s") from err
+    except OSError as err:
+        raise ControlError(UNAVAILABLE, f"{op} via {path}: {err}") from err
+    return check_response(decode(line))

@@ -1,0 +1,175 @@
+"""The idle loop of each pod: poll its TCP activity every second, sleep it when idle long enough.
+
+Activity comes from ``zeropod.activity``: sock_diag in the pod netns (the pod's one view,
+``PodLife.net``) fed to an ``ActivityTracker`` that ignores the node's own addresses and
+loopback (kubelet's probes)
+and counts open client connections as activity. The ports watched are each scaled
+container's ``ports-map`` entry, else its listening sockets (auto-detected from /proc).
+
+Policy (:func:`scaledown_after`): a pod sleeps once it has been idle for the longest
+``scaledown-duration`` of its scaled containers; a duration of 0 on any of them means never.
+Tracking starts afresh whenever the pod is (again) RUNNING, so a pod woken by an exec or by
+``zeropodctl wake`` gets a full idle period before it sleeps again; a failed sleep waits a
+full period before the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from zeropod.contract.protocol import SLEEP_FAILED, ControlError
+from zeropod.daemon.lifecycle.states import RUNNING
+from zeropod.daemon.model.pod import PodKey
+from zeropod.daemon.model.registry import Container
+from zeropod.journal import Journal
+
+if TYPE_CHECKING:
+    from zeropod.daemon.lifecycle.pods import Pods
+
+POLL_INTERVAL = 1.0
+
+
+def scaledown_after(containers: Iterable[Container]) -> float | None:
+    """Seconds of idleness after which the pod sleeps; None when it never does."""
+    seconds = [c.config.scaledown_seconds for c in containers if c.config is not None]
+    if not seconds or min(seconds) <= 0:
+        return None
+    return max(seconds)
+
+
+def watched_ports(
+    containers: Iterable[Container], detect: Callable[[int], Sequence[int]]
+) -> tuple[list[int], dict[str, tuple[int, ...]]]:
+    """The ports to watch: each container's ports-map entry, else ``detect(pid)``; and, by
+    container id, the ports found by detection (the caller records them on the loop)."""
+    ports: set[int] = set()
+    detected: dict[str, tuple[int, ...]] = {}
+    for container in containers:
+        mapped = (
+            container.config.ports_for(container.identity.container) if container.config else ()
+        )
+        found = tuple(mapped) or tuple(detect(container.pid))
+        if not mapped:
+            detected[container.identity.container_id] = tuple(sorted(found))
+        ports.update(found)
+    return sorted(ports), detected
+
+
+def detect_ports(pid: int) -> list[int]:
+    """The ports ``pid`` listens on (empty when it is gone or cannot be read)."""
+    from zeropod.sockets.listeners import tree_entries
+
+    try:
+        return sorted({entry.port for entry, _, _ in tree_entries(pid)})
+    except (OSError, ValueError):
+        return []
+
+
+class IdleLoops:
+    """One idle loop task per pod with scaled containers."""
+
+    def __init__(
+        self,
+        pods: Pods,
+        journal: Journal,
+        excluded: Callable[[], Sequence[Any]],
+        *,
+        make_tracker: Callable[[float], Any] | None = None,
+        detect: Callable[[int], Sequence[int]] = detect_ports,
+        interval: float = POLL_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pods = pods
+        self.journal = journal
+        self.excluded = excluded
+        """Loopback and the node's addresses now (clients there do not count)."""
+        self._make_tracker = make_tracker or self._tracker
+        self._detect = detect
+        self.interval = interval
+        self.clock = clock
+        self._tasks: dict[PodKey, asyncio.Task[None]] = {}
+
+    def _excluded_for(self, containers: Sequence[Container]) -> tuple[Any, ...]:
+        """Sources that are not activity: the node's addresses and loopback, or only
+        loopback when a container turned probe detection off (the node's connections are
+        then clients like any other)."""
+        if any(c.config is not None and c.config.disable_probe_detection for c in containers):
+            from zeropod.activity.sources import LOOPBACK
+
+            return LOOPBACK
+        return tuple(self.excluded())
+
+    def _tracker(self, now: float) -> Any:
+        from zeropod.activity.tracker import ActivityTracker
+
+        return ActivityTracker(now, self.excluded())
+
+    def ensure(self, key: PodKey) -> None:
+        """Start the pod's loop unless it runs."""
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._tasks[key] = asyncio.create_task(self._run(key))
+
+    async def close(self) -> None:
+        """Stop every loop."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _run(self, key: PodKey) -> None:
+        tracker: Any = None
+        last_error = ""
+        while True:
+            await asyncio.sleep(self.interval)
+            life = self.pods.find(key)
+            containers = life.containers() if life is not None else []
+            if life is None or not containers:
+                return
+            after = scaledown_after(containers)
+            if after is None or life.state is not RUNNING:
+                tracker = None
+                continue
+            try:
+                ports, detected = await asyncio.to_thread(watched_ports, containers, self._detect)
+                for container in containers:  # recorded here, on the loop, not in the thread
+                    if container.identity.container_id in detected:
+                        container.listen_ports = detected[container.identity.container_id]
+                snapshot = await life.net.snapshot(ports)
+            except OSError as err:
+                if str(err) != last_error:  # once per distinct problem, not every second
+                    self.journal.warning(
+                        f"{key.label}: activity unreadable: {err}", unit=key.service
+                    )
+                last_error = str(err)
+                continue
+            last_error = ""
+            now = self.clock()
+            if tracker is None:
+                tracker = self._make_tracker(now)
+            tracker.excluded_networks = self._excluded_for(containers)
+            tracker.observe(snapshot, now)
+            idle = tracker.idle_for(now)
+            if idle < after or not ports or not life.backoff.ready():
+                continue
+            tracker = None  # a woken pod starts afresh
+            try:
+                await life.sleep(f"idle for {idle:.0f}s")
+            except ControlError as err:
+                if err.code != SLEEP_FAILED:  # a failed sleep was logged where it failed
+                    self.journal.warning(
+                        f"{key.label}: idle sleep did not happen: {err.message}",
+                        unit=key.service,
+                    )
+            except Exception as err:  # the loop must outlive any one bug
+                self.journal.error(
+                    f"{key.label}: idle sleep raised {err!r}; the pod keeps running",
+                    unit=key.service,
+                )

@@ -1,0 +1,202 @@
+"""One pod's life: the one object that owns its lock, its state, its held ports, its hand-off
+and its view of the pod netns. Every sleep, wake, hand-off and forget of a pod goes through
+its :class:`PodLife`; the state object decides what is legal (:mod:`.states`), the
+sequences do the steps (:mod:`.sleep`, :mod:`.wake`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from zeropod.contract.protocol import NOT_FOUND, SLEEP_FAILED, WAKE_FAILED, ControlError
+from zeropod.daemon.lifecycle import states
+from zeropod.daemon.lifecycle.backoff import SleepBackoff
+from zeropod.daemon.lifecycle.idle import scaledown_after
+from zeropod.daemon.lifecycle.interfaces import Handoff, Images, NetView, Shim
+from zeropod.daemon.lifecycle.ports import PortHold
+from zeropod.daemon.lifecycle.sleep import sleep_pod
+from zeropod.daemon.lifecycle.timing import StepTimer
+from zeropod.daemon.lifecycle.wake import wake_pod
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
+from zeropod.daemon.model.registry import Container, Registry
+from zeropod.journal import Journal
+
+
+class PodLife:
+    """A pod's scaled containers sleep and wake together, one sequence at a time.
+
+    ``lock`` guards ``state``, ``ports.ports`` and the phases and pids of the pod's
+    containers: only a sequence holding it changes them (:meth:`run_sleep`,
+    :meth:`run_wake`, :meth:`forget`); :meth:`settle` changes ``state`` only while the lock
+    is free. Everything runs on the daemon's one event loop; the one blocking thing, the
+    netns view, runs in worker threads behind its own lock (:mod:`..adapters.podnet`).
+    """
+
+    def __init__(
+        self,
+        key: PodKey,
+        registry: Registry,
+        *,
+        shim: Shim,
+        images: Images,
+        ports: PortHold,
+        net: NetView,
+        journal: Journal,
+    ) -> None:
+        self.key = key
+        self._registry = registry
+        self.shim = shim
+        self.images = images
+        self.ports = ports
+        self.net = net
+        """The pod netns's sock_diag view, shared by the idle loop, the watch and the wake."""
+        self.journal = journal
+        self.lock = asyncio.Lock()
+        self.state: states.PodState = states.RUNNING
+        """Guarded by ``lock`` (see the class docstring)."""
+        self.backoff = SleepBackoff()
+        """Failed sleeps in a row; written by the sleep (lock held) and by a registration."""
+
+    # --- what the pod is -------------------------------------------------------------------
+
+    def containers(self) -> list[Container]:
+        """The pod's scaled containers still registered (not STOPPED), by name."""
+        return [
+            c
+            for c in self._registry
+            if c.managed and c.phase.phase is not Phase.STOPPED and PodKey.of(c) == self.key
+        ]
+
+    def _scaled(self, container: str | None = None) -> list[Container]:
+        containers = self.containers()
+        if not containers:
+            raise ControlError(NOT_FOUND, f"pod {self.key.label} has no scaled containers")
+        if container is not None and container not in {c.identity.container for c in containers}:
+            raise ControlError(
+                NOT_FOUND, f"{container!r} is not a scaled container of pod {self.key.label}"
+            )
+        return containers
+
+    def settle(self) -> None:
+        """Containers came or went with no sequence running: the state follows their phases."""
+        if not self.lock.locked():
+            self.state = states.at_rest([c.phase.phase for c in self.containers()])
+
+    def _move(self, target: states.PodState) -> None:
+        if target not in states.MOVES[self.state]:
+            raise states.IllegalOperation(self.key.label, self.state.name, f"move to {target}")
+        self.state = target
+
+    # --- operations: each is the state's to allow ------------------------------------------
+
+    async def sleep(self, reason: str, container: str | None = None) -> None:
+        """Put the pod to sleep (nothing to do when it sleeps). Raises ControlError:
+        ``conflict`` when its state does not allow it, ``sleep_failed`` when it failed."""
+        self._scaled(container)
+        async with self.lock:
+            self._scaled(container)
+            await self.state.sleep(self, reason)
+
+    async def wake(
+        self, reason: str, client_since: float | None = None, timer: StepTimer | None = None
+    ) -> None:
+        """Wake the pod (nothing to do when it runs); raises ControlError ``wake_failed``
+        when some container does not run after. ``client_since``: when the daemon first saw
+        the client that wakes it (epoch s, for the wake-latency metric); ``timer``: the steps
+        already taken for that client (the probe check), continued by the wake."""
+        self._scaled()
+        async with self.lock:
+            self._scaled()
+            await self.state.wake(self, reason, client_since, timer)
+
+    def hand_over(self, handoff: Handoff) -> bool:
+        """The activated service handed the held sockets over; True: watch them."""
+        return self.state.hand_over(self, handoff)
+
+    # --- the sequences, run by the states under the lock -----------------------------------
+
+    async def run_sleep(self, reason: str) -> None:
+        containers = self.containers()
+        self._move(states.GOING_TO_SLEEP)
+        try:
+            outcome = await sleep_pod(self, containers, reason)
+        finally:
+            self._move(states.at_rest([c.phase.phase for c in containers]))
+        if outcome.ok:
+            self.backoff.reset()
+            return
+        error = outcome.error or "unknown error"
+        delay = self.backoff.delay_for_next(scaledown_after(containers))
+        self.backoff.failed(delay, error)
+        next_try = f"next idle try in {delay:g} s (failure {self.backoff.failures} in a row)"
+        self.journal.error(
+            f"{self.key.label}: sleep failed, keeps running: {error}; {next_try}",
+            unit=self.key.service,
+            pod=self.key.pod,
+            namespace=self.key.namespace,
+            state=Phase.RUNNING.value,
+            sleep_failures=self.backoff.failures,
+            next_try_s=delay,
+            **(outcome.fields or {}),
+        )
+        raise ControlError(SLEEP_FAILED, f"pod {self.key.label}: {error}; {next_try}")
+
+    async def run_wake(
+        self, reason: str, client_since: float | None, timer: StepTimer | None
+    ) -> None:
+        sleeping = [
+            c for c in self.containers() if c.phase.phase in (Phase.SCALED_DOWN, Phase.FAILED)
+        ]
+        self._move(states.WAKING)
+        for container in sleeping:
+            container.measured.client_waiting_since = client_since
+        try:
+            outcome = await wake_pod(self, sleeping, reason, timer or StepTimer())
+        finally:
+            for container in sleeping:
+                container.measured.client_waiting_since = None
+            self._move(states.at_rest([c.phase.phase for c in self.containers()]))
+        if not outcome.ok:
+            raise ControlError(WAKE_FAILED, f"pod {self.key.label}: {outcome.error}")
+
+    async def forget(self, container: Container) -> bool:
+        """``container`` left (killed or deleted): its image goes; with the pod's last scaled
+        container also the held ports and the netns view. True when the pod is empty."""
+        self.images.remove(container.identity.container_id)
+        async with self.lock:
+            if self.containers():
+                self.settle_locked()
+                return False
+            errors = await self.ports.release()
+            self.net.close()
+        for error in errors:  # a leftover unit is replaced at the next sleep
+            self.journal.error(f"{self.key.label}: {error}", unit=self.key.service)
+        return True
+
+    def settle_locked(self) -> None:
+        """:meth:`settle` for a holder of the lock."""
+        self.state = states.at_rest([c.phase.phase for c in self.containers()])
+
+    # --- what status shows -----------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        containers = self.containers()
+        phases = {c.phase.phase for c in containers}
+        return {
+            "pod": {
+                "namespace": self.key.namespace,
+                "name": self.key.pod,
+                "unit": self.key.service,
+                "state": phases.pop().value if len(phases) == 1 else "MIXED",
+                "lifecycle": self.state.name,
+                "ports": [p.listen_stream for p in self.ports.ports],
+                "containers": [c.describe() for c in containers],
+            }
+        }
+
+
+LifeFactory = Callable[[PodKey, str], PodLife]
+"""(pod, its netns path) -> a new PodLife wired to the node (or to fakes)."""

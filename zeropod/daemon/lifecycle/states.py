@@ -1,0 +1,153 @@
+"""A pod's states, each implementing only the operations legal in it.
+
+:class:`~zeropod.daemon.lifecycle.pod.PodLife` holds one of these and delegates every
+operation to it; an operation a state does not implement raises :class:`IllegalOperation`
+(code ``conflict``), naming the state and the operation. The states at rest (running, asleep,
+failed) follow from the containers' phases (:func:`at_rest`); the two in between (going to
+sleep, waking) last while a sequence holds the pod's lock.
+
+=============  =========================  ========================  ========================
+state          sleep                      wake                      hand_over (a hand-off)
+=============  =========================  ========================  ========================
+running        the sleep sequence         nothing to do             late: closed at once
+going_to_sleep (lock held: unreachable)   (lock held: unreachable)  kept, watched
+asleep         nothing to do              the wake sequence         kept, watched
+waking         (lock held: unreachable)   (lock held: unreachable)  kept till the release
+failed         illegal                    the wake sequence         closed (ports not held)
+=============  =========================  ========================  ========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from zeropod.contract.protocol import CONFLICT, ControlError
+from zeropod.daemon.lifecycle.interfaces import Handoff
+from zeropod.daemon.lifecycle.timing import StepTimer
+from zeropod.daemon.model.phase import Phase
+
+if TYPE_CHECKING:
+    from zeropod.daemon.lifecycle.pod import PodLife
+
+
+class IllegalOperation(ControlError):
+    """An operation the pod's state does not allow."""
+
+    def __init__(self, label: str, state: str, operation: str) -> None:
+        self.state = state
+        self.operation = operation
+        super().__init__(CONFLICT, f"pod {label} is {state}: {operation} is not legal there")
+
+
+class PodState:
+    """The base: every operation is illegal unless a state implements it."""
+
+    name: ClassVar[str]
+
+    async def sleep(self, life: PodLife, reason: str) -> None:
+        raise IllegalOperation(life.key.label, self.name, "sleep")
+
+    async def wake(
+        self, life: PodLife, reason: str, client_since: float | None, timer: StepTimer | None
+    ) -> None:
+        raise IllegalOperation(life.key.label, self.name, "wake")
+
+    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
+        """Take a hand-off; True when the caller should watch it (answer probes, wake)."""
+        raise IllegalOperation(life.key.label, self.name, "hand_over")
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Running(PodState):
+    name = "running"
+
+    async def sleep(self, life: PodLife, reason: str) -> None:
+        await life.run_sleep(reason)
+
+    async def wake(
+        self, life: PodLife, reason: str, client_since: float | None, timer: StepTimer | None
+    ) -> None:
+        return  # awake already
+
+    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
+        # systemd re-triggered before the wake stopped the unit: the app listens again, so
+        # our copies must go for its queue to migrate to it.
+        life.ports.drop(handoff)
+        return False
+
+
+class GoingToSleep(PodState):
+    name = "going_to_sleep"
+
+    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
+        return life.ports.adopt(handoff)  # a client during the dump: wake right after it
+
+
+class Asleep(PodState):
+    name = "asleep"
+
+    async def sleep(self, life: PodLife, reason: str) -> None:
+        return  # asleep already
+
+    async def wake(
+        self, life: PodLife, reason: str, client_since: float | None, timer: StepTimer | None
+    ) -> None:
+        await life.run_wake(reason, client_since, timer)
+
+    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
+        return life.ports.adopt(handoff)
+
+
+class Waking(PodState):
+    name = "waking"
+
+    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
+        life.ports.adopt(handoff)  # the wake's release closes it after the unit stops
+        return False
+
+
+class Failed(PodState):
+    """A sleep or wake left some container neither running nor cleanly asleep."""
+
+    name = "failed"
+
+    async def wake(
+        self, life: PodLife, reason: str, client_since: float | None, timer: StepTimer | None
+    ) -> None:
+        await life.run_wake(reason, client_since, timer)
+
+    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
+        life.ports.adopt(handoff)  # kept only while ports are held
+        return False
+
+
+RUNNING, GOING_TO_SLEEP, ASLEEP, WAKING, FAILED = (
+    Running(),
+    GoingToSleep(),
+    Asleep(),
+    Waking(),
+    Failed(),
+)
+
+MOVES: dict[PodState, frozenset[PodState]] = {
+    RUNNING: frozenset({GOING_TO_SLEEP}),
+    GOING_TO_SLEEP: frozenset({ASLEEP, RUNNING, FAILED}),
+    ASLEEP: frozenset({WAKING}),
+    WAKING: frozenset({RUNNING, FAILED}),
+    FAILED: frozenset({WAKING}),
+}
+"""The moves a sequence makes; :func:`at_rest` may also settle any state at rest into
+another (containers registered or forgotten while no sequence runs)."""
+
+
+def at_rest(phases: Sequence[Phase]) -> PodState:
+    """The pod's state when no sequence runs, from its scaled containers' phases."""
+    distinct = set(phases)
+    if distinct <= {Phase.RUNNING}:
+        return RUNNING
+    if distinct == {Phase.SCALED_DOWN}:
+        return ASLEEP
+    return FAILED

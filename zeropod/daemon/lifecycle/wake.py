@@ -1,0 +1,210 @@
+"""Wake a sleeping pod: restore its scaled containers, then hand the pending connections over.
+
+The steps, as in docs/scale-to-zero.md ("Wake"); probes were already answered by
+:mod:`zeropod.daemon.lifecycle.probes` before this runs:
+
+1. Shim ``restore`` of each scaled container while the held sockets still listen (the
+   restored socket joins their reuseport group), without the shim's own cold fallback
+   (``fallback: false``): a cold app could not bind while the holder listens.
+2. Release the held sockets: stop the socket unit (and the activated service), then close
+   the daemon's copies and end the activator's connection (in this order, see
+   :func:`_release`). With ``tcp_migrate_req=1`` every pending connection moves to the app
+   when the last copy closes.
+
+A cold start (disable-checkpointing, no image, or a failed restore: logged with CRIU's
+restore log and counted) cannot take over the queue: the clients waiting in it are accepted
+first, the ports released, the app started, and the clients relayed to it
+(:mod:`zeropod.daemon.adapters.relay`).
+3. Delete the images of good restores. Phase RUNNING; journal: restore ms and wake ms.
+
+Run by :class:`~.pod.PodLife` under the pod's lock. **This is where a cold start is decided**
+(:func:`_plan`, and a failed restore in step 1); the shim only does what it is told (it
+falls back to a cold start by itself only when it cannot reach the daemon). Releasing the
+ports is :class:`~.ports.PortHold`'s. A container neither restored nor cold-started is
+FAILED (a later wake tries again); the ports are released anyway, so clients are refused
+rather than left waiting forever.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from zeropod.contract.protocol import RESTORE_FAILED
+from zeropod.daemon.adapters import relay
+from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.lifecycle.timing import StepTimer
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.registry import Container
+
+if TYPE_CHECKING:
+    from zeropod.daemon.lifecycle.pod import PodLife
+
+LISTEN_TIMEOUT = 2.0
+"""Seconds to wait for the restored app's listeners before releasing the held ones anyway."""
+
+
+@dataclass(frozen=True)
+class WakeOutcome:
+    """How a wake ended: ``ok`` when every container runs again."""
+
+    ok: bool
+    wake_ms: float
+    error: str | None = None
+
+
+async def wake_pod(
+    life: PodLife, containers: list[Container], reason: str, timer: StepTimer
+) -> WakeOutcome:
+    """Run the wake sequence for the pod's sleeping ``containers`` (SCALED_DOWN or FAILED)."""
+    journal = life.journal
+    for container in containers:
+        container.phase.transition(Phase.RESTORING, reason)
+    images = _plan(life, containers)
+    cold = any(image is None for image in images.values())
+    ports = sorted({p.port for p in life.ports.ports})
+    netns = containers[0].identity.netns if containers else ""
+    errors: list[str] = []
+
+    # 1 (cold start only): a fresh app binds without SO_REUSEPORT, so it can neither join
+    # the holder's group nor bind while the holder listens. Take the waiting clients out of
+    # the queue first, release the ports, and relay the clients once the app listens.
+    drained: list[socket.socket] = []
+    if cold:
+        with timer.step("drain"):
+            drained = await _take_queue(life, errors)
+
+    # 1: restore (or start cold) while the held sockets still listen.
+    restored: list[Container] = []
+    failed_restores: list[Container] = []
+    for container in containers:
+        with timer.step("restore", container.identity.container):
+            try:
+                error = await _restore(life, container, images[container.identity.container_id])
+            except _RestoreFailed:
+                failed_restores.append(container)
+                continue
+        if error is None:
+            restored.append(container)
+        else:
+            errors.append(error)
+
+    # 1 (a restore failed): the cold path as above, then start those containers cold.
+    if failed_restores:
+        if not cold:
+            cold = True
+            with timer.step("drain"):
+                drained = await _take_queue(life, errors)
+        for container in failed_restores:
+            with timer.step("cold_start", container.identity.container):
+                error = await _restore(life, container, None)
+            if error is None:
+                restored.append(container)
+            else:
+                errors.append(error)
+
+    # 1b: the app listens (next to the holder), or the queue would have no taker.
+    polls = 0
+    if restored and ports:
+        with timer.step("listening"):
+            try:
+                polls = await life.net.wait_listening(ports, 1 if cold else 2, LISTEN_TIMEOUT)
+            except (OSError, TimeoutError) as err:
+                polls = -1
+                journal.warning(f"{life.key.label}: the woken app does not listen yet: {err}")
+
+    # 2: release the held sockets; pending connections migrate to the app.
+    if not cold:
+        with timer.step("release"):
+            errors += await life.ports.release()
+    for client in drained:
+        relay.relay_in_background(client, netns)
+
+    # 3: clean up and report.
+    wake_ms = timer.total_ms()
+    for container in restored:
+        if container not in failed_restores:  # a failed one keeps CRIU's log till next sleep
+            life.images.remove(container.identity.container_id)
+        container.phase.transition(Phase.RUNNING, f"woken ({reason})")
+        journal.info(
+            f"{container.identity.label}: woke in {wake_ms:g} ms "
+            f"({'cold start' if cold else 'restore'} {container.measured.last_restore_ms:g} ms)",
+            wake_ms=wake_ms,
+            restore_ms=container.measured.last_restore_ms,
+            listen_polls=polls,
+            relayed=len(drained),
+            **timer.fields(container.identity.container),
+            **container.journal_fields(),
+        )
+    for error in errors:
+        journal.error(
+            f"{life.key.label}: {error}",
+            unit=life.key.service,
+            pod=life.key.pod,
+            namespace=life.key.namespace,
+            wake_ms=wake_ms,
+            **timer.fields(),
+        )
+    return WakeOutcome(not errors, wake_ms, "; ".join(errors) or None)
+
+
+def _plan(life: PodLife, containers: list[Container]) -> dict[str, str | None]:
+    """Per container, the image to restore from; None decides a cold start
+    (disable-checkpointing, or no image)."""
+    plan: dict[str, str | None] = {}
+    for container in containers:
+        container_id = container.identity.container_id
+        stops = container.config is not None and container.config.disable_checkpointing
+        plan[container_id] = None if stops else life.images.path(container_id)
+    return plan
+
+
+async def _take_queue(life: PodLife, errors: list[str]) -> list[socket.socket]:
+    """The cold path's first step: accept the waiting clients, then release the held ports.
+
+    Returns the accepted clients (to relay once the app listens); release errors go to ERRORS.
+    """
+    drained = life.ports.drain()
+    errors += await life.ports.release()
+    return drained
+
+
+class _RestoreFailed(Exception):
+    """The shim could not restore from the image and left the container asleep."""
+
+
+async def _restore(life: PodLife, container: Container, image_dir: str | None) -> str | None:
+    """Step 1 for one container; returns an error when it does not run afterwards.
+
+    Raises :class:`_RestoreFailed` (logged, counted) when the restore from ``image_dir``
+    failed: the container is still asleep and the caller starts it cold.
+    """
+    journal = life.journal
+    try:
+        reply = await life.shim.restore(container, image_dir)
+    except ShimError as err:
+        container.measured.restore_errors += 1
+        if image_dir is not None and err.code == RESTORE_FAILED:
+            journal.error(
+                f"{container.identity.label}: restore failed, starting it cold: {err.message}",
+                image_dir=image_dir,
+                **container.journal_fields(),
+            )
+            raise _RestoreFailed(err.message) from err
+        what = "restore" if image_dir is not None else "cold start"
+        container.phase.transition(Phase.FAILED, f"{what} failed: {err.message}")
+        return f"{container.identity.label}: {what} failed: {err.message}"
+    container.pid = reply.pid
+    container.measured.last_restore_ms = reply.duration_ms
+    if reply.cold:
+        container.measured.cold_starts += 1
+        if image_dir is not None:  # a shim that still falls back by itself
+            container.measured.restore_errors += 1
+            journal.error(
+                f"{container.identity.label}: restore failed, started cold instead: "
+                f"{reply.error or 'no reason given'}",
+                restore_ms=reply.duration_ms,
+                **container.journal_fields(),
+            )
+    return None
