@@ -37,13 +37,8 @@ from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for
 from e2e.images import APP_PORT
 from e2e.node import NODE_SCRIPTS, Node
 from zeropod._gen.cri.runtime.v1 import api_pb2 as api
-from zeropod.activity.sockdiag import (
-    CLONE_NEWNET,
-    Connection,
-    PodSockets,
-    TcpState,
-    run_in_netns,
-)
+from zeropod.activity.podsockets import PodSockets, run_in_netns
+from zeropod.activity.sockdiag import CLONE_NEWNET, Connection, TcpState
 
 INTERVAL = 0.2
 # Polls to wait after a request that must *not* count, so its close has surely been seen.
@@ -73,7 +68,8 @@ conn.close()
 # Lists the pod netns's sockets on a port, TIME_WAIT entries included (argv: netns port).
 DUMP = """
 import sys
-from zeropod.activity.sockdiag import Connection, PodSockets
+from zeropod.activity.podsockets import PodSockets
+from zeropod.activity.sockdiag import Connection
 with PodSockets(sys.argv[1]) as pod:
     for c in pod.dump():
         if isinstance(c, Connection) and c.local_port == int(sys.argv[2]):

@@ -13,7 +13,7 @@ from zeropod.contract.shimops import TaskReply
 from zeropod.daemon.api.eventhub import EventHub
 from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.lifecycle.interfaces import ShimError
-from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.ports import PortHold
 from zeropod.daemon.lifecycle.watch import HandoffWatch

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from zeropod.activity import sockdiag, sources
+from zeropod.activity import podsockets, sockdiag, sources
 from zeropod.activity.sockdiag import Connection, ListeningSocket, TcpState
 
 
@@ -105,12 +105,12 @@ def test_split_keeps_watched_ports() -> None:
 
 def test_missing_netns_raises_oserror_naming_it() -> None:
     with pytest.raises(OSError, match="/nonexistent/ns"):
-        sockdiag.PodSockets("/nonexistent/ns")
+        podsockets.PodSockets("/nonexistent/ns")
 
 
 def test_run_in_netns_propagates_errors() -> None:
     with pytest.raises(FileNotFoundError):
-        sockdiag.run_in_netns("/nonexistent/ns", lambda: None)
+        podsockets.run_in_netns("/nonexistent/ns", lambda: None)
 
 
 @pytest.mark.parametrize(
@@ -178,9 +178,9 @@ class FakeEvents:
 
 def fake_pod_sockets(
     dump: FakeDump, events: FakeEvents, opens: list[int | None] | None = None
-) -> sockdiag.PodSockets:
+) -> podsockets.PodSockets:
     """A PodSockets on fakes; OPENS are the PassiveOpens readings, one per snapshot."""
-    pod = object.__new__(sockdiag.PodSockets)
+    pod = object.__new__(podsockets.PodSockets)
     pod.netns_path = "/fake"
     pod._states = sockdiag.SS_ALL
     pod._dump_again, pod._dumped_ports, pod._dumped_opens = True, frozenset(), None
@@ -235,12 +235,12 @@ Udp: 0 0
 
 
 def test_passive_opens_parses_proc_net_snmp() -> None:
-    assert sockdiag.passive_opens(SNMP) == 17
+    assert podsockets.passive_opens(SNMP) == 17
 
 
 def test_passive_opens_missing_counter_raises() -> None:
     with pytest.raises(ValueError, match="PassiveOpens"):
-        sockdiag.passive_opens("Ip: Forwarding\nIp: 1\n")
+        podsockets.passive_opens("Ip: Forwarding\nIp: 1\n")
 
 
 LISTEN = FakeMsg(idiag_state=10)

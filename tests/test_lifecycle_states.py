@@ -12,7 +12,7 @@ from daemon_fakes import World
 from zeropod.contract.protocol import CONFLICT, ControlError
 from zeropod.daemon.lifecycle import states
 from zeropod.daemon.lifecycle.interfaces import ShimError
-from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.states import (
     ASLEEP,
     FAILED,

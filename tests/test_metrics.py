@@ -17,7 +17,8 @@ from tests.daemon_fakes import World
 from zeropod.config.annotations import CONTAINER_NAMES
 from zeropod.contract.protocol import ControlError
 from zeropod.daemon.adapters import footprint, proctime
-from zeropod.daemon.api.metrics import AddressError, Metrics, parse_address, serve
+from zeropod.daemon.api.metrics import Metrics
+from zeropod.daemon.api.metricsserver import AddressError, parse_address, serve
 from zeropod.daemon.lifecycle.interfaces import ShimError
 from zeropod.daemon.model.pod import PodKey
 

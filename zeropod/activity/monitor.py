@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Any
 
-from zeropod.activity.sockdiag import PodSockets, Snapshot
+from zeropod.activity.podsockets import PodSockets
+from zeropod.activity.sockdiag import Snapshot
 from zeropod.activity.sources import LOOPBACK, ExcludedSources, Network, parse_networks
 from zeropod.activity.tracker import ActivityTracker
 

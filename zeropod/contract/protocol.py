@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 VERSION = 2
@@ -142,6 +143,21 @@ def ok(**body: Any) -> dict[str, Any]:
 def failure(error: ControlError) -> dict[str, Any]:
     """The failed response for ``error``."""
     return {"ok": False, "error": {"code": error.code, "message": error.message}}
+
+
+async def respond(
+    body: Awaitable[dict[str, Any]], what: str, log_bug: Callable[[str], None]
+) -> dict[str, Any]:
+    """The response to one request whose answer is BODY (awaited here): ``ok`` with it, the
+    failure its :class:`ControlError` names, or ``internal`` for a bug (logged through
+    LOG_BUG with WHAT, the request): a handler's bug never takes a server down."""
+    try:
+        return ok(**await body)
+    except ControlError as err:
+        return failure(err)
+    except Exception as err:
+        log_bug(f"{what} failed: {err!r}")
+        return failure(ControlError(INTERNAL, f"{what} failed: {type(err).__name__}: {err}"))
 
 
 def check_response(message: dict[str, Any]) -> dict[str, Any]:

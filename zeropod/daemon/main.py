@@ -35,10 +35,11 @@ from zeropod.daemon.adapters.statefiles import STATE_DIR, StateStore, pid_alive,
 from zeropod.daemon.adapters.systemd import SystemdUnits
 from zeropod.daemon.api.controlserver import ControlServer
 from zeropod.daemon.api.eventhub import EventHub
-from zeropod.daemon.api.metrics import AddressError, Metrics, MetricsServer, parse_address, serve
+from zeropod.daemon.api.metrics import Metrics
+from zeropod.daemon.api.metricsserver import AddressError, MetricsServer, parse_address, serve
 from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.lifecycle.idle import IdleLoops
-from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.ports import PortHold
 from zeropod.daemon.lifecycle.watch import HandoffWatch

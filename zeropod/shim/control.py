@@ -14,14 +14,12 @@ import os
 from typing import Any
 
 from zeropod.contract.protocol import (
-    INTERNAL,
     MAX_LINE,
     NOT_FOUND,
     ControlError,
     decode,
     encode,
-    failure,
-    ok,
+    respond,
 )
 from zeropod.contract.shimops import (
     CheckpointRequest,
@@ -78,15 +76,10 @@ class ShimControl:
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """The response to one request line."""
-        try:
-            return ok(**await self.handle(decode(line)))
-        except ControlError as err:
-            return failure(err)
-        except Exception as err:  # a bug must not take the interposer down
-            log.exception("control request failed: %r", line[:200])
-            return failure(ControlError(INTERNAL, f"{type(err).__name__}: {err}"))
+        return await respond(self.handle(line), f"request {line[:200]!r}", log.error)
 
-    async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def handle(self, line: bytes | dict[str, Any]) -> dict[str, Any]:
+        message = decode(line) if isinstance(line, bytes) else line
         match parse_shim_request(message):
             case ShimStatusRequest():
                 return {"containers": [c.status() for c in self.ctx.tracker.all()]}

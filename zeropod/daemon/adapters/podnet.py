@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from zeropod.activity.sockdiag import Connection, PodSockets, Snapshot, TcpState, split
+from zeropod.activity.podsockets import PodSockets
+from zeropod.activity.sockdiag import Connection, Snapshot, TcpState, split
 
 T = TypeVar("T")
 LISTEN_ONLY = 1 << TcpState.LISTEN.value

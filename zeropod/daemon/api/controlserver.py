@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 from zeropod.contract.protocol import (
     BUSY,
-    INTERNAL,
     MAX_LINE,
     PERMISSION,
     TOO_LARGE,
@@ -28,6 +27,7 @@ from zeropod.contract.protocol import (
     encode,
     failure,
     ok,
+    respond,
 )
 from zeropod.contract.requests import EventsRequest, Request, parse_request
 
@@ -219,13 +219,7 @@ class ControlServer:
             await writer.drain()
 
     async def _answer(self, request: Request) -> dict[str, Any]:
-        try:
-            return ok(**await self._handler.handle(request))
-        except ControlError as err:
-            return failure(err)
-        except Exception as err:  # the handler's bug must not kill the server
-            self._log_error(f"control op {request.OP!r} failed: {err!r}")
-            return failure(ControlError(INTERNAL, f"op {request.OP!r} failed: {err}"))
+        return await respond(self._handler.handle(request), f"op {request.OP!r}", self._log_error)
 
     async def _stream_events(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -4,7 +4,7 @@ Registration parses the container's annotations (a bad value leaves the containe
 registered but unmanaged, with one journal line naming the key), creates its phase owner and
 logs it. Every phase transition of every container is logged to the journal, published to
 event subscribers and saved to the state directory from here. ``sleep`` and ``wake`` go to
-the pod's :class:`~zeropod.daemon.lifecycle.pod.PodLife`; a managed container's pod gets its
+the pod's :class:`~zeropod.daemon.lifecycle.podlife.PodLife`; a managed container's pod gets its
 idle loop.
 """
 
@@ -31,7 +31,7 @@ from zeropod.contract.requests import (
     WakeRequest,
 )
 from zeropod.daemon.api.eventhub import EventHub, Subscription
-from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.model.phase import IllegalTransition, Phase, PhaseOwner, Transition
 from zeropod.daemon.model.pod import PodKey

@@ -1,4 +1,4 @@
-"""Every pod with scaled containers, one :class:`~.pod.PodLife` each.
+"""Every pod with scaled containers, one :class:`~.podlife.PodLife` each.
 
 The registry knows containers; this groups the managed ones by pod. A pod's life is made
 when its first scaled container registers (or is reloaded) and dropped when its last one is
@@ -7,7 +7,7 @@ forgotten, under the pod's lock (:meth:`Pods.forget`). Single-threaded: the even
 
 from __future__ import annotations
 
-from zeropod.daemon.lifecycle.pod import LifeFactory, PodLife
+from zeropod.daemon.lifecycle.podlife import LifeFactory, PodLife
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container, Registry
 

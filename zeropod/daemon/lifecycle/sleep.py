@@ -11,7 +11,7 @@ The steps, as in docs/scale-to-zero.md ("Sleep") and DESIGN.md ("Gapless scale-d
 5. Success: SCALED_DOWN. Failure: wake the containers already dumped, stop the socket unit
    (release the held sockets), back to RUNNING; logged and counted. Nothing is lost.
 
-Run by :class:`~.pod.PodLife` under the pod's lock; holding and releasing the ports is
+Run by :class:`~.podlife.PodLife` under the pod's lock; holding and releasing the ports is
 :class:`~.ports.PortHold`'s. Every step is timed; the timings go to the journal.
 """
 
@@ -30,7 +30,7 @@ from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.registry import Container
 
 if TYPE_CHECKING:
-    from zeropod.daemon.lifecycle.pod import PodLife
+    from zeropod.daemon.lifecycle.podlife import PodLife
 
 DUMP_ATTEMPTS = 2
 """Dumps per sleep when CRIU refuses for a request in flight (only the first sleep after a
@@ -100,11 +100,12 @@ async def sleep_pod(life: PodLife, containers: list[Container], reason: str) -> 
 async def _checkpoint(life: PodLife, container: Container, attempts: int) -> None:
     """Step 4 for one container, retrying a refused dump a bounded number of times."""
     mode: Mode = "stop" if _stops(container) else "checkpoint"
-    memory = footprint.memory(container.pid)  # what the sleep frees, read before the dump
+    # What the sleep frees, read before the dump; /proc and disk walks run off the loop.
+    memory = await asyncio.to_thread(footprint.memory, container.pid)
     container_id = container.identity.container_id
     for attempt in range(1, attempts + 1):
         try:
-            image_dir = life.images.prepare(container_id)
+            image_dir = await asyncio.to_thread(life.images.prepare, container_id)
         except OSError as err:  # a full disk, a read-only or missing image root
             raise ShimError(
                 IMAGE_DIR_FAILED, f"preparing its image directory failed: {err}"
@@ -113,7 +114,7 @@ async def _checkpoint(life: PodLife, container: Container, attempts: int) -> Non
             reply = await life.shim.checkpoint(container, image_dir, mode)
         except ShimError as err:
             if not _transient(err) or attempt == attempts:
-                life.images.remove(container_id)
+                await asyncio.to_thread(life.images.remove, container_id)
                 raise
             life.journal.warning(
                 f"{container.identity.label}: dump attempt {attempt} refused, retrying: "
@@ -127,7 +128,9 @@ async def _checkpoint(life: PodLife, container: Container, attempts: int) -> Non
         container.measured.last_rss_bytes = memory.rss if memory else None
         container.measured.last_pss_bytes = memory.pss if memory else None
         container.measured.last_image_bytes = (
-            None if mode == "stop" else footprint.directory_bytes(image_dir)
+            None
+            if mode == "stop"
+            else await asyncio.to_thread(footprint.directory_bytes, image_dir)
         )
         return
 
@@ -151,7 +154,7 @@ async def _give_up(
             container.phase.transition(Phase.FAILED, f"restore after a failed sleep: {err}")
             continue
         container.pid = reply.pid
-        life.images.remove(container_id)
+        await asyncio.to_thread(life.images.remove, container_id)
         container.phase.transition(Phase.RUNNING, "restored after a failed sleep")
     with timer.step("release"):
         for problem in await life.ports.release():  # a client that came meanwhile: the app's

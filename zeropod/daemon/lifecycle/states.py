@@ -1,6 +1,6 @@
 """A pod's states, each implementing only the operations legal in it.
 
-:class:`~zeropod.daemon.lifecycle.pod.PodLife` holds one of these and delegates every
+:class:`~zeropod.daemon.lifecycle.podlife.PodLife` holds one of these and delegates every
 operation to it; an operation a state does not implement raises :class:`IllegalOperation`
 (code ``conflict``), naming the state and the operation. The states at rest (running, asleep,
 failed) follow from the containers' phases (:func:`at_rest`); the two in between (going to
@@ -28,7 +28,7 @@ from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.phase import Phase
 
 if TYPE_CHECKING:
-    from zeropod.daemon.lifecycle.pod import PodLife
+    from zeropod.daemon.lifecycle.podlife import PodLife
 
 
 class IllegalOperation(ControlError):

@@ -17,7 +17,7 @@ first, the ports released, the app started, and the clients relayed to it
 (:mod:`zeropod.daemon.adapters.relay`).
 3. Delete the images of good restores. Phase RUNNING; journal: restore ms and wake ms.
 
-Run by :class:`~.pod.PodLife` under the pod's lock. **This is where a cold start is decided**
+Run by :class:`~.podlife.PodLife` under the pod's lock. **This is where a cold start is decided**
 (:func:`_plan`, and a failed restore in step 1); the shim only does what it is told (it
 falls back to a cold start by itself only when it cannot reach the daemon). Releasing the
 ports is :class:`~.ports.PortHold`'s. A container neither restored nor cold-started is
@@ -27,6 +27,7 @@ rather than left waiting forever.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.registry import Container
 
 if TYPE_CHECKING:
-    from zeropod.daemon.lifecycle.pod import PodLife
+    from zeropod.daemon.lifecycle.podlife import PodLife
 
 LISTEN_TIMEOUT = 2.0
 """Seconds to wait for the restored app's listeners before releasing the held ones anyway."""
@@ -125,7 +126,7 @@ async def wake_pod(
     wake_ms = timer.total_ms()
     for container in restored:
         if container not in failed_restores:  # a failed one keeps CRIU's log till next sleep
-            life.images.remove(container.identity.container_id)
+            await asyncio.to_thread(life.images.remove, container.identity.container_id)
         container.phase.transition(Phase.RUNNING, f"woken ({reason})")
         journal.info(
             f"{container.identity.label}: woke in {wake_ms:g} ms "

@@ -22,7 +22,7 @@ from zeropod.contract.protocol import ControlError
 from zeropod.daemon.adapters import proctime, relay
 from zeropod.daemon.adapters.handoff import HeldSockets
 from zeropod.daemon.lifecycle import probes
-from zeropod.daemon.lifecycle.pod import PodLife
+from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.registry import Container

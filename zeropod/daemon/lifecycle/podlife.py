@@ -165,7 +165,7 @@ class PodLife:
     async def forget(self, container: Container) -> bool:
         """``container`` left (killed or deleted): its image goes; with the pod's last scaled
         container also the held ports and the netns view. True when the pod is empty."""
-        self.images.remove(container.identity.container_id)
+        await asyncio.to_thread(self.images.remove, container.identity.container_id)
         async with self.lock:
             if self.containers():
                 self.settle_locked()
