@@ -12,6 +12,7 @@ from zeropod.contract.requests import RegisterRequest, SleepRequest
 from zeropod.contract.shimops import TaskReply
 from zeropod.daemon.api.eventhub import EventHub
 from zeropod.daemon.api.service import ControlService
+from zeropod.daemon.api.status import describe_pod
 from zeropod.daemon.lifecycle.interfaces import ShimError
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
@@ -180,7 +181,7 @@ class World:
     async def wake(self, key: PodKey, reason: str, client_since: float | None = None) -> dict:
         life = self.life(key)
         await life.wake(reason, client_since)
-        return life.describe()
+        return describe_pod(life)
 
     def register(
         self, container: str = "app", pod: str = "web-1", annotations: dict[str, str] | None = None

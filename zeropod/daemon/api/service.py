@@ -31,6 +31,7 @@ from zeropod.contract.requests import (
     WakeRequest,
 )
 from zeropod.daemon.api.eventhub import EventHub, Subscription
+from zeropod.daemon.api.status import describe_container, describe_pod
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.model.phase import IllegalTransition, Phase, PhaseOwner, Transition
@@ -74,7 +75,7 @@ class ControlService:
             case SleepRequest():
                 life = self._life(PodKey(request.namespace, request.pod))
                 await life.sleep("zeropodctl sleep", request.container)
-                return life.describe()
+                return describe_pod(life)
             case WakeRequest(container_id=str(container_id)):
                 container = self.registry.get(container_id)
                 if container is None:
@@ -83,11 +84,11 @@ class ControlService:
                     return {}
                 life = self.pods.life_of(container)
                 await life.wake(f"{container.identity.container}: exec")
-                return life.describe()
+                return describe_pod(life)
             case WakeRequest(pod=str(pod), namespace=str(namespace)):
                 life = self._life(PodKey(namespace, pod))
                 await life.wake("zeropodctl wake")
-                return life.describe()
+                return describe_pod(life)
         raise ControlError(UNKNOWN_OP, f"op {request.OP!r} is not served by this daemon")
 
     def _life(self, key: PodKey) -> PodLife:
@@ -97,7 +98,7 @@ class ControlService:
         return life
 
     def _status_entry(self, container: Container) -> dict[str, Any]:
-        entry = container.describe()
+        entry = describe_container(container)
         backoff = self.pods.life_of(container).backoff if container.managed else None
         described = backoff.describe() if backoff is not None else None
         if described is not None and described["next_try"] is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 from zeropod.contract.protocol import NOT_FOUND, SLEEP_FAILED, WAKE_FAILED, ControlError
 from zeropod.daemon.lifecycle import states
@@ -179,23 +178,6 @@ class PodLife:
     def settle_locked(self) -> None:
         """:meth:`settle` for a holder of the lock."""
         self.state = states.at_rest([c.phase.phase for c in self.containers()])
-
-    # --- what status shows -----------------------------------------------------------------
-
-    def describe(self) -> dict[str, Any]:
-        containers = self.containers()
-        phases = {c.phase.phase for c in containers}
-        return {
-            "pod": {
-                "namespace": self.key.namespace,
-                "name": self.key.pod,
-                "unit": self.key.service,
-                "state": phases.pop().value if len(phases) == 1 else "MIXED",
-                "lifecycle": self.state.name,
-                "ports": [p.listen_stream for p in self.ports.ports],
-                "containers": [c.describe() for c in containers],
-            }
-        }
 
 
 LifeFactory = Callable[[PodKey, str], PodLife]

@@ -1,8 +1,11 @@
-"""The daemon's registry of containers: identity, scaling config and phase, nothing more.
+"""The daemon's registry of containers.
 
-A :class:`Container` holds only what identifies it, how it should scale and its phase owner;
-the sleep and wake sequences, idle tracking and systemd units live in modules of their own
-and act on containers looked up here. Single-threaded: used from the daemon's event loop.
+A :class:`Container` holds what identifies it, how it should scale (its config and the
+annotations it came from), its phase owner, and what its last sleep and wake measured.
+Everything that acts on it lives elsewhere: its pod's life (:mod:`zeropod.daemon.lifecycle`)
+changes its phase and pid, the idle loop records the ports it saw, and the API renders it
+(:mod:`zeropod.daemon.api.status`). Single-threaded: the daemon's event loop reads and writes
+it (worker threads get values, never a container).
 """
 
 from __future__ import annotations
@@ -106,44 +109,6 @@ class Container:
             "state": self.phase.phase.value,
             "unit": self.unit,
             "container_id": self.identity.container_id,
-        }
-
-    def describe(self) -> dict[str, Any]:
-        """This container as the ``status`` op reports it (JSON-ready)."""
-        config = self.config
-        return {
-            "id": self.identity.container_id,
-            "namespace": self.identity.namespace,
-            "pod": self.identity.pod,
-            "container": self.identity.container,
-            "sandbox_id": self.identity.sandbox_id,
-            "pid": self.pid,
-            "state": self.phase.phase.value,
-            "since": iso_time(self.phase.since),
-            "unit": self.unit,
-            "managed": self.managed,
-            "unmanaged_reason": self.unmanaged_reason,
-            "ports": list(self.ports),
-            "scaledown_seconds": config.scaledown_seconds if config else None,
-            "disable_checkpointing": config.disable_checkpointing if config else None,
-            "last_checkpoint_ms": self.measured.last_checkpoint_ms,
-            "last_restore_ms": self.measured.last_restore_ms,
-            "checkpoint_errors": self.measured.checkpoint_errors,
-            "restore_errors": self.measured.restore_errors,
-            "cold_starts": self.measured.cold_starts,
-            "image_bytes": self.measured.last_image_bytes,
-            "rss_bytes": self.measured.last_rss_bytes,
-            "pss_bytes": self.measured.last_pss_bytes,
-            "probes_answered": self.measured.probes_answered,
-            "history": [
-                {
-                    "from": t.previous.value,
-                    "to": t.phase.value,
-                    "reason": t.reason,
-                    "at": iso_time(t.at),
-                }
-                for t in self.phase.history
-            ],
         }
 
 
