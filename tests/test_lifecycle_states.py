@@ -217,3 +217,53 @@ async def test_forget_waits_for_the_running_sequence_and_drops_an_empty_pod() ->
     await asyncio.gather(sleeping, forgetting, return_exceptions=True)
     assert world.pods.find(KEY) is None and world.net.closed == 1
     assert world.rec.names()[-1] == "unit_stop"
+
+
+async def test_an_interrupted_wake_leaves_no_container_restoring() -> None:
+    """A wake cancelled mid-restore (the daemon stopping, a client gone) must not strand a
+    container in RESTORING, where no later wake would pick it up: it is FAILED, and the next
+    wake brings it back."""
+    world, life = pod()
+    await life.sleep("idle")
+    gate = asyncio.Event()
+    restore = world.shim.restore
+
+    async def hang(container, image_dir):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await restore(container, image_dir)
+
+    world.shim.restore = hang  # type: ignore[method-assign]
+    waking = asyncio.create_task(life.wake("a client"))
+    while not life.lock.locked():
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    waking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waking
+    assert [c.phase.phase for c in life.containers()] == [Phase.FAILED]
+    assert life.state is FAILED and not life.lock.locked()
+    gate.set()
+    await life.wake("the next client")
+    assert [c.phase.phase for c in life.containers()] == [Phase.RUNNING]
+    assert life.state is RUNNING
+
+
+async def test_an_interrupted_sleep_leaves_no_container_checkpointing() -> None:
+    world, life = pod()
+    gate = asyncio.Event()
+
+    async def hang(container, image_dir, mode):  # type: ignore[no-untyped-def]
+        await gate.wait()
+
+    world.shim.checkpoint = hang  # type: ignore[method-assign]
+    sleeping = asyncio.create_task(life.sleep("idle"))
+    while not life.lock.locked():
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeping
+    # The shim may or may not have dumped it: FAILED, so that a wake asks the shim (which
+    # answers at once for a task that still runs).
+    assert [c.phase.phase for c in life.containers()] == [Phase.FAILED]
+    assert life.state is FAILED

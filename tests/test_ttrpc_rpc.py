@@ -228,3 +228,51 @@ async def test_client_closes_on_bad_frame_from_server(tmp_path: Path, reply: byt
     with pytest.raises(ConnectionClosed, match="protocol error"):
         await asyncio.wait_for(client.call(SVC, "Echo", b"x"), 5)
     srv.close()
+
+
+async def test_in_flight_requests_are_capped_per_connection(
+    sock: str, handlers: Handlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that floods requests it never waits for cannot make the server hold unbounded
+    tasks: past the cap each request is answered RESOURCE_EXHAUSTED at once."""
+    from zeropod.ttrpc import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_IN_FLIGHT", 8)
+    c = await Client.connect(sock)
+    try:
+        slow = [asyncio.create_task(c.call(SVC, "Slow", str(i).encode())) for i in range(8)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(TtrpcError) as info:
+            await c.call(SVC, "Echo", b"one too many", timeout=2)
+        assert info.value.code == Code.RESOURCE_EXHAUSTED
+        handlers.release.set()
+        assert len(await asyncio.gather(*slow)) == 8
+        assert await c.call(SVC, "Echo", b"room again") == b"room again"
+    finally:
+        await c.close()
+
+
+async def test_a_peer_that_stops_reading_cannot_block_a_call_past_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """The write of a request is inside the call's timeout: a server that accepts and never
+    reads (its buffers full) makes the call fail in time, not hang."""
+    path = str(tmp_path / "stuck.sock")
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_unix_server(never_read, path=path)
+    c = await Client.connect(path)
+    try:
+        big = b"x" * (MAX_MESSAGE - 1024)
+        async with asyncio.timeout(10):
+            with pytest.raises(TtrpcError) as info:
+                for _ in range(64):  # fills the socket buffers, then must time out
+                    await c.call(SVC, "Echo", big, timeout=0.2)
+        assert info.value.code == Code.DEADLINE_EXCEEDED
+    finally:
+        await c.close()
+        server.close()

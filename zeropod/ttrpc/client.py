@@ -93,11 +93,10 @@ class Client:
                 self._writer.write(encode_frame(sid, FrameType.REQUEST, request))
             except FrameError as err:
                 raise TtrpcError(int(Code.RESOURCE_EXHAUSTED), str(err)) from err
-            await self._writer.drain()
-            if timeout is None:
-                return await fut
-            try:
-                return await asyncio.wait_for(fut, timeout)
+            try:  # the write is part of the call: a peer that stops reading cannot hang it
+                async with asyncio.timeout(timeout):
+                    await self._writer.drain()
+                    return await fut
             except TimeoutError as err:
                 raise TtrpcError(
                     int(Code.DEADLINE_EXCEEDED), f"no reply within {timeout:.3f}s"

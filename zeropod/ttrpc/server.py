@@ -24,6 +24,10 @@ from zeropod.ttrpc.status import Code, TtrpcError, error_response, ok_response
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
+MAX_IN_FLIGHT = 256
+"""Requests one connection may have in flight; more are answered RESOURCE_EXHAUSTED at once
+(containerd keeps a handful per task; a peer flooding requests it never waits for must not
+make the interposer hold unbounded tasks)."""
 
 
 class Call:
@@ -138,6 +142,11 @@ class Server:
                     if frame.type == FrameType.REQUEST:
                         if frame.stream_id % 2 != 1:
                             raise FrameError(f"request on even stream id {frame.stream_id}")
+                        if len(tasks) >= MAX_IN_FLIGHT:  # a flood: answer, hold nothing
+                            busy = f"{MAX_IN_FLIGHT} requests in flight on this connection"
+                            resp = error_response(int(Code.RESOURCE_EXHAUSTED), busy)
+                            self._send(writer, frame.stream_id, resp)
+                            continue
                         task = asyncio.create_task(
                             self._handle(frame.stream_id, frame.payload, writer)
                         )

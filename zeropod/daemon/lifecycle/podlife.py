@@ -123,7 +123,7 @@ class PodLife:
         try:
             outcome = await sleep_pod(self, containers, reason)
         finally:
-            self._move(states.at_rest([c.phase.phase for c in containers]))
+            self._end_sequence(containers, "sleep")
         if outcome.ok:
             self.backoff.reset()
             return
@@ -157,9 +157,18 @@ class PodLife:
         finally:
             for container in sleeping:
                 container.measured.client_waiting_since = None
-            self._move(states.at_rest([c.phase.phase for c in self.containers()]))
+            self._end_sequence(self.containers(), "wake")
         if not outcome.ok:
             raise ControlError(WAKE_FAILED, f"pod {self.key.label}: {outcome.error}")
+
+    def _end_sequence(self, containers: list[Container], sequence: str) -> None:
+        """A sequence ended, however it did: no container stays in a phase between two (an
+        interrupted one is FAILED, so the next wake asks its shim), and the pod's state
+        follows the phases."""
+        for container in containers:
+            if container.phase.phase in (Phase.CHECKPOINTING, Phase.RESTORING):
+                container.phase.transition(Phase.FAILED, f"{sequence} interrupted")
+        self._move(states.at_rest([c.phase.phase for c in self.containers()]))
 
     async def forget(self, container: Container) -> bool:
         """``container`` left (killed or deleted): its image goes; with the pod's last scaled

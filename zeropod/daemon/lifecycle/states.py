@@ -13,7 +13,7 @@ running        the sleep sequence         nothing to do             late: closed
 going_to_sleep (lock held: unreachable)   (lock held: unreachable)  kept, watched
 asleep         nothing to do              the wake sequence         kept, watched
 waking         (lock held: unreachable)   (lock held: unreachable)  kept till the release
-failed         illegal                    the wake sequence         closed (ports not held)
+failed         illegal                    the wake sequence         kept, watched if held
 =============  =========================  ========================  ========================
 """
 
@@ -120,8 +120,9 @@ class Failed(PodState):
         await life.run_wake(reason, client_since, timer)
 
     def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        life.ports.adopt(handoff)  # kept only while ports are held
-        return False
+        return life.ports.adopt(
+            handoff
+        )  # ports still held (an interrupted sleep): a client wakes it
 
 
 RUNNING, GOING_TO_SLEEP, ASLEEP, WAKING, FAILED = (
