@@ -405,3 +405,20 @@ async def test_control_socket_speaks_json_lines(rig: Rig) -> None:
     assert first["ok"] and first["containers"][0]["phase"] == "running"
     assert second["error"]["code"] == "bad_json"
     assert not Path(rig.control.path).exists()
+
+
+async def test_only_root_may_use_the_shim_socket(rig: Rig) -> None:
+    """Trust is checked with SO_PEERCRED, not left to the socket's file mode: a non-root
+    peer (here as SO_PEERCRED would report it) is refused before any op."""
+    await rig.run_container()
+    rig.control._peer = lambda sock: (4242, 1000, 1000)
+    await rig.control.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(rig.control.path)
+        async with asyncio.timeout(5):  # refused on connect, before any request
+            answer = json.loads(await reader.readline())
+            assert await reader.read() == b""  # and the connection is closed
+        writer.close()
+    finally:
+        await rig.control.close()
+    assert answer["error"]["code"] == "permission_denied"

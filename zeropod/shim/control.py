@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from zeropod.contract.protocol import (
     MAX_LINE,
     NOT_FOUND,
+    PERMISSION,
     ControlError,
     decode,
     encode,
+    failure,
     respond,
 )
 from zeropod.contract.shimops import (
@@ -31,6 +35,7 @@ from zeropod.shim.checkpoint import checkpoint
 from zeropod.shim.context import ShimContext
 from zeropod.shim.restore import restore
 from zeropod.shim.tasks import TaskRecord
+from zeropod.sockets.peercred import peer_credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +43,15 @@ log = logging.getLogger(__name__)
 class ShimControl:
     """Serves the ops on a unix socket at ``path`` (mode 0600: the daemon runs as root)."""
 
-    def __init__(self, path: str, ctx: ShimContext) -> None:
+    def __init__(
+        self,
+        path: str,
+        ctx: ShimContext,
+        peer: Callable[[socket.socket], tuple[int, int, int]] = peer_credentials,
+    ) -> None:
         self.path = path
         self.ctx = ctx
+        self._peer = peer
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -64,6 +75,11 @@ class ShimControl:
         assert task is not None
         self._conns.add(task)
         try:
+            if not self._root_peer(writer):
+                error = ControlError(PERMISSION, "only root may use a zeropod shim's socket")
+                writer.write(encode(failure(error)))
+                await writer.drain()
+                return
             while line := await reader.readline():
                 if line.strip():
                     writer.write(encode(await self.answer(line)))
@@ -73,6 +89,14 @@ class ShimControl:
         finally:
             self._conns.discard(task)
             writer.close()
+
+    def _root_peer(self, writer: asyncio.StreamWriter) -> bool:
+        """The peer is root (the daemon), checked with SO_PEERCRED, not by file mode alone."""
+        try:
+            _, uid, _ = self._peer(writer.get_extra_info("socket"))
+        except OSError:
+            return False
+        return uid == 0
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """The response to one request line."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 from pathlib import Path
 
 from google.protobuf import any_pb2
@@ -27,6 +26,7 @@ from zeropod.shim.restore import end_asleep, restore
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.taskproxy import TaskProxy
 from zeropod.shim.tasks import TaskRecord
+from zeropod.sockets.peercred import peer_credentials
 from zeropod.ttrpc import Call, RawResponse, TtrpcError
 from zeropod.ttrpc.status import Code
 
@@ -187,8 +187,7 @@ class ScalingProxy(TaskProxy):
                 s.settimeout(2)
                 try:
                     s.connect(self.upstream_path)
-                    creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-                    self._shim_pid = struct.unpack("3i", creds)[0]
+                    self._shim_pid = peer_credentials(s)[0]
                 except OSError:
                     return os.getpid()
         return self._shim_pid

@@ -22,7 +22,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from zeropod.contract.protocol import socket_path
-from zeropod.daemon.api.controlserver import peer_credentials
+from zeropod.sockets.peercred import peer_credentials
 
 ACTIVATION_SOCKET = "activator.sock"
 MAX_FDS = 64

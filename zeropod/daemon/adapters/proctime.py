@@ -11,20 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def peer_pid(connection: socket.socket) -> int | None:
-    """The pid of the process at the other end of a unix stream socket, if known."""
-    try:
-        raw = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-    except OSError:
-        return None
-    pid = _CREDENTIALS.unpack(raw)[0]
-    return pid if pid > 0 else None
+from zeropod.sockets.peercred import peer_pid
 
 
 def started_at(pid: int, proc: str = "/proc") -> float | None:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import socket
 import stat
-import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,6 +29,7 @@ from zeropod.contract.protocol import (
     respond,
 )
 from zeropod.contract.requests import EventsRequest, Request, parse_request
+from zeropod.sockets.peercred import peer_credentials, process_groups
 
 
 class EventStream(Protocol):
@@ -275,22 +275,3 @@ def _clear_stale_socket(path: str) -> None:
     finally:
         probe.close()
     raise RuntimeError(f"another daemon already listens on {path}")
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of the unix socket SOCK."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
-    return pid, uid, gid
-
-
-def process_groups(pid: int) -> set[int]:
-    """The supplementary groups of PID (empty when it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
