@@ -184,7 +184,11 @@ class World:
         return describe_pod(life)
 
     def register(
-        self, container: str = "app", pod: str = "web-1", annotations: dict[str, str] | None = None
+        self,
+        container: str = "app",
+        pod: str = "web-1",
+        annotations: dict[str, str] | None = None,
+        shim_socket: str = "/run/zeropod/shim/x.sock",
     ) -> Container:
         request = RegisterRequest(
             container_id=f"id-{pod}-{container}",
@@ -196,7 +200,7 @@ class World:
             bundle=f"/run/bundles/{container}",
             pid=100 + len(self.registry),
             annotations=annotations or {},
-            shim_socket="/run/zeropod/shim/x.sock",
+            shim_socket=shim_socket,
         )
         self.service.register(request)
         found = self.registry.get(request.container_id)

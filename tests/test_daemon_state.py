@@ -71,3 +71,70 @@ async def test_service_saves_on_every_transition_and_a_new_daemon_reloads(tmp_pa
 
     await world.service.unregister_async(app.identity.container_id)
     assert not path.exists()
+
+
+class ShimTruth:
+    """The shims' answers to ``status`` after a restart, by container name."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        self.answers = answers
+
+    async def task_status(self, identity):  # type: ignore[no-untyped-def]
+        answer = self.answers[identity.container]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_after_a_restart_the_shims_say_what_is_true(tmp_path: Path) -> None:
+    """The state files are a guess; each shim's status wins. A pod woken by its shim alone
+    while the daemon was down runs (its held ports are released), a task the shim no longer
+    has is forgotten, one mid-dump is FAILED (the next wake asks again), and a shim that does
+    not answer leaves the file's guess."""
+    from zeropod.contract.shimops import TaskStatus
+    from zeropod.daemon.lifecycle.interfaces import ShimError
+    from zeropod.daemon.main import reload
+
+    shim_socket = str(tmp_path / "shim.sock")
+    open(shim_socket, "w").close()
+    store = StateStore(str(tmp_path / "state"))
+    before = World()
+    before.service.store = store
+    woken = before.register("app", pod="woken", shim_socket=shim_socket)
+    gone = before.register("app", pod="gone", shim_socket=shim_socket)
+    mid = before.register("mid", pod="mid", shim_socket=shim_socket)
+    quiet = before.register("quiet", pod="quiet", shim_socket=shim_socket)
+    for container in (woken, gone, quiet):
+        await before.sleep(PodKey.of(container), "forced")
+    mid.phase.transition(Phase.CHECKPOINTING, "idle")  # the daemon died mid-dump
+
+    after = World()
+    after.service.store = store
+    truth = ShimTruth(
+        {
+            "app": None,  # replaced per pod below
+            "mid": TaskStatus(mid.identity.container_id, "checkpointing", 0, mid.pid),
+            "quiet": ShimError("unavailable", "no answer in 5 s"),
+        }
+    )
+
+    async def by_pod(identity):  # type: ignore[no-untyped-def]
+        if identity.pod == "woken":
+            return TaskStatus(identity.container_id, "running", 777, 100)
+        if identity.pod == "gone":
+            return TaskStatus(identity.container_id, "ended", 0, 101)
+        return await ShimTruth.task_status(truth, identity)
+
+    truth.task_status = by_pod  # type: ignore[method-assign]
+    await reload(after.service, truth, after.journal)
+
+    running = after.registry.get(woken.identity.container_id)
+    assert running is not None and running.phase.phase is Phase.RUNNING and running.pid == 777
+    assert ("unit_stop", PodKey.of(woken).socket) in after.rec.calls  # the app listens again
+    assert after.registry.get(gone.identity.container_id) is None
+    assert not (tmp_path / "state" / f"{gone.identity.container_id}.json").exists()
+    failed = after.registry.get(mid.identity.container_id)
+    assert failed is not None and failed.phase.phase is Phase.FAILED
+    guessed = after.registry.get(quiet.identity.container_id)
+    assert guessed is not None and guessed.phase.phase is Phase.SCALED_DOWN
+    assert after.life(PodKey.of(guessed)).ports.held  # still asleep, its ports still held

@@ -161,3 +161,30 @@ class TaskReply:
             cold=body.get("cold") is True,
             error=error if isinstance(error, str) else None,
         )
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One task in a shim's ``status`` answer: what the shim knows to be true of it."""
+
+    container_id: str
+    phase: str
+    """The shim's phase (``running``, ``scaled_down``, ``checkpointing``, ``restoring``,
+    ``exited``, ``ended``, ``created``, ``deleted``)."""
+    pid: int
+    """The live process's pid (0 while there is none)."""
+    last_pid: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TaskStatus | None:
+        """An entry of the answer; None for a malformed one."""
+        cid, phase = body.get("container_id"), body.get("phase")
+        pid, last = body.get("pid"), body.get("last_pid")
+        if not isinstance(cid, str) or not isinstance(phase, str):
+            return None
+        return cls(
+            cid,
+            phase,
+            pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
+            last if isinstance(last, int) and not isinstance(last, bool) else 0,
+        )

@@ -39,9 +39,12 @@ from zeropod.daemon.api.metrics import Metrics
 from zeropod.daemon.api.metricsserver import AddressError, MetricsServer, parse_address, serve
 from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.lifecycle.idle import IdleLoops
+from zeropod.daemon.lifecycle.interfaces import ShimError, ShimStatus
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.ports import PortHold
+from zeropod.daemon.lifecycle.reconcile import Verdict, verdict
+from zeropod.daemon.lifecycle.states import RUNNING
 from zeropod.daemon.lifecycle.watch import HandoffWatch
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
@@ -113,28 +116,44 @@ def _read_group(journal: Journal) -> int | None:
         return None
 
 
-def _reload(service: ControlService, journal: Journal) -> None:
-    """Bring back the containers saved before a restart (see zeropod.daemon.adapters.statefiles)."""
+async def reload(service: ControlService, shim: ShimStatus, journal: Journal) -> None:
+    """Bring back the containers saved before a restart, as their shims say they are now
+    (:mod:`zeropod.daemon.lifecycle.reconcile`); then release the held ports of pods whose
+    containers all run again."""
     assert service.store is not None
     for saved in service.store.load(journal.error):
-        alive = pid_alive(saved.pid)
-        shim = saved.identity.shim_socket
-        if (saved.phase is Phase.RUNNING and not alive) or (shim and not os.path.exists(shim)):
-            # Its task ended (or its shim went) while the daemon was down; a live container
-            # is re-registered by its shim anyway.
-            service.store.remove(saved.identity.container_id)
-            journal.info(f"{saved.identity.label}: gone while the daemon was down, forgotten")
+        identity = saved.identity
+        if identity.shim_socket and not os.path.exists(identity.shim_socket):
+            found = Verdict(None, saved.pid, "its shim is gone")
+        elif not identity.shim_socket:  # a shim without a control socket: the file's guess
+            alive = pid_alive(saved.pid)
+            guess = recovered_phase(saved.phase, alive)
+            gone = saved.phase is Phase.RUNNING and not alive
+            found = Verdict(None if gone else guess, saved.pid, "from its state file")
+        else:
+            try:
+                found = verdict(saved.phase, saved.pid, await shim.task_status(identity))
+            except ShimError as err:
+                guess = recovered_phase(saved.phase, pid_alive(saved.pid))
+                found = Verdict(guess, saved.pid, f"its shim did not answer ({err.message})")
+        if found.phase is None:
+            service.store.remove(identity.container_id)
+            journal.info(f"{identity.label}: gone while the daemon was down ({found.why})")
             continue
-        phase = recovered_phase(saved.phase, alive)
-        container = service.restore_container(saved.identity, saved.pid, saved.annotations, phase)
+        container = service.restore_container(identity, found.pid, saved.annotations, found.phase)
         container.measured.last_checkpoint_ms = saved.last_checkpoint_ms
         container.measured.last_restore_ms = saved.last_restore_ms
-        if container.managed and phase is Phase.SCALED_DOWN:
+        if container.managed and saved.held_ports:
             service.pods.life_of(container).ports.restore_held(saved.held_ports)
         journal.info(
-            f"{container.identity.label}: reloaded as {phase.value}",
+            f"{identity.label}: reloaded as {found.phase.value}, {found.why}",
             **container.journal_fields(),
         )
+    for life in service.pods.lives():
+        life.settle()
+        if life.state is RUNNING and life.ports.held:  # woken without us: the app listens
+            for error in await life.ports.release():
+                journal.error(f"{life.key.label}: {error}", unit=life.key.service)
 
 
 def _start_metrics(
@@ -170,7 +189,7 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     service, watch, idle = _build(journal, state_dir)
-    _reload(service, journal)
+    await reload(service, ShimClient(), journal)
     reclaim_images(service, ImageStore(), journal)
     follower, metrics_server = _start_metrics(service, journal, metrics_address)
     # Both listening sockets live in systemd's fd store: while the daemon restarts (even

@@ -18,9 +18,19 @@ from zeropod.contract.protocol import (
     encode,
     older_version,
 )
-from zeropod.contract.shimops import CheckpointRequest, Mode, RestoreRequest, TaskReply
+from zeropod.contract.shimops import (
+    CheckpointRequest,
+    Mode,
+    RestoreRequest,
+    ShimStatusRequest,
+    TaskReply,
+    TaskStatus,
+)
 from zeropod.daemon.lifecycle.interfaces import ShimError
-from zeropod.daemon.model.registry import Container
+from zeropod.daemon.model.registry import Container, ContainerIdentity
+
+STATUS_TIMEOUT = 5.0
+"""Seconds a shim may take to list its tasks (no runc call behind it)."""
 
 
 class ShimClient:
@@ -42,6 +52,23 @@ class ShimClient:
             size = container.measured.last_image_bytes
             bound = timeouts.scaled(size if size is not None else timeouts.pages_bytes(image_dir))
         return await self._call(container, op.to_message(), timeouts.daemon_wait(bound))
+
+    async def task_status(self, identity: ContainerIdentity) -> TaskStatus | None:
+        """What the shim knows of the container's task; None when it does not know it."""
+        path = identity.shim_socket
+        if not path:
+            raise ShimError(UNAVAILABLE, f"the shim of {identity.label} has no socket")
+        try:
+            async with asyncio.timeout(STATUS_TIMEOUT):
+                body = await _exchange(path, ShimStatusRequest().to_message(), STATUS_TIMEOUT)
+        except ControlError as err:
+            raise ShimError(err.code, err.message) from err
+        entries = body.get("containers")
+        for entry in entries if isinstance(entries, list) else []:
+            status = TaskStatus.from_body(entry) if isinstance(entry, dict) else None
+            if status is not None and status.container_id == identity.container_id:
+                return status
+        return None
 
     async def _call(
         self, container: Container, message: dict[str, Any], timeout: float

@@ -12,9 +12,9 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from zeropod.contract.shimops import Mode, TaskReply
+from zeropod.contract.shimops import Mode, TaskReply, TaskStatus
 from zeropod.daemon.model.pod import HeldPort, PodKey
-from zeropod.daemon.model.registry import Container
+from zeropod.daemon.model.registry import Container, ContainerIdentity
 
 
 class ShimError(Exception):
@@ -37,6 +37,15 @@ class Shim(Protocol):
     async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
         """Re-create the task from ``image_dir`` (None: cold). Raises :class:`ShimError`;
         a failed restore (``restore_failed``) leaves the container scaled down."""
+        ...
+
+
+class ShimStatus(Protocol):
+    """A shim asked what is true of a container's task (after a daemon restart)."""
+
+    async def task_status(self, identity: ContainerIdentity) -> TaskStatus | None:
+        """The task as the shim knows it, None when it does not; raises :class:`ShimError`
+        when the shim cannot be reached."""
         ...
 
 
