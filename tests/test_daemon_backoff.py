@@ -7,7 +7,7 @@ from daemon_fakes import World
 
 from zeropod.config.annotations import SCALEDOWN_DURATION
 from zeropod.contract.protocol import CHECKPOINT_FAILED, ControlError
-from zeropod.daemon.lifecycle.backoff import MAX_DELAY, SleepBackoff, delay_after
+from zeropod.daemon.lifecycle.backoff import MAX_DELAY, Backoff, delay_after
 from zeropod.daemon.lifecycle.interfaces import ShimError
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
@@ -42,7 +42,7 @@ def test_delay_doubles_from_the_scaledown_duration_up_to_30_minutes(
 
 def test_a_pod_that_never_sleeps_tries_at_most_ten_times_in_its_first_hour() -> None:
     now = [0.0]
-    backoff = SleepBackoff(clock=lambda: now[0], wall=lambda: 1e9 + now[0])
+    backoff = Backoff(clock=lambda: now[0], wall=lambda: 1e9 + now[0])
     tries = []
     scaledown = 5.0
     t = scaledown  # the first idle period
@@ -59,7 +59,7 @@ def test_a_pod_that_never_sleeps_tries_at_most_ten_times_in_its_first_hour() -> 
 
 
 def test_reset_clears_everything() -> None:
-    backoff = SleepBackoff()
+    backoff = Backoff()
     backoff.failed(10, "x")
     assert backoff.describe() is not None and not backoff.ready()
     backoff.reset()

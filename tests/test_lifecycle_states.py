@@ -267,3 +267,32 @@ async def test_an_interrupted_sleep_leaves_no_container_checkpointing() -> None:
     # answers at once for a task that still runs).
     assert [c.phase.phase for c in life.containers()] == [Phase.FAILED]
     assert life.state is FAILED
+
+
+async def test_the_idle_loop_wakes_a_failed_pod_again_with_back_off() -> None:
+    """A restore that timed out left the pod FAILED; nothing else may come for it (its ports
+    are released), so the idle loop retries the wake, backing off, until it runs."""
+    from zeropod.daemon.lifecycle.idle import IdleLoops
+
+    world, life = pod()
+    await life.sleep("idle")
+    world.shim.restore_reply["app"] = ShimError("unavailable", "no answer in 55 s")
+    with pytest.raises(ControlError):
+        await life.wake("a client")
+    assert life.state is FAILED
+    loops = IdleLoops(world.pods, world.journal, tuple, interval=0.01)
+    loops.ensure(KEY)
+    try:
+        async with asyncio.timeout(5):
+            while life.wake_retry.failures == 0:
+                await asyncio.sleep(0.01)
+        assert life.state is FAILED and not life.wake_retry.ready()  # backing off
+        world.shim.restore_reply.clear()
+        life.wake_retry.next_try = None  # the back-off has passed
+        async with asyncio.timeout(5):
+            while life.state is not RUNNING:
+                await asyncio.sleep(0.01)
+        assert life.wake_retry.failures == 0
+        assert [c.phase.phase for c in life.containers()] == [Phase.RUNNING]
+    finally:
+        await loops.close()

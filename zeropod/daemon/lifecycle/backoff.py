@@ -8,7 +8,7 @@ for nothing, forever. After the n-th failure in a row the idle loop waits
 
 ``zeropodctl sleep`` tries at once whatever the back-off says; a successful sleep, or a
 changed pod (a container registered again: restarted, new annotations), starts afresh.
-One :class:`SleepBackoff` per pod, owned by :class:`zeropod.daemon.lifecycle.pods.Pod`; used only
+One :class:`Backoff` per pod, owned by :class:`zeropod.daemon.lifecycle.pods.Pod`; used only
 from the daemon's event loop.
 """
 
@@ -27,8 +27,9 @@ DEFAULT_BASE = 60.0
 
 
 @dataclass
-class SleepBackoff:
-    """Consecutive failed sleeps of one pod and when the next idle sleep may run."""
+class Backoff:
+    """Consecutive failures of one pod's sleeps (or wakes) and when the idle loop may try
+    again: the n-th failure in a row waits base x 2^n, at most 30 min."""
 
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time

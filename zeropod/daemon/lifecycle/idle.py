@@ -22,15 +22,18 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zeropod.contract.protocol import SLEEP_FAILED, ControlError
-from zeropod.daemon.lifecycle.states import RUNNING
+from zeropod.daemon.lifecycle.states import FAILED, RUNNING
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container
 from zeropod.journal import Journal
 
 if TYPE_CHECKING:
+    from zeropod.daemon.lifecycle.podlife import PodLife
     from zeropod.daemon.lifecycle.pods import Pods
 
 POLL_INTERVAL = 1.0
+WAKE_RETRY_BASE = 5.0
+"""Seconds: the first retry of a failed wake waits 10 s (base x 2), then doubles."""
 
 
 def scaledown_after(containers: Iterable[Container]) -> float | None:
@@ -133,6 +136,10 @@ class IdleLoops:
             containers = life.containers() if life is not None else []
             if life is None or not containers:
                 return
+            if life.state is FAILED and not life.lock.locked():
+                tracker = None
+                await self._retry_wake(life)
+                continue
             after = scaledown_after(containers)
             if after is None or life.state is not RUNNING:
                 tracker = None
@@ -173,3 +180,25 @@ class IdleLoops:
                     f"{key.label}: idle sleep raised {err!r}; the pod keeps running",
                     unit=key.service,
                 )
+
+    async def _retry_wake(self, life: PodLife) -> None:
+        """A FAILED pod (a restore that timed out, a wake interrupted) is never left stuck:
+        the loop wakes it again, backing off 10 s, 20 s, ... at most 30 min."""
+        if not life.wake_retry.ready():
+            return
+        try:
+            await life.wake("retrying a failed wake")
+        except ControlError as err:
+            delay = life.wake_retry.delay_for_next(WAKE_RETRY_BASE)
+            life.wake_retry.failed(delay, err.message)
+            self.journal.warning(
+                f"{life.key.label}: wake retry failed, next in {delay:g} s: {err.message}",
+                unit=life.key.service,
+                wake_failures=life.wake_retry.failures,
+            )
+        except Exception as err:  # the loop must outlive any one bug
+            self.journal.error(
+                f"{life.key.label}: wake retry raised {err!r}", unit=life.key.service
+            )
+        else:
+            life.wake_retry.reset()

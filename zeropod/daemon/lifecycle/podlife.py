@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from zeropod.contract.protocol import NOT_FOUND, SLEEP_FAILED, WAKE_FAILED, ControlError
 from zeropod.daemon.lifecycle import states
-from zeropod.daemon.lifecycle.backoff import SleepBackoff
+from zeropod.daemon.lifecycle.backoff import Backoff
 from zeropod.daemon.lifecycle.idle import scaledown_after
 from zeropod.daemon.lifecycle.interfaces import Handoff, Images, NetView, Shim
 from zeropod.daemon.lifecycle.ports import PortHold
@@ -56,8 +56,10 @@ class PodLife:
         self.lock = asyncio.Lock()
         self.state: states.PodState = states.RUNNING
         """Guarded by ``lock`` (see the class docstring)."""
-        self.backoff = SleepBackoff()
+        self.backoff = Backoff()
         """Failed sleeps in a row; written by the sleep (lock held) and by a registration."""
+        self.wake_retry = Backoff()
+        """Failed retries of a FAILED pod's wake by the idle loop (the loop's alone)."""
 
     # --- what the pod is -------------------------------------------------------------------
 
