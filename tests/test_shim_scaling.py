@@ -60,6 +60,7 @@ class FakeRunc:
         self.fail_restore = False
         self.hang_restore: asyncio.Event | None = None  # Start hangs until it is set
         self.fail_checkpoint = False
+        self.hang_checkpoint = False  # CRIU stuck mid-dump: Checkpoint never answers
         self.created: list[FakeTask] = []
 
     async def handle(self, call: Call) -> bytes:
@@ -94,6 +95,8 @@ class FakeRunc:
         if name == "Checkpoint":
             if self.fail_checkpoint:
                 raise TtrpcError(Code.UNKNOWN, "criu failed: type DUMP errno 0")
+            if self.hang_checkpoint:
+                await asyncio.Event().wait()
             task.exit(137)
             return b""
         if name == "Kill":
@@ -422,3 +425,20 @@ async def test_only_root_may_use_the_shim_socket(rig: Rig) -> None:
     finally:
         await rig.control.close()
     assert answer["error"]["code"] == "permission_denied"
+
+
+async def test_a_dump_stuck_past_its_bound_thaws_the_app(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CRIU hung mid-dump leaves the app frozen; past the bound the shim kills that CRIU,
+    resumes (thaws) the task and answers checkpoint_failed: the app runs on."""
+    from zeropod.contract import timeouts
+
+    await rig.run_container()
+    rig.runc.hang_checkpoint = True
+    monkeypatch.setattr(timeouts, "scaled", lambda size: 0.2)
+    image = str(rig.tmp / "img")
+    answer = await rig.control.answer(json.dumps(rig.op("checkpoint", image_dir=image)).encode())
+    assert answer["error"]["code"] == "checkpoint_failed"
+    assert "Resume" in rig.runc.calls  # thawed
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING

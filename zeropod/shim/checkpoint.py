@@ -24,12 +24,14 @@ import time
 from zeropod.contract.protocol import BAD_PHASE, CHECKPOINT_FAILED, ControlError
 from zeropod.contract.shimops import Mode, TaskReply
 from zeropod.criulog import first_error
+from zeropod.shim import restorebound
 from zeropod.shim.context import ShimContext
 from zeropod.shim.spec import read_spec
 from zeropod.shim.sysvipc import release_dumped_segments
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import TtrpcError
+from zeropod.ttrpc.status import Code
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
                 await ctx.upstream.kill(c, signal.SIGKILL)
                 await ctx.upstream.wait(c)
         except (TtrpcError, ConnectionError, OSError) as err:
+            if mode == "checkpoint" and getattr(err, "code", None) == Code.DEADLINE_EXCEEDED:
+                await _end_stuck_dump(ctx, c, image_dir)
             c.release_stdio()
             ctx.tracker.move(c, TaskPhase.RUNNING, "checkpoint failed")
             if ctx.relay.release_real_exit(c):
@@ -86,6 +90,24 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
             extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
         )
         return TaskReply(pid=c.pid, duration_ms=duration_ms)
+
+
+async def _end_stuck_dump(ctx: ShimContext, c: TaskRecord, image_dir: str) -> None:
+    """A dump ran past its bound: kill its CRIU and thaw the app, which CRIU froze. The app
+    must never stay frozen; it runs on as if the sleep had not been tried."""
+    killed = await asyncio.to_thread(restorebound.kill_dump_criu, image_dir)
+    for _ in range(50):  # the killed CRIU is reaped, runc ends its checkpoint
+        if not await asyncio.to_thread(restorebound.criu_pids_using, image_dir):
+            break
+        await asyncio.sleep(0.1)
+    try:
+        await ctx.upstream.resume(c)
+    except (TtrpcError, ConnectionError) as err:  # not frozen (CRIU thawed it as it died)
+        log.info("container %s: resume after a stuck dump: %s", c.id, err)
+    await asyncio.to_thread(restorebound.release_cgyards, image_dir)
+    log.warning(
+        "container %s: dump passed its bound; killed CRIU %s and thawed the app", c.id, killed
+    )
 
 
 async def _release_sysv_segments(c: TaskRecord, image_dir: str) -> None:

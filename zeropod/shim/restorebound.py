@@ -71,6 +71,12 @@ def restore_criu_pids(container_id: str, proc: Path = Path("/proc")) -> list[int
     runc starts ``criu swrk``; CRIU forks the restored tree, which keeps the name ``criu``
     until its restorer finishes. All of them (and only them) are returned.
     """
+    return criu_pids(container_id, "restore", proc)
+
+
+def criu_pids(container_id: str, action: str, proc: Path = Path("/proc")) -> list[int]:
+    """CRIU processes below this container's ``runc ... <action> ... <id>`` process
+    (``action``: ``restore`` or ``checkpoint``)."""
     procs = list(_processes(proc))
     children: dict[int, list[int]] = {}
     for pid, ppid, _, _ in procs:
@@ -81,7 +87,7 @@ def restore_criu_pids(container_id: str, proc: Path = Path("/proc")) -> list[int
         for pid, _, _, argv in procs
         if argv
         and os.path.basename(argv[0]).startswith("runc")
-        and "restore" in argv
+        and action in argv
         and argv[-1] == container_id
     ]
     found: list[int] = []
@@ -97,14 +103,55 @@ def restore_criu_pids(container_id: str, proc: Path = Path("/proc")) -> list[int
 
 def kill_restore_criu(container_id: str, proc: Path = Path("/proc")) -> list[int]:
     """SIGKILL this container's restoring CRIU processes; the pids signalled."""
+    return kill_criu(container_id, "restore", proc)
+
+
+def kill_criu(container_id: str, action: str, proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL this container's CRIU processes of ``action``; the pids signalled."""
     killed = []
-    for pid in restore_criu_pids(container_id, proc):
+    for pid in criu_pids(container_id, action, proc):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             continue
         killed.append(pid)
-    log.warning("container %s: killed the restore's CRIU processes %s", container_id, killed)
+    log.warning("container %s: killed the %s's CRIU processes %s", container_id, action, killed)
+    return killed
+
+
+def criu_pids_using(directory: str, proc: Path = Path("/proc")) -> list[int]:
+    """CRIU processes with a file open below ``directory`` (a dump's image and work dir: its
+    dump.log is there), found by their fds. Used for a dump, whose runc parent is not always
+    recognisable by its argv."""
+    prefix = os.path.join(os.path.realpath(directory), "")
+    found = []
+    for pid, _, comm, _ in _processes(proc):
+        if comm != CRIU_COMM:
+            continue
+        try:
+            fds = list((proc / str(pid) / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                found.append(pid)
+                break
+    return sorted(found)
+
+
+def kill_dump_criu(image_dir: str, proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL the CRIU processes dumping into ``image_dir``; the pids signalled."""
+    killed = []
+    for pid in criu_pids_using(image_dir, proc):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(pid)
     return killed
 
 

@@ -58,6 +58,10 @@ class Upstream:
         bound = timeouts.scaled(timeouts.resident_bytes(c.pid))  # the daemon waits longer
         await self._call(c, "Checkpoint", req, None, timeout=bound)
 
+    async def resume(self, c: TaskRecord) -> None:
+        """Thaw the task's cgroup (runc resume)."""
+        await self._call(c, "Resume", c.api.messages.ResumeRequest(id=c.id), None)
+
     async def kill(self, c: TaskRecord, signal: int) -> None:
         await self._call(c, "Kill", c.api.messages.KillRequest(id=c.id, signal=signal), None)
 
