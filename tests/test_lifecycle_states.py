@@ -296,3 +296,31 @@ async def test_the_idle_loop_wakes_a_failed_pod_again_with_back_off() -> None:
         assert [c.phase.phase for c in life.containers()] == [Phase.RUNNING]
     finally:
         await loops.close()
+
+
+async def test_an_unregister_during_a_wake_waits_for_it() -> None:
+    """The shim says the task ended while the pod wakes: the wake ends first (no illegal
+    transition from STOPPED), then the container is STOPPED and the pod forgotten."""
+    world, life = pod()
+    await life.sleep("idle")
+    gate = asyncio.Event()
+    restore = world.shim.restore
+
+    async def slow(container, image_dir):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await restore(container, image_dir)
+
+    world.shim.restore = slow  # type: ignore[method-assign]
+    app = life.containers()[0]
+    waking = asyncio.create_task(life.wake("a client"))
+    while not life.lock.locked():
+        await asyncio.sleep(0)
+    leaving = asyncio.create_task(
+        world.service.unregister_async(app.identity.container_id, "exited")
+    )
+    await asyncio.sleep(0.01)
+    assert app.phase.phase is Phase.RESTORING and not leaving.done()
+    gate.set()
+    await asyncio.gather(waking, leaving)
+    assert app.phase.phase is Phase.STOPPED and world.pods.find(KEY) is None
+    assert not [m for m in world.captured.messages() if "illegal" in m]

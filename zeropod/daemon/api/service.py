@@ -107,11 +107,17 @@ class ControlService:
         return entry
 
     async def unregister_async(self, container_id: str, reason: str = "") -> dict[str, Any]:
-        """Forget a container and clean up what it leaves behind (image, socket unit)."""
+        """Forget a container and clean up what it leaves behind (image, socket unit).
+
+        A scaled container's phase changes only under its pod's lock: a sleep or wake under
+        way ends first, then the container is STOPPED (never mid-sequence)."""
         container = self.registry.get(container_id)
-        answer = self.unregister(container_id, reason)
-        if container is not None and container.managed:
-            await self.pods.forget(container)
+        life = self.pods.find(PodKey.of(container)) if container and container.managed else None
+        if container is None or life is None:
+            return self.unregister(container_id, reason)
+        async with life.lock:
+            answer = self.unregister(container_id, reason)
+        await self.pods.forget(container)
         return answer
 
     def subscribe(self) -> Subscription:
