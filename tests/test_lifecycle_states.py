@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 from daemon_fakes import World
@@ -324,3 +327,45 @@ async def test_an_unregister_during_a_wake_waits_for_it() -> None:
     await asyncio.gather(waking, leaving)
     assert app.phase.phase is Phase.STOPPED and world.pods.find(KEY) is None
     assert not [m for m in world.captured.messages() if "illegal" in m]
+
+
+async def test_a_container_whose_shim_died_is_forgotten_with_its_unit_and_image(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """An interposer killed (SIGKILL leaves its socket file): containerd drops the task and
+    tells nobody. The idle loop finds nothing listening on the shim's socket and forgets the
+    container: its image, socket unit and held ports do not outlive it. A live shim's
+    container is kept."""
+    from zeropod.daemon.lifecycle import idle
+
+    short = tempfile.mkdtemp(prefix="zp-", dir="/tmp")
+    dead_path, live_path = os.path.join(short, "dead.sock"), os.path.join(short, "live.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(dead_path)  # bound, never listening: what a killed shim leaves
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(live_path)
+    live.listen()
+    world = World()
+    orphan = world.register("app", pod="orphan", shim_socket=dead_path)
+    kept = world.register("app", pod="kept", shim_socket=live_path)
+    await world.sleep(PodKey.of(orphan), "idle")
+    world.rec.calls.clear()
+    loops = idle.IdleLoops(
+        world.pods, world.journal, tuple, interval=0.01, on_gone=world.service.unregister_async
+    )
+    loops.ensure(PodKey.of(orphan))
+    loops.ensure(PodKey.of(kept))
+    try:
+        async with asyncio.timeout(5):
+            while world.registry.get(orphan.identity.container_id) is not None:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # more checks: the live one stays
+    finally:
+        await loops.close()
+        dead.close()
+        live.close()
+        shutil.rmtree(short, ignore_errors=True)
+    assert ("unit_stop", PodKey.of(orphan).socket) in world.rec.calls
+    assert ("image_remove", orphan.identity.container_id) in world.rec.calls
+    assert world.pods.find(PodKey.of(orphan)) is None
+    assert world.registry.get(kept.identity.container_id) is kept

@@ -83,6 +83,7 @@ def _build(journal: Journal, state_dir: str) -> tuple[ControlService, HandoffWat
     service = ControlService(
         registry, journal, EventHub(), pods=pods, idle=idle, store=StateStore(state_dir)
     )
+    idle.on_gone = service.unregister_async
     return service, HandoffWatch(pods, journal, excluded), idle
 
 

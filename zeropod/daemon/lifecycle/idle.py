@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zeropod.contract.protocol import SLEEP_FAILED, ControlError
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from zeropod.daemon.lifecycle.pods import Pods
 
 POLL_INTERVAL = 1.0
+SHIM_CHECK_POLLS = 10
+"""Every this many polls the loop checks that the pod's shims still listen."""
 WAKE_RETRY_BASE = 5.0
 """Seconds: the first retry of a failed wake waits 10 s (base x 2), then doubles."""
 
@@ -62,6 +65,21 @@ def watched_ports(
     return sorted(ports), detected
 
 
+def shim_gone(path: str) -> bool:
+    """True when nothing listens on the shim's control socket any more (the file is gone, or
+    a connect is refused); a busy or slow shim is not gone, nor one without a socket."""
+    if not path:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return True
+        except OSError:
+            return False
+    return False
+
+
 def detect_ports(pid: int) -> list[int]:
     """The ports ``pid`` listens on (empty when it is gone or cannot be read)."""
     from zeropod.sockets.listeners import tree_entries
@@ -85,6 +103,7 @@ class IdleLoops:
         detect: Callable[[int], Sequence[int]] = detect_ports,
         interval: float = POLL_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        on_gone: Callable[[str, str], Awaitable[Any]] | None = None,
     ) -> None:
         self.pods = pods
         self.journal = journal
@@ -94,6 +113,9 @@ class IdleLoops:
         self._detect = detect
         self.interval = interval
         self.clock = clock
+        self.on_gone = on_gone
+        """(container id, why) -> forget a container whose shim is gone (the service's
+        unregister): its image, socket unit and held ports must not outlive it."""
         self._tasks: dict[PodKey, asyncio.Task[None]] = {}
 
     def _excluded_for(self, containers: Sequence[Container]) -> tuple[Any, ...]:
@@ -130,12 +152,16 @@ class IdleLoops:
     async def _run(self, key: PodKey) -> None:
         tracker: Any = None
         last_error = ""
+        polls = 0
         while True:
             await asyncio.sleep(self.interval)
             life = self.pods.find(key)
             containers = life.containers() if life is not None else []
             if life is None or not containers:
                 return
+            polls += 1
+            if polls % SHIM_CHECK_POLLS == 0 and await self._forget_orphans(containers):
+                continue
             if life.state is FAILED and not life.lock.locked():
                 tracker = None
                 await self._retry_wake(life)
@@ -180,6 +206,23 @@ class IdleLoops:
                     f"{key.label}: idle sleep raised {err!r}; the pod keeps running",
                     unit=key.service,
                 )
+
+    async def _forget_orphans(self, containers: Sequence[Container]) -> bool:
+        """Forget the containers whose shim is gone (killed, crashed): containerd has
+        dropped their task, and nothing else would tell us. True when any was."""
+        if self.on_gone is None:
+            return False
+        gone = [
+            c for c in containers if c.identity.shim_socket and shim_gone(c.identity.shim_socket)
+        ]
+        for container in gone:
+            self.journal.warning(
+                f"{container.identity.label}: its shim is gone; forgetting it",
+                **container.journal_fields(),
+            )
+            with contextlib.suppress(ControlError):  # unregistered meanwhile
+                await self.on_gone(container.identity.container_id, "its shim is gone")
+        return bool(gone)
 
     async def _retry_wake(self, life: PodLife) -> None:
         """A FAILED pod (a restore that timed out, a wake interrupted) is never left stuck:
