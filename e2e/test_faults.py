@@ -42,6 +42,13 @@ def test_a_killed_interposer_leaves_no_image_unit_or_port(
         daemon.wait_state(cid, "RUNNING")
         daemon.sleep(name)
         assert node.run(["test", "-d", f"{IMAGE_ROOT}/{cid}"]).returncode == 0
+        # The app's memory on disk is root's alone: 0700 directory, 0600 files.
+        modes = node.run(
+            ["find", f"{IMAGE_ROOT}/{cid}", "-maxdepth", "1", "-printf", "%m %y %f\\n"],
+            check=True,
+        ).stdout.split("\n")
+        loose = [m for m in modes if m and not m.startswith(("700 d", "600 f"))]
+        assert not loose, loose
         node.run(["kill", "-KILL", str(interposer_pid(node, running.pod.id))], check=True)
 
         def forgotten() -> bool:

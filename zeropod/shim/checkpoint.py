@@ -73,6 +73,7 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
             log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
             raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
         if mode == "checkpoint":
+            await asyncio.to_thread(owner_only, image_dir)
             await _release_sysv_segments(c, image_dir)
         try:
             await ctx.upstream.delete(c)
@@ -90,6 +91,19 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
             extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
         )
         return TaskReply(pid=c.pid, duration_ms=duration_ms)
+
+
+def owner_only(image_dir: str) -> None:
+    """The app's memory on disk is root's alone: CRIU writes its images 0644; they become
+    0600 in their 0700 directory (a file that cannot be changed is logged, the dump stands)."""
+    with os.scandir(image_dir) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                try:
+                    os.chmod(entry.path, 0o600)
+                except OSError as err:
+                    log.warning("image file %s stays readable: %s", entry.path, err)
+    os.chmod(image_dir, 0o700)
 
 
 async def _end_stuck_dump(ctx: ShimContext, c: TaskRecord, image_dir: str) -> None:
