@@ -442,3 +442,28 @@ async def test_a_dump_stuck_past_its_bound_thaws_the_app(
     assert answer["error"]["code"] == "checkpoint_failed"
     assert "Resume" in rig.runc.calls  # thawed
     assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
+
+
+async def test_silent_connections_to_the_shim_socket_are_closed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 idle clients must not be held open: a silent one is closed after the idle
+    timeout, and past the cap a connection is answered busy."""
+    from zeropod.shim import control
+
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(control, "MAX_CONNECTIONS", 4)
+    await rig.control.start()
+    try:
+        held = [await asyncio.open_unix_connection(rig.control.path) for _ in range(4)]
+        reader, writer = await asyncio.open_unix_connection(rig.control.path)
+        async with asyncio.timeout(5):
+            busy = json.loads(await reader.readline())
+            assert busy["error"]["code"] == "busy"
+            for silent, _ in held:  # closed by the server, not by us
+                assert await silent.read() == b""
+        writer.close()
+        for _, w in held:
+            w.close()
+    finally:
+        await rig.control.close()

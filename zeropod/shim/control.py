@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zeropod.contract.protocol import (
+    BUSY,
     MAX_LINE,
     NOT_FOUND,
     PERMISSION,
@@ -38,6 +39,11 @@ from zeropod.shim.tasks import TaskRecord
 from zeropod.sockets.peercred import peer_credentials
 
 log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may stay silent between requests (the daemon sends at once)."""
+MAX_CONNECTIONS = 64
+"""Connections served at once; more are answered ``busy``."""
 
 
 class ShimControl:
@@ -80,12 +86,21 @@ class ShimControl:
                 writer.write(encode(failure(error)))
                 await writer.drain()
                 return
-            while line := await reader.readline():
+            if len(self._conns) > MAX_CONNECTIONS:
+                error = ControlError(BUSY, f"{MAX_CONNECTIONS} connections open; retry")
+                writer.write(encode(failure(error)))
+                await writer.drain()
+                return
+            while True:
+                async with asyncio.timeout(IDLE_TIMEOUT):  # a silent peer is not kept
+                    line = await reader.readline()
+                if not line:
+                    break
                 if line.strip():
                     writer.write(encode(await self.answer(line)))
                     await writer.drain()
-        except (ConnectionError, ValueError):
-            pass  # gone, or a line longer than MAX_LINE: drop the connection
+        except (ConnectionError, ValueError, TimeoutError):
+            pass  # gone, silent too long, or a line longer than MAX_LINE: drop it
         finally:
             self._conns.discard(task)
             writer.close()
