@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import probes, report  # noqa: E402
+from bench.soak import soak  # noqa: E402
 from e2e import http, servers  # noqa: E402
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
 from e2e.images import APP_PORT  # noqa: E402
@@ -469,6 +470,7 @@ def main() -> int:
             bench.throughput_and_footprint()
             bench.storm(3 if args.quick else 10)
             bench.real_servers()
+            soak(bench, *((2, 10) if args.quick else (5, 200)))
         finally:
             probes.rawcr(node, "cleanup")
         doc = report.document(bench.measures, probes.machine(node, date, args.quick))
