@@ -369,3 +369,21 @@ async def test_a_container_whose_shim_died_is_forgotten_with_its_unit_and_image(
     assert ("image_remove", orphan.identity.container_id) in world.rec.calls
     assert world.pods.find(PodKey.of(orphan)) is None
     assert world.registry.get(kept.identity.container_id) is kept
+
+
+async def test_a_pods_containers_turn_running_together() -> None:
+    """Status must never show one container woken and its sibling still restoring: every
+    container is RUNNING before the wake's first await after the restores (its images go
+    after)."""
+    world, life = pod("app", "side")
+    await life.sleep("idle")
+    seen: list[list[Phase]] = []
+    remove = world.images.remove
+
+    def observe(container_id: str) -> None:
+        seen.append([c.phase.phase for c in life.containers()])
+        remove(container_id)
+
+    world.images.remove = observe  # type: ignore[method-assign]
+    await life.wake("a client")
+    assert seen == [[Phase.RUNNING, Phase.RUNNING]] * 2

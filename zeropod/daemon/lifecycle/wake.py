@@ -122,11 +122,10 @@ async def wake_pod(
     for client in drained:
         relay.relay_in_background(client, netns)
 
-    # 3: clean up and report.
+    # 3: report, then clean up. The pod's containers turn RUNNING together, with no await in
+    # between: status never shows one woken and its sibling still restoring.
     wake_ms = timer.total_ms()
     for container in restored:
-        if container not in failed_restores:  # a failed one keeps CRIU's log till next sleep
-            await asyncio.to_thread(life.images.remove, container.identity.container_id)
         container.phase.transition(Phase.RUNNING, f"woken ({reason})")
         journal.info(
             f"{container.identity.label}: woke in {wake_ms:g} ms "
@@ -138,6 +137,9 @@ async def wake_pod(
             **timer.fields(container.identity.container),
             **container.journal_fields(),
         )
+    for container in restored:  # a failed restore keeps CRIU's log till the next sleep
+        if container not in failed_restores:
+            await asyncio.to_thread(life.images.remove, container.identity.container_id)
     for error in errors:
         journal.error(
             f"{life.key.label}: {error}",
