@@ -23,6 +23,7 @@ TARGETS = {
     "throughput": ("ratio_median", ">=", 0.98),
     "footprint": ("zeropod.median", "<=", 15),
     "soak_resets": ("zeropod.max", "<=", 0),
+    "soak_errors": ("zeropod.max", "<=", 0),
     "soak_state_lost": ("zeropod.max", "<=", 0),
     "soak_daemon_fds": ("ratio_median", "<=", 1.10),
     "soak_daemon_rss": ("ratio_median", "<=", 1.10),

@@ -43,6 +43,7 @@ def soak(bench: Bench, pods: int, cycles: int) -> None:
     """Run the soak and add its measures to BENCH."""
     counts = [0] * pods
     lost = resets = 0
+    errors: list[str] = []
     wake_ms: list[float] = []
     with contextlib.ExitStack() as stack:
         running = [stack.enter_context(bench.pod("counter")) for _ in range(pods)]
@@ -50,24 +51,36 @@ def soak(bench: Bench, pods: int, cycles: int) -> None:
             counts[i] = _count_now(bench, url)
         fds_before, rss_before = 0, 0.0
         for cycle in range(1, cycles + 1):
-            for pod, cid, _ in running:
-                bench.sleep(pod, cid)
-            for i, (_, cid, url) in enumerate(running):
-                res = client_get(bench.node, url, concurrency=CLIENTS, timeout=30)
-                resets += len(res.errors())
-                got = sorted(_count(body) for body in res.bodies())
-                expected = list(range(counts[i] + 1, counts[i] + 1 + len(got)))
-                if got != expected:
-                    lost += 1
-                counts[i] += len(got)
-                wake_ms.append(min(r.latency_ms for r in res.results))
-                bench.daemon.wait_state(cid, "RUNNING", timeout=120)
+            try:
+                for pod, cid, _ in running:
+                    bench.sleep(pod, cid)
+                for i, (_, cid, url) in enumerate(running):
+                    res = client_get(bench.node, url, concurrency=CLIENTS, timeout=30)
+                    resets += len(res.errors())
+                    got = sorted(_count(body) for body in res.bodies())
+                    expected = list(range(counts[i] + 1, counts[i] + 1 + len(got)))
+                    if got != expected:
+                        lost += 1
+                    counts[i] += len(got)
+                    wake_ms.append(min(r.latency_ms for r in res.results))
+                    bench.daemon.wait_state(cid, "RUNNING", timeout=120)
+            except Exception as err:  # counted and reported: the soak goes on
+                errors.append(f"cycle {cycle}: {err!r}"[:300])
+                bench.step(f"soak cycle {cycle}: {errors[-1]}")
+                for i, (_, cid, url) in enumerate(running):  # where each pod stands now
+                    with contextlib.suppress(Exception):
+                        bench.daemon.wait_state(cid, "RUNNING", timeout=180)
+                        counts[i] = _count_now(bench, url)
             if cycle == 1:
                 fds_before, rss_before = daemon_usage(bench)
             if cycle % 10 == 0 or cycle == cycles:
-                bench.step(f"soak cycle {cycle}/{cycles}: {resets} failed, {lost} state lost")
+                bench.step(
+                    f"soak cycle {cycle}/{cycles}: {resets} failed, {lost} state lost, "
+                    f"{len(errors)} cycles broken"
+                )
         fds_after, rss_after = daemon_usage(bench)
     extra: dict[str, Any] = {"pods": pods, "cycles": cycles, "clients_per_wake": CLIENTS}
+    bench.add("soak_errors", "cycles", [len(errors)], (), None, errors=errors, **extra)
     bench.add("soak_resets", "failed requests", [resets], (), None, **extra)
     bench.add("soak_state_lost", "cycles", [lost], (), None, **extra)
     bench.add("soak_wake", "ms", wake_ms, (), None, **extra)

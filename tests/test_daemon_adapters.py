@@ -177,3 +177,25 @@ def test_images_of_unknown_containers_are_reclaimed_at_start(tmp_short: str) -> 
     assert images.container_ids() == [kept.identity.container_id]
     assert reclaim_images(world.service, images, world.journal) == []
     assert ImageStore(os.path.join(tmp_short, "none")).container_ids() == []
+
+
+async def test_a_shim_that_never_answers_is_a_shim_error_in_time(
+    tmp_short: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured in the soak: a restore whose CRIU hung kept the shim from answering past the
+    daemon's wait; the bare TimeoutError escaped the wake as an interruption. It must be a
+    ShimError (``unavailable``), which the wake handles like any failed restore."""
+    from zeropod.contract import timeouts
+
+    path = os.path.join(tmp_short, "shim.sock")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_unix_server(silent, path=path)
+    monkeypatch.setattr(timeouts, "daemon_wait", lambda bound: 0.2)
+    with pytest.raises(ShimError) as info:
+        async with asyncio.timeout(5):
+            await ShimClient().restore(container_at(path), "/i")
+    assert info.value.code == "unavailable" and "no answer" in info.value.message
+    server.close()

@@ -76,15 +76,19 @@ class ShimClient:
         path = container.identity.shim_socket
         if not path:
             raise ShimError(UNAVAILABLE, f"the shim of {container.identity.label} has no socket")
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    return TaskReply.from_body(await _exchange(path, message, timeout))
-                except ControlError as err:
-                    older = older_version(err, message)
-                    if older is None:
-                        raise ShimError(err.code, err.message) from err
-                    message = older
+        op = message["op"]
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        return TaskReply.from_body(await _exchange(path, message, timeout))
+                    except ControlError as err:
+                        older = older_version(err, message)
+                        if older is None:
+                            raise ShimError(err.code, err.message) from err
+                        message = older
+        except TimeoutError as err:  # the shim took longer than the policy lets it
+            raise ShimError(UNAVAILABLE, f"{op} via {path}: no answer in {timeout:g} s") from err
 
 
 async def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
