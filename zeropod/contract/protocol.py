@@ -17,6 +17,7 @@ version (:func:`as_version` drops the fields the older version lacks), once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -158,6 +159,13 @@ async def respond(
     except Exception as err:
         log_bug(f"{what} failed: {err!r}")
         return failure(ControlError(INTERNAL, f"{what} failed: {type(err).__name__}: {err}"))
+
+
+async def send_failure(writer: asyncio.StreamWriter, error: ControlError) -> None:
+    """Write the failed response for ERROR on a server's connection and wait until it is
+    sent (a refusal before any request, or an answer to a bad one)."""
+    writer.write(encode(failure(error)))
+    await writer.drain()
 
 
 def check_response(message: dict[str, Any]) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from zeropod.contract.protocol import (
     ControlError,
     decode,
     encode,
-    failure,
     respond,
+    send_failure,
 )
 from zeropod.contract.shimops import (
     CheckpointRequest,
@@ -83,13 +83,11 @@ class ShimControl:
         try:
             if not self._root_peer(writer):
                 error = ControlError(PERMISSION, "only root may use a zeropod shim's socket")
-                writer.write(encode(failure(error)))
-                await writer.drain()
+                await send_failure(writer, error)
                 return
             if len(self._conns) > MAX_CONNECTIONS:
                 error = ControlError(BUSY, f"{MAX_CONNECTIONS} connections open; retry")
-                writer.write(encode(failure(error)))
-                await writer.drain()
+                await send_failure(writer, error)
                 return
             while True:
                 async with asyncio.timeout(IDLE_TIMEOUT):  # a silent peer is not kept

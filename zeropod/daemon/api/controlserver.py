@@ -24,9 +24,9 @@ from zeropod.contract.protocol import (
     ControlError,
     decode,
     encode,
-    failure,
     ok,
     respond,
+    send_failure,
 )
 from zeropod.contract.requests import EventsRequest, Request, parse_request
 from zeropod.sockets.peercred import peer_credentials, process_groups
@@ -156,14 +156,12 @@ class ControlServer:
         try:
             if busy:
                 error = ControlError(BUSY, f"{self._max_connections} connections open; retry")
-                writer.write(encode(failure(error)))
-                await writer.drain()
+                await send_failure(writer, error)
                 return
             read_only = self._read_only(writer)
             if read_only is None:
                 error = ControlError(PERMISSION, "only root may use the zeropod daemon")
-                writer.write(encode(failure(error)))
-                await writer.drain()
+                await send_failure(writer, error)
                 return
             await self._converse(reader, writer, read_only)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -197,8 +195,7 @@ class ControlServer:
                     line = await reader.readline()
             except ValueError:
                 error = ControlError(TOO_LARGE, f"request line longer than {MAX_LINE} bytes")
-                writer.write(encode(failure(error)))
-                await writer.drain()
+                await send_failure(writer, error)
                 return
             if not line:
                 return
@@ -209,8 +206,7 @@ class ControlServer:
                 if read_only and request.OP not in READ_ONLY_OPS:
                     raise ControlError(PERMISSION, f"op {request.OP!r} needs root")
             except ControlError as err:
-                writer.write(encode(failure(err)))
-                await writer.drain()
+                await send_failure(writer, err)
                 continue
             if isinstance(request, EventsRequest):
                 await self._stream_events(reader, writer)
@@ -238,8 +234,7 @@ class ControlServer:
                 try:
                     event = next_event.result()
                 except ControlError as err:
-                    writer.write(encode(failure(err)))
-                    await writer.drain()
+                    await send_failure(writer, err)
                     return
                 writer.write(encode(ok(event=event)))
                 await writer.drain()
