@@ -150,8 +150,7 @@ async def reload(service: ControlService, shim: ShimStatus, journal: Journal) ->
             f"{identity.label}: reloaded as {found.phase.value}, {found.why}",
             **container.journal_fields(),
         )
-    for life in service.pods.lives():
-        life.settle()
+    for life in service.pods.lives():  # settled as each container came back
         if life.state is RUNNING and life.ports.held:  # woken without us: the app listens
             for error in await life.ports.release():
                 journal.error(f"{life.key.label}: {error}", unit=life.key.service)

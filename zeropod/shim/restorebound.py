@@ -16,6 +16,10 @@ CRIU 4.2.1 under runc, ``log-level 2`` or ``3`` there makes every dump fail (err
 after the kill :func:`cap_log` cuts restore.log to its first ``LOG_KEEP`` bytes (where the
 restore's start and its first errors are).
 
+A dump stuck past its own bound is ended the same way (:func:`kill_dump_criu`); its CRIU is
+found by the files it holds open in the image dir, since the dump's runc parent is not
+always recognisable by its argv.
+
 A killed CRIU leaves its cgroup yard mounted in the image dir (``.criu.cgyard.*``, a tmpfs
 with the v1 cgroup controllers below it); :func:`release_cgyards` detaches it, or the image
 dir could never be removed (the daemon's next checkpoint then fails on the existing dir).
@@ -71,12 +75,6 @@ def restore_criu_pids(container_id: str, proc: Path = Path("/proc")) -> list[int
     runc starts ``criu swrk``; CRIU forks the restored tree, which keeps the name ``criu``
     until its restorer finishes. All of them (and only them) are returned.
     """
-    return criu_pids(container_id, "restore", proc)
-
-
-def criu_pids(container_id: str, action: str, proc: Path = Path("/proc")) -> list[int]:
-    """CRIU processes below this container's ``runc ... <action> ... <id>`` process
-    (``action``: ``restore`` or ``checkpoint``)."""
     procs = list(_processes(proc))
     children: dict[int, list[int]] = {}
     for pid, ppid, _, _ in procs:
@@ -87,7 +85,7 @@ def criu_pids(container_id: str, action: str, proc: Path = Path("/proc")) -> lis
         for pid, _, _, argv in procs
         if argv
         and os.path.basename(argv[0]).startswith("runc")
-        and action in argv
+        and "restore" in argv
         and argv[-1] == container_id
     ]
     found: list[int] = []
@@ -101,21 +99,22 @@ def criu_pids(container_id: str, action: str, proc: Path = Path("/proc")) -> lis
     return sorted(found)
 
 
-def kill_restore_criu(container_id: str, proc: Path = Path("/proc")) -> list[int]:
-    """SIGKILL this container's restoring CRIU processes; the pids signalled."""
-    return kill_criu(container_id, "restore", proc)
-
-
-def kill_criu(container_id: str, action: str, proc: Path = Path("/proc")) -> list[int]:
-    """SIGKILL this container's CRIU processes of ``action``; the pids signalled."""
+def _kill(pids: list[int]) -> list[int]:
+    """SIGKILL each of PIDS; the ones still there to signal."""
     killed = []
-    for pid in criu_pids(container_id, action, proc):
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             continue
         killed.append(pid)
-    log.warning("container %s: killed the %s's CRIU processes %s", container_id, action, killed)
+    return killed
+
+
+def kill_restore_criu(container_id: str, proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL this container's restoring CRIU processes; the pids signalled."""
+    killed = _kill(restore_criu_pids(container_id, proc))
+    log.warning("container %s: killed the restore's CRIU processes %s", container_id, killed)
     return killed
 
 
@@ -145,14 +144,7 @@ def criu_pids_using(directory: str, proc: Path = Path("/proc")) -> list[int]:
 
 def kill_dump_criu(image_dir: str, proc: Path = Path("/proc")) -> list[int]:
     """SIGKILL the CRIU processes dumping into ``image_dir``; the pids signalled."""
-    killed = []
-    for pid in criu_pids_using(image_dir, proc):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        killed.append(pid)
-    return killed
+    return _kill(criu_pids_using(image_dir, proc))
 
 
 def cap_log(path: str, keep: int = LOG_KEEP) -> int:

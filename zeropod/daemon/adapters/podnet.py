@@ -10,7 +10,7 @@ the view is re-made at the next call (the netns may have been re-created).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from zeropod.activity.podsockets import PodSockets
@@ -45,8 +45,11 @@ class PodNetView:
     async def snapshot(self, ports: Sequence[int]) -> Snapshot:
         return await self._call(lambda s: s.snapshot(ports))
 
-    async def connections(self, ports: Sequence[int]) -> list[Connection]:
-        return await self._call(lambda s: list(split(s.dump(), ports)[1]))
+    async def connections(
+        self, ports: Sequence[int], states: Collection[TcpState]
+    ) -> list[Connection]:
+        mask = sum(1 << state.value for state in set(states))
+        return await self._call(lambda s: list(split(s.dump(mask), ports)[1]))
 
     async def listeners_per_port(self, ports: Sequence[int]) -> list[int]:
         """How many sockets listen on each of ``ports`` (a LISTEN-only dump)."""

@@ -34,7 +34,8 @@ STATUS_TIMEOUT = 5.0
 
 
 class ShimClient:
-    """Sends checkpoint and restore to a container's interposer (docs/scale-to-zero.md)."""
+    """Sends checkpoint, restore and status to a container's interposer
+    (docs/scale-to-zero.md)."""
 
     async def checkpoint(self, container: Container, image_dir: str, mode: Mode) -> TaskReply:
         op = CheckpointRequest(container.identity.container_id, image_dir, mode)
@@ -42,7 +43,8 @@ class ShimClient:
             bound = timeouts.scaled(await asyncio.to_thread(timeouts.resident_bytes, container.pid))
         else:
             bound = timeouts.cold_start()  # a kill and a wait
-        return await self._call(container, op.to_message(), timeouts.daemon_wait(bound))
+        body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
+        return TaskReply.from_body(body)
 
     async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
         op = RestoreRequest(container.identity.container_id, image_dir, fallback=False)
@@ -50,19 +52,15 @@ class ShimClient:
             bound = timeouts.cold_start()
         else:  # the image's size measured at the sleep (>= its pages): no disk walk on wake
             size = container.measured.last_image_bytes
-            bound = timeouts.scaled(size if size is not None else timeouts.pages_bytes(image_dir))
-        return await self._call(container, op.to_message(), timeouts.daemon_wait(bound))
+            if size is None:  # reloaded after a restart: walk the image, off the loop
+                size = await asyncio.to_thread(timeouts.pages_bytes, image_dir)
+            bound = timeouts.scaled(size)
+        body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
+        return TaskReply.from_body(body)
 
     async def task_status(self, identity: ContainerIdentity) -> TaskStatus | None:
         """What the shim knows of the container's task; None when it does not know it."""
-        path = identity.shim_socket
-        if not path:
-            raise ShimError(UNAVAILABLE, f"the shim of {identity.label} has no socket")
-        try:
-            async with asyncio.timeout(STATUS_TIMEOUT):
-                body = await _exchange(path, ShimStatusRequest().to_message(), STATUS_TIMEOUT)
-        except ControlError as err:
-            raise ShimError(err.code, err.message) from err
+        body = await _ask(identity, ShimStatusRequest().to_message(), STATUS_TIMEOUT)
         entries = body.get("containers")
         for entry in entries if isinstance(entries, list) else []:
             status = TaskStatus.from_body(entry) if isinstance(entry, dict) else None
@@ -70,31 +68,34 @@ class ShimClient:
                 return status
         return None
 
-    async def _call(
-        self, container: Container, message: dict[str, Any], timeout: float
-    ) -> TaskReply:
-        path = container.identity.shim_socket
-        if not path:
-            raise ShimError(UNAVAILABLE, f"the shim of {container.identity.label} has no socket")
+
+async def _ask(
+    identity: ContainerIdentity, message: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """MESSAGE to the container's shim and its successful answer, all within TIMEOUT; a shim
+    of an older contract version gets the message again as that version. Raises
+    :class:`ShimError` (``unavailable`` when the shim cannot be reached or is too slow)."""
+    path = identity.shim_socket
+    if not path:
+        raise ShimError(UNAVAILABLE, f"the shim of {identity.label} has no socket")
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    return await _exchange(path, message)
+                except ControlError as err:
+                    older = older_version(err, message)
+                    if older is None:
+                        raise ShimError(err.code, err.message) from err
+                    message = older
+    except TimeoutError as err:  # the shim took longer than the policy lets it
         op = message["op"]
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        return TaskReply.from_body(await _exchange(path, message, timeout))
-                    except ControlError as err:
-                        older = older_version(err, message)
-                        if older is None:
-                            raise ShimError(err.code, err.message) from err
-                        message = older
-        except TimeoutError as err:  # the shim took longer than the policy lets it
-            raise ShimError(UNAVAILABLE, f"{op} via {path}: no answer in {timeout:g} s") from err
+        raise ShimError(UNAVAILABLE, f"{op} via {path}: no answer in {timeout:g} s") from err
 
 
-async def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One request line and its answer; raises ControlError (``unavailable`` when the shim
-    cannot be reached or does not answer in ``timeout``)."""
-    op = message["op"]
+async def _exchange(path: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One request line and its successful answer; raises ControlError (``unavailable``
+    when the shim cannot be reached)."""
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
         try:
@@ -103,8 +104,6 @@ async def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[
             line = await reader.readline()
         finally:
             writer.close()
-    except TimeoutError as err:
-        raise ControlError(UNAVAILABLE, f"{op} via {path}: no answer in {timeout:g} s") from err
     except OSError as err:
-        raise ControlError(UNAVAILABLE, f"{op} via {path}: {err}") from err
+        raise ControlError(UNAVAILABLE, f"{message['op']} via {path}: {err}") from err
     return check_response(decode(line))

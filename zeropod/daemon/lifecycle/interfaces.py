@@ -9,7 +9,7 @@ pidfd_getfd, systemd over D-Bus, the image directory, sock_diag in the pod netns
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 from zeropod.contract.shimops import Mode, TaskReply, TaskStatus
@@ -69,8 +69,9 @@ class NetView(Protocol):
         """Listeners and connections on ``ports`` now (the idle loop's poll)."""
         ...
 
-    async def connections(self, ports: Sequence[int]) -> list[Any]:
-        """The connections on ``ports`` now, accepted or still queued."""
+    async def connections(self, ports: Sequence[int], states: Collection[Any]) -> list[Any]:
+        """The connections on ``ports`` now in ``states`` (TcpState members), accepted or
+        still queued; the kernel filters them, so a busy pod's TIME_WAITs cost nothing."""
         ...
 
     async def wait_listening(self, ports: Sequence[int], count: int, timeout: float) -> int:

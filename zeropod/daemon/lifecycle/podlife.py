@@ -84,7 +84,13 @@ class PodLife:
     def settle(self) -> None:
         """Containers came or went with no sequence running: the state follows their phases."""
         if not self.lock.locked():
-            self.state = states.at_rest([c.phase.phase for c in self.containers()])
+            self._settle_locked()
+
+    def _settle_locked(self) -> None:
+        self.state = self._at_rest()
+
+    def _at_rest(self) -> states.PodState:
+        return states.at_rest([c.phase.phase for c in self.containers()])
 
     def _move(self, target: states.PodState) -> None:
         if target not in states.MOVES[self.state]:
@@ -170,7 +176,7 @@ class PodLife:
         for container in containers:
             if container.phase.phase in (Phase.CHECKPOINTING, Phase.RESTORING):
                 container.phase.transition(Phase.FAILED, f"{sequence} interrupted")
-        self._move(states.at_rest([c.phase.phase for c in self.containers()]))
+        self._move(self._at_rest())
 
     async def forget(self, container: Container) -> bool:
         """``container`` left (killed or deleted): its image goes; with the pod's last scaled
@@ -178,17 +184,13 @@ class PodLife:
         await asyncio.to_thread(self.images.remove, container.identity.container_id)
         async with self.lock:
             if self.containers():
-                self.settle_locked()
+                self._settle_locked()
                 return False
             errors = await self.ports.release()
             self.net.close()
         for error in errors:  # a leftover unit is replaced at the next sleep
             self.journal.error(f"{self.key.label}: {error}", unit=self.key.service)
         return True
-
-    def settle_locked(self) -> None:
-        """:meth:`settle` for a holder of the lock."""
-        self.state = states.at_rest([c.phase.phase for c in self.containers()])
 
 
 LifeFactory = Callable[[PodKey, str], PodLife]

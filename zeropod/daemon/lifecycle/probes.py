@@ -46,7 +46,8 @@ OK_RESPONSE = (
     b"Connection: close\r\n\r\nok"
 )
 KUBE_PROBE = "kube-probe/"
-_QUEUED = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+QUEUED_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+"""The states of a connection waiting in an accept queue (an un-accepted child: measured)."""
 _METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"OPTIONS ", b"DELETE ", b"PATCH ")
 
 
@@ -72,7 +73,9 @@ def queued(connections: Iterable[Connection], ports: Iterable[int]) -> list[Conn
     """The connections waiting in the accept queues of the held ``ports``."""
     watched = set(ports)
     return [
-        c for c in connections if c.local_port in watched and not c.timewait and c.state in _QUEUED
+        c
+        for c in connections
+        if c.local_port in watched and not c.timewait and c.state in QUEUED_STATES
     ]
 
 

@@ -127,7 +127,7 @@ class HandoffWatch:
             return False
         ports = [p.port for p in life.ports.ports] or [listener.getsockname()[1]]
         with timer.step("probe_check"):
-            connections = await life.net.connections(ports)
+            connections = await life.net.connections(ports, probes.QUEUED_STATES)
             node = self.node_networks()
             decision = probes.decide(connections, ports, node)
             refresh = getattr(self.node_networks, "refresh", None)
