@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zeropod.contract import timeouts
-from zeropod.shim import restore, restorebound
+from zeropod.shim import restorebound
 
 CID = "c0ffee"
 
@@ -18,9 +18,10 @@ def test_bound_grows_with_the_pages_and_stays_below_the_daemon(tmp_path: Path) -
     bound = restorebound.bound_for(str(tmp_path))
     assert bound == timeouts.BASE + 5
     assert restorebound.bound_for(str(tmp_path / "missing")) == timeouts.BASE
-    # The daemon waits for the shim's answer longer than the shim takes at most: the bound,
-    # then the Start that a killed CRIU makes fail.
-    assert bound + restore.AFTER_KILL_TIMEOUT < timeouts.daemon_wait(bound)
+    # The daemon waits for the shim's answer longer than the shim takes at most: each
+    # attempt's bound, then the Start that a killed CRIU makes fail.
+    attempts = timeouts.RESTORE_ATTEMPTS * (bound + timeouts.AFTER_KILL)
+    assert attempts < timeouts.daemon_wait(timeouts.restore(500_000_000))
 
 
 def fake_proc(root: Path, procs: list[tuple[int, int, str, list[str]]]) -> Path:

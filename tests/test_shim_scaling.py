@@ -58,6 +58,8 @@ class FakeRunc:
         self.calls: list[str] = []
         self.pids = itertools.count(100)
         self.fail_restore = False
+        self.restore_failures_left = 0  # the next N restores fail, later ones succeed
+        self.writes_image = False  # Checkpoint writes a pages file, as CRIU would
         self.hang_restore: asyncio.Event | None = None  # Start hangs until it is set
         self.fail_checkpoint = False
         self.hang_checkpoint = False  # CRIU stuck mid-dump: Checkpoint never answers
@@ -85,6 +87,9 @@ class FakeRunc:
             if task.checkpoint and self.hang_restore is not None:
                 await self.hang_restore.wait()
                 raise TtrpcError(Code.UNKNOWN, "criu failed: type RESTORE errno 0 (killed)")
+            if task.checkpoint and self.restore_failures_left:
+                self.restore_failures_left -= 1
+                raise TtrpcError(Code.UNKNOWN, "criu failed: type RESTORE errno 0 (killed)")
             if task.checkpoint and self.fail_restore:
                 raise TtrpcError(Code.UNKNOWN, "criu failed: type RESTORE errno 0")
             task.pid = next(self.pids)
@@ -97,6 +102,8 @@ class FakeRunc:
                 raise TtrpcError(Code.UNKNOWN, "criu failed: type DUMP errno 0")
             if self.hang_checkpoint:
                 await asyncio.Event().wait()
+            if self.writes_image:
+                (Path(req.path) / "pages-1.img").write_bytes(b"page")
             task.exit(137)
             return b""
         if name == "Kill":
@@ -319,6 +326,36 @@ async def test_hanging_restore_is_killed_at_its_bound(
     assert rig.runc.calls[calls:] == ["Create", "Start", "Delete"]
     assert rig.ctx.tracker.get(CID).phase is TaskPhase.SCALED_DOWN
     assert (image / "restore.log").stat().st_size == restorebound.LOG_KEEP
+
+
+async def test_a_restore_that_failed_from_an_intact_image_is_tried_once_more(rig: Rig) -> None:
+    """CRIU killed or stuck for a moment must not cost the app its memory."""
+    rig.runc.writes_image = True
+    await rig.run_container()
+    image = str(rig.tmp / "img")
+    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    rig.runc.restore_failures_left = 1
+    calls = len(rig.runc.calls)
+    woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=False))
+    assert woke["cold"] is False
+    assert rig.runc.calls[calls:] == ["Create", "Start", "Delete", "Create", "Start"]
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
+
+
+async def test_a_damaged_image_is_not_tried_again(rig: Rig) -> None:
+    rig.runc.writes_image = True
+    await rig.run_container()
+    image = rig.tmp / "img"
+    await rig.control.handle(rig.op("checkpoint", image_dir=str(image)))
+    (image / "pages-1.img").write_bytes(b"")  # truncated
+    rig.runc.restore_failures_left = 1
+    calls = len(rig.runc.calls)
+    answer = await rig.control.answer(
+        json.dumps(rig.op("restore", image_dir=str(image), fallback=False)).encode()
+    )
+    assert answer["ok"] is False and answer["error"]["code"] == "restore_failed"
+    assert rig.runc.calls[calls:] == ["Create", "Start", "Delete"]
+    assert rig.ctx.tracker.get(CID).phase is TaskPhase.SCALED_DOWN
 
 
 async def test_restore_clears_a_task_left_by_the_checkpoint(rig: Rig) -> None:

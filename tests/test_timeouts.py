@@ -26,6 +26,16 @@ def test_the_daemon_always_waits_longer_than_the_shim(size: int) -> None:
     assert timeouts.daemon_wait(timeouts.cold_start()) > 2 * timeouts.CALL
 
 
+@pytest.mark.parametrize("size", [0, 10**6, 10**9, 10**12])
+def test_a_restore_may_take_two_attempts_and_the_waits_cover_them(size: int) -> None:
+    attempt = timeouts.scaled(size) + timeouts.AFTER_KILL
+    assert timeouts.restore(size) == pytest.approx(timeouts.RESTORE_ATTEMPTS * attempt)
+    assert timeouts.RESTORE_ATTEMPTS == 2
+    assert timeouts.daemon_wait(timeouts.restore(size)) > 2 * attempt
+    # The shim's wake waits for the daemon's restore and the cold start it may fall back to.
+    assert timeouts.wake_wait(size) > timeouts.daemon_wait(timeouts.restore(size))
+
+
 def test_resident_bytes_of_this_process_tree() -> None:
     mine = timeouts.resident_bytes(os.getpid())
     assert mine > 1_000_000  # a Python process holds megabytes

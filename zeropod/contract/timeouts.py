@@ -9,7 +9,9 @@ restore). Standard library only: both sides import it.
 - A dump: :data:`BASE` plus :data:`PER_100MB` for every 100 MB resident in the container's
   process tree, at most :data:`MAX` (CRIU writes well over 100 MB/s here; the base covers
   its freeze and runc's own work).
-- A restore: the same for the image's ``pages-*.img``.
+- A restore attempt: the same for the image's ``pages-*.img``; a failed attempt from an
+  intact image is tried once more (:data:`RESTORE_ATTEMPTS`), each killed at its bound and
+  given :data:`AFTER_KILL` to fail (:func:`restore`).
 - A cold start: a Create and a Start of the runc shim, :data:`CALL` each.
 """
 
@@ -23,14 +25,22 @@ PER_100MB = 1.0
 MAX = 100.0
 CALL = 30.0
 """One ordinary call to the runc shim (Create, Delete, Kill, Wait)."""
+AFTER_KILL = 15.0
+"""How long a restore's Start may take to fail after its CRIU was killed at the bound."""
+RESTORE_ATTEMPTS = 2
 MARGIN = 45.0
 """What the daemon waits beyond the shim's bound for the shim's answer: one more call to the
-runc shim (deleting the dumped task) and the 15 s a killed restore's Start may take."""
+runc shim (deleting the dumped task) and what ending a stuck CRIU takes."""
 
 
 def scaled(size_bytes: int) -> float:
     """Seconds for a dump or restore of SIZE_BYTES of memory."""
     return min(BASE + PER_100MB * max(size_bytes, 0) / 100e6, MAX)
+
+
+def restore(size_bytes: int) -> float:
+    """Seconds the shim's restore op may take from an image of SIZE_BYTES, every attempt."""
+    return RESTORE_ATTEMPTS * (scaled(size_bytes) + AFTER_KILL)
 
 
 def cold_start() -> float:
@@ -46,7 +56,7 @@ def daemon_wait(bound: float) -> float:
 def wake_wait(image_bytes: int) -> float:
     """How long a shim waits for the daemon to wake a pod whose image holds IMAGE_BYTES: the
     daemon's own wait for the restore, and the cold start it may fall back to."""
-    return daemon_wait(scaled(image_bytes)) + cold_start()
+    return daemon_wait(restore(image_bytes)) + cold_start()
 
 
 def pages_bytes(image_dir: str) -> int:

@@ -24,7 +24,7 @@ import time
 from zeropod.contract.protocol import BAD_PHASE, CHECKPOINT_FAILED, ControlError
 from zeropod.contract.shimops import Mode, TaskReply
 from zeropod.criulog import first_error
-from zeropod.shim import restorebound
+from zeropod.shim import imagefiles, restorebound
 from zeropod.shim.context import ShimContext
 from zeropod.shim.spec import read_spec
 from zeropod.shim.sysvipc import release_dumped_segments
@@ -73,7 +73,7 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
             log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
             raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
         if mode == "checkpoint":
-            await asyncio.to_thread(owner_only, image_dir)
+            c.image_files = await asyncio.to_thread(owner_only, image_dir)
             await _release_sysv_segments(c, image_dir)
         try:
             await ctx.upstream.delete(c)
@@ -93,9 +93,10 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
         return TaskReply(pid=c.pid, duration_ms=duration_ms)
 
 
-def owner_only(image_dir: str) -> None:
+def owner_only(image_dir: str) -> dict[str, int]:
     """The app's memory on disk is root's alone: CRIU writes its images 0644; they become
-    0600 in their 0700 directory (a file that cannot be changed is logged, the dump stands)."""
+    0600 in their 0700 directory (a file that cannot be changed is logged, the dump stands).
+    The image files' sizes as written (:mod:`zeropod.shim.imagefiles`)."""
     with os.scandir(image_dir) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
@@ -104,6 +105,7 @@ def owner_only(image_dir: str) -> None:
                 except OSError as err:
                     log.warning("image file %s stays readable: %s", entry.path, err)
     os.chmod(image_dir, 0o700)
+    return imagefiles.sizes(image_dir)
 
 
 async def _end_stuck_dump(ctx: ShimContext, c: TaskRecord, image_dir: str) -> None:

@@ -4,10 +4,14 @@
 1. SCALED_DOWN -> RESTORING (the runc shim's create/start events stay held).
 2. Create the task again exactly as containerd first did, plus ``checkpoint=image_dir`` and
    CRIU's work dir in the runc options; Start runs CRIU's restore and gives the new pid.
-3. If that fails (or there is no image): clear the half-made task and start it cold from the
-   original request (``cold: true``, the failure in ``error``). With ``fallback=False`` (the
-   daemon, which must release the pod's ports before a cold app can bind) a failed restore
-   goes back to SCALED_DOWN and raises ``restore_failed`` instead; the image stays.
+3. If that fails, whatever the failed restore left running in the container's cgroup is
+   killed (:mod:`zeropod.shim.leftovers`) and the half-made task deleted; if the image is
+   still as the dump wrote it (:mod:`zeropod.shim.imagefiles`) it is restored once more, or
+   the app's memory would be lost to a CRIU killed or stuck for a moment. If that fails too
+   (or there is no image): start it cold from the original request (``cold: true``, the
+   failure in ``error``). With ``fallback=False`` (the daemon, which must release the pod's
+   ports before a cold app can bind) a failed restore goes back to SCALED_DOWN and raises
+   ``restore_failed`` instead; the image stays.
 4. -> RUNNING; our stdio FIFO ends are closed (the runc shim holds its own again), a pending
    Wait from containerd now waits on the new task.
 If even the cold start fails, the task ends (exit published, status 255).
@@ -29,10 +33,11 @@ import shutil
 import time
 from typing import Any
 
+from zeropod.contract import timeouts
 from zeropod.contract.protocol import BAD_PHASE, RESTORE_FAILED, ControlError
 from zeropod.contract.shimops import TaskReply
 from zeropod.criulog import first_error
-from zeropod.shim import restorebound
+from zeropod.shim import imagefiles, leftovers, restorebound
 from zeropod.shim.context import ShimContext
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
@@ -42,8 +47,6 @@ from zeropod.ttrpc.status import Code
 log = logging.getLogger(__name__)
 
 FAILED_WAKE_STATUS = 255
-# After its CRIU is killed, how long the runc shim's Start may take to fail.
-AFTER_KILL_TIMEOUT = 15.0
 
 
 class RestoreTimeout(Exception):
@@ -71,7 +74,7 @@ async def restore(
         pid = 0
         if image_dir is not None:
             try:
-                pid = await _create_and_start(ctx, c, image_dir)
+                pid = await _restore_from(ctx, c, image_dir)
             except (TtrpcError, ConnectionError, RestoreTimeout) as err:
                 log_path = os.path.join(image_dir, "restore.log")
                 cause = first_error(log_path)
@@ -110,8 +113,20 @@ async def restore(
         return TaskReply(pid, duration_ms, cold=result["cold"], error=result.get("error"))
 
 
+async def _restore_from(ctx: ShimContext, c: TaskRecord, image_dir: str) -> int:
+    """Restore from IMAGE_DIR; a failed attempt is tried once more while the image is intact."""
+    try:
+        return await _create_and_start(ctx, c, image_dir)
+    except (TtrpcError, ConnectionError, RestoreTimeout) as err:
+        if not await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files):
+            raise
+        log.warning("container %s: restore failed (%s); its image is intact, once more", c.id, err)
+    return await _create_and_start(ctx, c, image_dir)
+
+
 async def _create_and_start(ctx: ShimContext, c: TaskRecord, image_dir: str | None) -> int:
-    """Create + Start; on failure the half-made runc task is deleted again.
+    """Create + Start; on failure the half-made runc task is deleted again, after whatever
+    a failed restore left running in the container's cgroup is killed.
 
     A runc task left over from the checkpoint (its Delete failed) is deleted first.
     """
@@ -128,6 +143,9 @@ async def _create_and_start(ctx: ShimContext, c: TaskRecord, image_dir: str | No
             return await ctx.upstream.start(c)
         return await _bounded_start(ctx, c, image_dir)
     except (TtrpcError, ConnectionError, RestoreTimeout):
+        if image_dir is not None:
+            await asyncio.to_thread(leftovers.kill_container_processes, c.id)
+            await asyncio.to_thread(restorebound.release_cgyards, image_dir)
         with contextlib.suppress(TtrpcError, ConnectionError):
             await ctx.upstream.delete(c)
         raise
@@ -147,7 +165,7 @@ async def _bounded_start(ctx: ShimContext, c: TaskRecord, image_dir: str) -> int
         f"its log cut from {log_size} bytes"
     )
     try:
-        async with asyncio.timeout(AFTER_KILL_TIMEOUT):
+        async with asyncio.timeout(timeouts.AFTER_KILL):
             return await start  # it finished just now after all
     except (TtrpcError, ConnectionError) as err:
         raise RestoreTimeout(f"{why}; Start: {err}") from err

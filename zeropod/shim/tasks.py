@@ -39,6 +39,7 @@ class TaskRecord:
     pid: int = 0  # the running process, or the last one while scaled down
     generation: int = 0  # checkpoints started so far; > 0 means events may be our own
     image_dir: str | None = None  # the last checkpoint's image (None after a "stop")
+    image_files: dict[str, int] = field(default_factory=dict)  # its files' sizes when written
     exit_status: int = 0
     exited_at: float = 0.0  # seconds since the epoch, when it ended asleep
     registered: bool = False  # the daemon was told (so it must be told it ended)

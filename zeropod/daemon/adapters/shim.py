@@ -54,7 +54,7 @@ class ShimClient:
             size = container.measured.last_image_bytes
             if size is None:  # reloaded after a restart: walk the image, off the loop
                 size = await asyncio.to_thread(timeouts.pages_bytes, image_dir)
-            bound = timeouts.scaled(size)
+            bound = timeouts.restore(size)
         body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
         return TaskReply.from_body(body)
 
