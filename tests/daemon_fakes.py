@@ -102,14 +102,24 @@ class FakeUnits:
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
         self.fail_start: Exception | None = None
+        self.active: set[str] = set()  # the socket units systemd would list
 
     async def start(self, key: PodKey, ports: Sequence[HeldPort], netns: str) -> None:
         self.rec.calls.append(("unit_start", key.socket, tuple(ports)))
         if self.fail_start is not None:
             raise self.fail_start
+        self.active.add(key.socket)
 
     async def stop(self, key: PodKey) -> None:
         self.rec.calls.append(("unit_stop", key.socket))
+        self.active.discard(key.socket)
+
+    async def listening(self) -> set[str]:
+        return set(self.active)
+
+    async def stop_orphan(self, socket_unit: str) -> None:
+        self.rec.calls.append(("unit_stop", socket_unit))
+        self.active.discard(socket_unit)
 
 
 class FakeImages:

@@ -163,7 +163,7 @@ def test_images_of_unknown_containers_are_reclaimed_at_start(tmp_short: str) -> 
     """After a reboot or a crash: images no registered container can use are removed."""
     from daemon_fakes import World
 
-    from zeropod.daemon.main import reclaim_images
+    from zeropod.daemon.restart import reclaim_images
 
     images = ImageStore(os.path.join(tmp_short, "images"))
     world = World()

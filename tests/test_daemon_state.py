@@ -93,7 +93,7 @@ async def test_after_a_restart_the_shims_say_what_is_true(tmp_path: Path) -> Non
     not answer leaves the file's guess."""
     from zeropod.contract.shimops import TaskStatus
     from zeropod.daemon.lifecycle.interfaces import ShimError
-    from zeropod.daemon.main import reload
+    from zeropod.daemon.restart import reload
 
     shim_socket = str(tmp_path / "shim.sock")
     open(shim_socket, "w").close()
@@ -138,3 +138,43 @@ async def test_after_a_restart_the_shims_say_what_is_true(tmp_path: Path) -> Non
     guessed = after.registry.get(quiet.identity.container_id)
     assert guessed is not None and guessed.phase.phase is Phase.SCALED_DOWN
     assert after.life(PodKey.of(guessed)).ports.held  # still asleep, its ports still held
+
+
+async def test_after_a_restart_systemd_holds_the_ports_of_every_sleeping_pod_and_no_other(
+    tmp_path: Path,
+) -> None:
+    """A sleeping pod whose socket unit is gone gets it back (its next client must still wake
+    it); the unit of a pod the daemon no longer knows is stopped, its ports with it; the unit
+    of a sleeping pod that still listens is left alone."""
+    from zeropod.contract.shimops import TaskStatus
+    from zeropod.daemon.restart import reconcile_units, reload
+
+    shim_socket = str(tmp_path / "shim.sock")
+    open(shim_socket, "w").close()
+    store = StateStore(str(tmp_path / "state"))
+    before = World()
+    before.service.store = store
+    lost = before.register("app", pod="lost", shim_socket=shim_socket)
+    kept = before.register("app", pod="kept", shim_socket=shim_socket)
+    for container in (lost, kept):
+        await before.sleep(PodKey.of(container), "forced")
+
+    after = World()
+    after.service.store = store
+    truth = ShimTruth({})
+
+    async def scaled_down(identity):  # type: ignore[no-untyped-def]
+        return TaskStatus(identity.container_id, "scaled_down", 0, 100)
+
+    truth.task_status = scaled_down  # type: ignore[method-assign]
+    await reload(after.service, truth, after.journal)
+    orphan = "zeropod@default_deleted\\x2dwhile\\x2ddown.socket"
+    after.units.active = {PodKey.of(kept).socket, orphan}
+    after.rec.calls.clear()
+    await reconcile_units(after.service, after.units, after.journal)
+
+    held = [c for c in after.rec.calls if c[0] == "unit_start"]
+    ports = after.life(PodKey.of(lost)).ports.ports
+    assert ports and [(c[1], c[2]) for c in held] == [(PodKey.of(lost).socket, ports)]
+    assert [c for c in after.rec.calls if c[0] == "unit_stop"] == [("unit_stop", orphan)]
+    assert after.units.active == {PodKey.of(lost).socket, PodKey.of(kept).socket}

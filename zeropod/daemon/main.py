@@ -31,7 +31,7 @@ from zeropod.daemon.adapters.notify import (
 )
 from zeropod.daemon.adapters.podnet import PodNetView
 from zeropod.daemon.adapters.shim import ShimClient
-from zeropod.daemon.adapters.statefiles import STATE_DIR, StateStore, pid_alive, recovered_phase
+from zeropod.daemon.adapters.statefiles import STATE_DIR, StateStore
 from zeropod.daemon.adapters.systemd import SystemdUnits
 from zeropod.daemon.api.controlserver import ControlServer
 from zeropod.daemon.api.eventhub import EventHub
@@ -39,16 +39,13 @@ from zeropod.daemon.api.metrics import Metrics
 from zeropod.daemon.api.metricsserver import AddressError, MetricsServer, parse_address, serve
 from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.lifecycle.idle import IdleLoops
-from zeropod.daemon.lifecycle.interfaces import ShimError, ShimStatus
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.ports import PortHold
-from zeropod.daemon.lifecycle.reconcile import Verdict, verdict
-from zeropod.daemon.lifecycle.states import RUNNING
 from zeropod.daemon.lifecycle.watch import HandoffWatch
-from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Registry
+from zeropod.daemon.restart import reclaim_images, reconcile_units, reload
 from zeropod.journal import Journal, open_journal
 from zeropod.version import version
 
@@ -59,7 +56,9 @@ METRICS_DEFAULT = "127.0.0.1:9925"
 READ_GROUP_ENV = "ZEROPOD_READ_GROUP"
 
 
-def _build(journal: Journal, state_dir: str) -> tuple[ControlService, HandoffWatch, IdleLoops]:
+def _build(
+    journal: Journal, state_dir: str
+) -> tuple[ControlService, HandoffWatch, IdleLoops, SystemdUnits]:
     """The daemon's parts, wired to the node's real adapters."""
     excluded = ExcludedSources(refresh_seconds=5.0)  # the node's addresses, re-read
     if excluded.error is not None:
@@ -84,25 +83,7 @@ def _build(journal: Journal, state_dir: str) -> tuple[ControlService, HandoffWat
         registry, journal, EventHub(), pods=pods, idle=idle, store=StateStore(state_dir)
     )
     idle.on_gone = service.unregister_async
-    return service, HandoffWatch(pods, journal, excluded), idle
-
-
-def reclaim_images(service: ControlService, images: ImageStore, journal: Journal) -> list[str]:
-    """Remove the images of containers the daemon does not know after its reload.
-
-    A reboot ends every pod (and /run with the state), a pod deleted while the daemon was
-    down is forgotten at reload: their images can never be restored, and they hold the
-    apps' memory (secrets included) on disk. Returns the ids removed.
-    """
-    known = {c.identity.container_id for c in service.registry}
-    removed = [cid for cid in images.container_ids() if cid not in known]
-    for container_id in removed:
-        images.remove(container_id)
-        journal.info(
-            f"removed the image of {container_id}: no such container after a restart",
-            container_id=container_id,
-        )
-    return removed
+    return service, HandoffWatch(pods, journal, excluded), idle, units
 
 
 def _read_group(journal: Journal) -> int | None:
@@ -115,45 +96,6 @@ def _read_group(journal: Journal) -> int | None:
     except KeyError:
         journal.error(f"{READ_GROUP_ENV}={name!r}: no such group; only root may use the daemon")
         return None
-
-
-async def reload(service: ControlService, shim: ShimStatus, journal: Journal) -> None:
-    """Bring back the containers saved before a restart, as their shims say they are now
-    (:mod:`zeropod.daemon.lifecycle.reconcile`); then release the held ports of pods whose
-    containers all run again."""
-    assert service.store is not None
-    for saved in service.store.load(journal.error):
-        identity = saved.identity
-        if identity.shim_socket and not os.path.exists(identity.shim_socket):
-            found = Verdict(None, saved.pid, "its shim is gone")
-        elif not identity.shim_socket:  # a shim without a control socket: the file's guess
-            alive = pid_alive(saved.pid)
-            guess = recovered_phase(saved.phase, alive)
-            gone = saved.phase is Phase.RUNNING and not alive
-            found = Verdict(None if gone else guess, saved.pid, "from its state file")
-        else:
-            try:
-                found = verdict(saved.phase, saved.pid, await shim.task_status(identity))
-            except ShimError as err:
-                guess = recovered_phase(saved.phase, pid_alive(saved.pid))
-                found = Verdict(guess, saved.pid, f"its shim did not answer ({err.message})")
-        if found.phase is None:
-            service.store.remove(identity.container_id)
-            journal.info(f"{identity.label}: gone while the daemon was down ({found.why})")
-            continue
-        container = service.restore_container(identity, found.pid, saved.annotations, found.phase)
-        container.measured.last_checkpoint_ms = saved.last_checkpoint_ms
-        container.measured.last_restore_ms = saved.last_restore_ms
-        if container.managed and saved.held_ports:
-            service.pods.life_of(container).ports.restore_held(saved.held_ports)
-        journal.info(
-            f"{identity.label}: reloaded as {found.phase.value}, {found.why}",
-            **container.journal_fields(),
-        )
-    for life in service.pods.lives():  # settled as each container came back
-        if life.state is RUNNING and life.ports.held:  # woken without us: the app listens
-            for error in await life.ports.release():
-                journal.error(f"{life.key.label}: {error}", unit=life.key.service)
 
 
 def _start_metrics(
@@ -188,8 +130,9 @@ async def run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    service, watch, idle = _build(journal, state_dir)
+    service, watch, idle, units = _build(journal, state_dir)
     await reload(service, ShimClient(), journal)
+    await reconcile_units(service, units, journal)
     reclaim_images(service, ImageStore(), journal)
     follower, metrics_server = _start_metrics(service, journal, metrics_address)
     # Both listening sockets live in systemd's fd store: while the daemon restarts (even

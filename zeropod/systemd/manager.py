@@ -222,6 +222,15 @@ class Systemd:
             raise
         return True
 
+    async def list_units(
+        self, pattern: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[tuple[str, str]]:
+        """(name, ActiveState) of each loaded unit whose name matches the glob PATTERN."""
+        units = await call(
+            self.bus, pattern, "ListUnitsByPatterns", "asas", [[], [pattern]], timeout
+        )
+        return [(unit[0], unit[3]) for unit in units[0]]
+
     async def unit_active_state(self, name: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
         """The unit's ActiveState ("active", "failed", ...), or None when it is not loaded."""
         try:

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from zeropod.daemon.model.pod import HeldPort, PodKey
+from zeropod.daemon.model.pod import UNIT_PREFIX, HeldPort, PodKey
 
 
 class SystemdUnits:
@@ -46,8 +46,16 @@ class SystemdUnits:
             await start_socket_unit(systemd, key.socket, listeners, netns, description)
 
     async def stop(self, key: PodKey) -> None:
+        await self.stop_orphan(key.socket)
+
+    async def listening(self) -> set[str]:
+        systemd = await self._connect()
+        found = await systemd.list_units(f"{UNIT_PREFIX}@*.socket")
+        return {name for name, state in found if state in ("active", "activating", "reloading")}
+
+    async def stop_orphan(self, socket_unit: str) -> None:
         from zeropod.systemd.socket_unit import stop_unit
 
         systemd = await self._connect()
-        await stop_unit(systemd, key.socket)
-        await stop_unit(systemd, key.service)
+        await stop_unit(systemd, socket_unit)
+        await stop_unit(systemd, socket_unit.removesuffix(".socket") + ".service")

@@ -95,6 +95,14 @@ class SocketUnits(Protocol):
         """Stop the pod's socket unit and service (gone already is fine)."""
         ...
 
+    async def listening(self) -> set[str]:
+        """The names of zeropod's socket units systemd has loaded and not failed."""
+        ...
+
+    async def stop_orphan(self, socket_unit: str) -> None:
+        """Stop a socket unit of no known pod, and its service."""
+        ...
+
 
 class Images(Protocol):
     """Where checkpoint images live."""
