@@ -3,6 +3,7 @@ images) that record calls, and a World wiring them like zeropod.daemon.main does
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -42,9 +43,14 @@ class FakeShim:
         self.refusals: dict[str, list[ShimError]] = {}
         self.restore_reply: dict[str, TaskReply | ShimError] = {}
         self.broken_images: dict[str, str] = {}  # container -> why its restore fails
+        self.hang_checkpoint: asyncio.Event | None = None  # a dump answers once it is set
+        self.checkpointing = False
 
     async def checkpoint(self, container: Container, image_dir: str, mode: str) -> TaskReply:
         self.rec.calls.append(("checkpoint", container.identity.container, mode))
+        if self.hang_checkpoint is not None:
+            self.checkpointing = True
+            await self.hang_checkpoint.wait()
         pending = self.refusals.get(container.identity.container)
         if pending:
             raise pending.pop(0)
@@ -165,7 +171,7 @@ class World:
         self.registry = Registry()
 
         def make_life(key: PodKey, netns: str) -> PodLife:
-            return PodLife(
+            life = PodLife(
                 key,
                 self.registry,
                 shim=self.shim,
@@ -174,6 +180,8 @@ class World:
                 net=self.net,
                 journal=self.journal,
             )
+            life.on_ports_held = self.service.save_pod
+            return life
 
         self.pods = Pods(self.registry, make_life)
         self.watch = HandoffWatch(self.pods, self.journal, tuple)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -126,14 +127,14 @@ async def test_after_a_restart_the_shims_say_what_is_true(tmp_path: Path) -> Non
         return await ShimTruth.task_status(truth, identity)
 
     truth.task_status = by_pod  # type: ignore[method-assign]
-    await reload(after.service, truth, after.journal)
+    await reload(after.service, truth, after.journal, mid_op_wait=0.2)
 
     running = after.registry.get(woken.identity.container_id)
     assert running is not None and running.phase.phase is Phase.RUNNING and running.pid == 777
     assert ("unit_stop", PodKey.of(woken).socket) in after.rec.calls  # the app listens again
     assert after.registry.get(gone.identity.container_id) is None
     assert not (tmp_path / "state" / f"{gone.identity.container_id}.json").exists()
-    failed = after.registry.get(mid.identity.container_id)
+    failed = after.registry.get(mid.identity.container_id)  # still mid-op after the wait
     assert failed is not None and failed.phase.phase is Phase.FAILED
     guessed = after.registry.get(quiet.identity.container_id)
     assert guessed is not None and guessed.phase.phase is Phase.SCALED_DOWN
@@ -178,3 +179,43 @@ async def test_after_a_restart_systemd_holds_the_ports_of_every_sleeping_pod_and
     assert ports and [(c[1], c[2]) for c in held] == [(PodKey.of(lost).socket, ports)]
     assert [c for c in after.rec.calls if c[0] == "unit_stop"] == [("unit_stop", orphan)]
     assert after.units.active == {PodKey.of(lost).socket, PodKey.of(kept).socket}
+
+
+async def test_a_dump_the_daemon_died_in_is_waited_for_and_its_ports_stay_held(
+    tmp_path: Path,
+) -> None:
+    """The daemon died while the shim dumped: the restarted daemon waits for the shim to end
+    the dump, then takes the pod as asleep with the ports saved when they were held (the
+    socket unit kept holding them all along: no client is refused)."""
+    from zeropod.contract.shimops import TaskStatus
+    from zeropod.daemon.restart import reconcile_units, reload
+
+    shim_socket = str(tmp_path / "shim.sock")
+    open(shim_socket, "w").close()
+    store = StateStore(str(tmp_path / "state"))
+    before = World()
+    before.service.store = store
+    app = before.register("app", pod="dumping", shim_socket=shim_socket)
+    before.shim.hang_checkpoint = asyncio.Event()  # the daemon dies inside the dump
+    sleeping = asyncio.create_task(before.sleep(PodKey.of(app), "forced"))
+    while not before.shim.checkpointing:
+        await asyncio.sleep(0.01)
+    sleeping.cancel()
+
+    after = World()
+    after.service.store = store
+    answers = iter(["checkpointing", "checkpointing", "scaled_down"])
+
+    async def finishing(identity):  # type: ignore[no-untyped-def]
+        return TaskStatus(identity.container_id, next(answers), 0, app.pid)
+
+    truth = ShimTruth({})
+    truth.task_status = finishing  # type: ignore[method-assign]
+    await reload(after.service, truth, after.journal, mid_op_wait=5)
+    after.units.active = {PodKey.of(app).socket}
+    await reconcile_units(after.service, after.units, after.journal)
+
+    reloaded = after.registry.get(app.identity.container_id)
+    assert reloaded is not None and reloaded.phase.phase is Phase.SCALED_DOWN
+    assert after.life(PodKey.of(app)).ports.held
+    assert not [c for c in after.rec.calls if c[0] == "unit_stop"]

@@ -67,7 +67,7 @@ def _build(
     shim, network, units, images = ShimClient(), HostNetwork(), SystemdUnits(), ImageStore()
 
     def make_life(key: PodKey, netns: str) -> PodLife:
-        return PodLife(
+        life = PodLife(
             key,
             registry,
             shim=shim,
@@ -76,6 +76,8 @@ def _build(
             net=PodNetView(netns),
             journal=journal,
         )
+        life.on_ports_held = service.save_pod
+        return life
 
     pods = Pods(registry, make_life)
     idle = IdleLoops(pods, journal, excluded)

@@ -1,8 +1,9 @@
 """What a (re)started daemon does before it acts: ask the shims and systemd what is true.
 
 1. :func:`reload`: the containers saved before the restart, each as its shim says it is now
-   (:mod:`zeropod.daemon.lifecycle.reconcile`); pods whose containers all run again have
-   their held ports released.
+   (:mod:`zeropod.daemon.lifecycle.reconcile`), once the shim has ended an op it was in the
+   middle of (a dump or restore the daemon died during); pods whose containers all run
+   again have their held ports released.
 2. :func:`reconcile_units`: the socket units systemd has against the pods now known. A
    sleeping pod whose unit is gone (stopped by hand, systemd re-executed) gets it back, so
    its next client still wakes it; a unit of no sleeping pod (its pod deleted while the
@@ -12,16 +13,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
+from zeropod.contract import timeouts
+from zeropod.contract.shimops import TaskStatus
 from zeropod.daemon.adapters.images import ImageStore
 from zeropod.daemon.adapters.statefiles import pid_alive, recovered_phase
 from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.lifecycle.interfaces import ShimError, ShimStatus, SocketUnits
-from zeropod.daemon.lifecycle.reconcile import Verdict, verdict
+from zeropod.daemon.lifecycle.reconcile import MID_OP, Verdict, verdict
 from zeropod.daemon.lifecycle.states import ASLEEP, RUNNING
 from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.registry import ContainerIdentity
 from zeropod.journal import Journal
+
+MID_OP_WAIT = timeouts.daemon_wait(timeouts.restore(1 << 50))
+"""The longest a shim's op may still run (a dump or restore at the largest bound)."""
+MID_OP_POLL = 0.1
 
 
 def reclaim_images(service: ControlService, images: ImageStore, journal: Journal) -> list[str]:
@@ -42,7 +52,9 @@ def reclaim_images(service: ControlService, images: ImageStore, journal: Journal
     return removed
 
 
-async def reload(service: ControlService, shim: ShimStatus, journal: Journal) -> None:
+async def reload(
+    service: ControlService, shim: ShimStatus, journal: Journal, mid_op_wait: float = MID_OP_WAIT
+) -> None:
     """Bring back the containers saved before a restart, as their shims say they are now
     (:mod:`zeropod.daemon.lifecycle.reconcile`); then release the held ports of pods whose
     containers all run again."""
@@ -58,7 +70,9 @@ async def reload(service: ControlService, shim: ShimStatus, journal: Journal) ->
             found = Verdict(None if gone else guess, saved.pid, "from its state file")
         else:
             try:
-                found = verdict(saved.phase, saved.pid, await shim.task_status(identity))
+                found = verdict(
+                    saved.phase, saved.pid, await settled_status(shim, identity, mid_op_wait)
+                )
             except ShimError as err:
                 guess = recovered_phase(saved.phase, pid_alive(saved.pid))
                 found = Verdict(guess, saved.pid, f"its shim did not answer ({err.message})")
@@ -79,6 +93,20 @@ async def reload(service: ControlService, shim: ShimStatus, journal: Journal) ->
         if life.state is RUNNING and life.ports.held:  # woken without us: the app listens
             for error in await life.ports.release():
                 journal.error(f"{life.key.label}: {error}", unit=life.key.service)
+
+
+async def settled_status(
+    shim: ShimStatus, identity: ContainerIdentity, timeout: float = MID_OP_WAIT
+) -> TaskStatus | None:
+    """The shim's status once it is not mid-op (the daemon may have died in the middle of a
+    dump or restore the shim carries on and ends within its bound); after TIMEOUT, the
+    mid-op status as it is."""
+    deadline = time.monotonic() + timeout
+    status = await shim.task_status(identity)
+    while status is not None and status.phase in MID_OP and time.monotonic() < deadline:
+        await asyncio.sleep(MID_OP_POLL)
+        status = await shim.task_status(identity)
+    return status
 
 
 async def reconcile_units(service: ControlService, units: SocketUnits, journal: Journal) -> None:

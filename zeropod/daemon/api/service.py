@@ -204,6 +204,11 @@ class ControlService:
                 self.idle.ensure(PodKey.of(container))
         return container
 
+    def save_pod(self, life: PodLife) -> None:
+        """Persist the pod's containers with the ports its socket unit holds now."""
+        for container in life.containers():
+            self._save(container)
+
     def _save(self, container: Container) -> None:
         if self.store is None or container.phase.phase is Phase.STOPPED:
             return

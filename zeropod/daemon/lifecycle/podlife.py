@@ -60,6 +60,9 @@ class PodLife:
         """Failed sleeps in a row; written by the sleep (lock held) and by a registration."""
         self.wake_retry = Backoff()
         """Failed retries of a FAILED pod's wake by the idle loop (the loop's alone)."""
+        self.on_ports_held: Callable[[PodLife], None] | None = None
+        """Called once the sleep holds the ports, before any dump: the daemon saves them, so a
+        restart in the middle of the dump still knows what its socket unit holds."""
 
     # --- what the pod is -------------------------------------------------------------------
 

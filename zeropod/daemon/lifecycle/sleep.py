@@ -63,6 +63,8 @@ async def sleep_pod(life: PodLife, containers: list[Container], reason: str) -> 
         error = f"holding the ports failed: {err}"
         await _give_up(life, containers, [], error, timer)
         return SleepOutcome(False, error, timer.fields())
+    if life.on_ports_held is not None:
+        life.on_ports_held(life)
 
     # 4: dump (or stop) each container.
     dumped: list[Container] = []
