@@ -378,9 +378,22 @@ async def test_failed_checkpoint_keeps_running(rig: Rig) -> None:
     assert answer["ok"] is False
     assert answer["error"]["code"] == "checkpoint_failed"
     assert str(rig.tmp / "img" / "dump.log") in answer["error"]["message"]
+    assert "image disk" not in answer["error"]["message"]  # tmp is not nearly full
     state = await rig.call("State", "StateResponse", id=CID)
     assert (state.status, state.pid) == (RUNNING, pid)
     assert rig.ctx.tracker.get(CID).phase is TaskPhase.RUNNING
+
+
+def test_a_failed_dump_on_a_nearly_full_disk_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zeropod.shim import checkpoint
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda path: Full())
+    assert checkpoint.disk_note(str(tmp_path)) == "; the image disk has 12 KiB free"
 
 
 async def test_exec_while_asleep_restores_without_daemon(rig: Rig) -> None:

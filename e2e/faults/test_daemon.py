@@ -12,7 +12,7 @@ import time
 import uuid
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, wait_for
+from e2e.cri import ContainerSpec, Cri
 from e2e.faults.conftest import Fault
 from e2e.faults.inject import criu_steps, kill_daemon
 from e2e.images import APP_PORT

@@ -69,7 +69,7 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
                 dump_log = os.path.join(image_dir, "dump.log")
                 cause = first_error(dump_log)
                 where = f"; CRIU: {cause}" if cause else ""
-                where += f"; CRIU log: {dump_log}"
+                where += f"; CRIU log: {dump_log}{disk_note(image_dir)}"
             log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
             raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
         if mode == "checkpoint":
@@ -91,6 +91,20 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
             extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
         )
         return TaskReply(pid=c.pid, duration_ms=duration_ms)
+
+
+LOW_DISK = 16 << 20
+"""Below this much free space on the image disk, a failed dump's error says so."""
+
+
+def disk_note(image_dir: str) -> str:
+    """ "; the image disk has N KiB free" when it is nearly full (a likely cause), else ""."""
+    try:
+        st = os.statvfs(image_dir)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    return f"; the image disk has {free // 1024} KiB free" if free < LOW_DISK else ""
 
 
 def owner_only(image_dir: str) -> dict[str, int]:
