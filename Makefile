@@ -5,7 +5,7 @@ export ZEROPOD_CACHE ?= /var/cache/zeropod
 PY := .venv/bin/python
 CONTAINERD_VERSIONS ?= 2.1 1.7
 
-.PHONY: setup demo test unit lint e2e bench bench-quick bench-shim-memory node-start node-stop clean cold-setup package
+.PHONY: setup demo test unit lint e2e faults bench bench-quick bench-shim-memory node-start node-stop clean cold-setup package
 
 ## setup: host packages, CRIU 4.2.1, generated protos, venv, node rootfs (setup-host), test images
 ## (static apps, and Debian's own servers for the real-workload tests)
@@ -19,9 +19,10 @@ demo: setup
 	$(PY) scripts/demo.py
 
 ## test: lint, unit tests (no root), the end-to-end suite on the node for each containerd, the
-## quick benchmark (so it never rots; its numbers never fail the suite), and the demo again
-## from an empty cache (every install step must work on a machine that never ran us)
-test: setup lint unit e2e bench-quick cold-setup
+## fault suite, the quick benchmark (so it never rots; its numbers never fail the suite), and
+## the demo again from an empty cache (every install step must work on a machine that never
+## ran us)
+test: setup lint unit e2e faults bench-quick cold-setup
 
 lint:
 	.venv/bin/ruff check .
@@ -31,7 +32,12 @@ unit:
 	.venv/bin/pytest -q tests
 
 e2e:
-	.venv/bin/pytest -q -m node e2e --containerd "$(CONTAINERD_VERSIONS)"
+	.venv/bin/pytest -q -m node e2e --ignore=e2e/faults --containerd "$(CONTAINERD_VERSIONS)"
+
+## faults: one fault injected per scenario on the node, for each containerd; prints the fault
+## table (also build/faults/table.md, results.json)
+faults: setup
+	.venv/bin/pytest -q -m node e2e/faults --containerd "$(CONTAINERD_VERSIONS)"
 
 ## bench: zeropod beside raw CRIU, a cold start and plain runc (5/100/500 MB, N=7): bench/results
 bench: setup

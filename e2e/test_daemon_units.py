@@ -1,6 +1,5 @@
 """The daemon as an operator sees it on the node: unit status and journal of a sleeping pod,
-zeropodctl inside the node, and a daemon killed while a pod sleeps (systemd restarts it and
-the pod still wakes on the next client)."""
+zeropodctl inside the node. (A daemon killed while pods sleep is in e2e/faults.)"""
 
 from __future__ import annotations
 
@@ -53,21 +52,6 @@ def test_unit_status_and_journal_tell_the_story(node: Node, cri: Cri, daemon: Da
         assert woke and "RESTORE_MS" in woke[-1] and woke[-1]["OBJECT_SYSTEMD_UNIT"] == unit
         gone = node.run(["systemctl", "is-active", unit.replace(".service", ".socket")])
         assert gone.stdout.strip() != "active"
-
-
-def test_daemon_killed_while_asleep_still_wakes_the_pod(
-    node: Node, cri: Cri, daemon: Daemon
-) -> None:
-    with counter_pod(cri, node, daemon) as (running, cid, url):
-        assert client_get(node, url).bodies() == ["count=1\n"]
-        daemon.sleep(running.pod.name)
-        node.run(["systemctl", "kill", "--signal=KILL", "zeropod.service"], check=True)
-        deadline = time.monotonic() + 30
-        while daemon.state_waiting(cid) != "SCALED_DOWN":
-            assert time.monotonic() < deadline, "the daemon did not come back with the pod"
-            time.sleep(0.05)
-        assert client_get(node, url, timeout=15).bodies() == ["count=2\n"]
-        daemon.wait_state(cid, "RUNNING")
 
 
 def test_a_request_from_the_node_that_is_no_probe_wakes_and_is_relayed(

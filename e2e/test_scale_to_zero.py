@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from e2e import http
-from e2e.cri import ContainerSpec, Cri, CriError, wait_for
+from e2e.cri import ContainerSpec, Cri, wait_for
 from e2e.images import APP_PORT
 from e2e.node import Node
 from e2e.scaling import (
@@ -155,38 +155,6 @@ def test_logs_after_restore_reach_the_cri_log(node: Node, cri: Cri, daemon: Daem
         wait_for(lambda: f"restored-{marker}" in log_file.read_text(), 10, what="log line")
 
 
-def test_delete_while_asleep_leaves_nothing(node: Node, cri: Cri, daemon: Daemon) -> None:
-    with counter_pod(cri, node, daemon, "delete", NEVER_ON_ITS_OWN) as (running, cid, _):
-        pid = daemon.container(cid)["pid"]
-        daemon.sleep(running.pod.name)
-        described = daemon.container(cid)
-        unit = described["unit"]
-        pod_id = running.pod.id
-    # cri.pod stopped and removed the sleeping container and its pod.
-
-    def leftovers() -> dict[str, object]:
-        found: dict[str, object] = {}
-        if daemon.container(cid):
-            found["daemon"] = daemon.container(cid)
-        units = node.run(
-            ["systemctl", "list-units", "--all", "--no-legend", unit.replace(".service", ".*")]
-        )
-        if units.stdout.strip():
-            found["units"] = units.stdout
-        images = node.run(["sh", "-c", f"ls -d /var/lib/zeropod/images/*/*{cid}* 2>/dev/null"])
-        if images.stdout.strip():
-            found["images"] = images.stdout
-        procs = [p for p in node.run(["ps", "-eo", "pid,args"]).stdout.splitlines() if pod_id in p]
-        if procs or pid_alive(node, pid):
-            found["processes"] = procs
-        cgroups = node.run(["find", "/sys/fs/cgroup", "-name", f"*{cid}*"]).stdout.split()
-        if cgroups:
-            found["cgroups"] = cgroups
-        return found
-
-    wait_for(lambda: not leftovers(), 15, what="nothing left of the deleted pod")
-
-
 def test_only_named_containers_sleep(node: Node, cri: Cri, daemon: Daemon) -> None:
     pod_annotations = {**QUICK, **annotations(container_names="app")}
     containers = [
@@ -228,32 +196,3 @@ def test_bad_annotation_runs_unscaled_and_says_why(node: Node, cri: Cri, daemon:
         assert client_get(node, url).bodies() == ["count=1\n"]
         lines = [e.get("MESSAGE", "") for e in journal(node, f"POD={name}")]
         assert any("zeropod.ctrox.dev/scaledown-duration" in m for m in lines), lines
-
-
-def test_daemon_restart_while_asleep(node: Node, cri: Cri, daemon: Daemon) -> None:
-    with counter_pod(cri, node, daemon, "restart", NEVER_ON_ITS_OWN) as (running, cid, url):
-        assert client_get(node, url).bodies() == ["count=1\n"]
-        daemon.sleep(running.pod.name)
-        node.run(["systemctl", "kill", "--signal=KILL", "zeropod.service"], check=True)
-
-        assert daemon.state_waiting(cid) == "SCALED_DOWN"
-        res = client_get(node, url, timeout=15)
-        assert res.bodies() == ["count=2\n"], res.describe()
-
-
-def test_containerd_restart_while_asleep(node: Node, cri: Cri, daemon: Daemon) -> None:
-    with counter_pod(cri, node, daemon, "ctrd", NEVER_ON_ITS_OWN) as (running, cid, url):
-        assert client_get(node, url).bodies() == ["count=1\n"]
-        daemon.sleep(running.pod.name)
-        node.run(["systemctl", "restart", "containerd"], check=True)
-        wait_for(lambda: _running(cri, cid), 30, what="CRI answers with the container running")
-        res = client_get(node, url, timeout=15)
-        assert res.bodies() == ["count=2\n"], res.describe()
-        assert cri.container_state(cid) == "CONTAINER_RUNNING"
-
-
-def _running(cri: Cri, cid: str) -> bool:
-    try:
-        return cri.container_state(cid) == "CONTAINER_RUNNING"
-    except CriError:  # containerd still restarting
-        return False

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAKE_RUNC_SHIM = textwrap.dedent(
     """\
     #!{python}
-    import asyncio, json, os, subprocess, sys
+    import asyncio, json, os, subprocess, sys, time
     sys.path.insert(0, {repo!r})
     from zeropod.shim.taskapi import V2, V3
     from zeropod.ttrpc import Server
@@ -43,6 +43,10 @@ FAKE_RUNC_SHIM = textwrap.dedent(
         sock = os.path.join(state, "runc.sock")
         subprocess.Popen([sys.executable, __file__, "serve"], start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        for _ in range(500):  # listening before its address is printed, as runc's
+            if os.path.exists(os.path.join(state, "serve.pid")):
+                break
+            time.sleep(0.02)
         with open(os.path.join(state, "start-env.json"), "w") as f:
             json.dump(dict(os.environ), f)
         open("address", "w").write("unix://" + sock)
@@ -57,7 +61,8 @@ FAKE_RUNC_SHIM = textwrap.dedent(
         async def main():
             done = asyncio.Event()
             async def shutdown(call):
-                done.set()
+                if not os.environ.get("FAKE_IGNORE_SHUTDOWN"):  # as runc's with containers
+                    done.set()
                 return b""
             async def state_(call):
                 return V3.messages.StateResponse(id="c", pid=os.getpid()).SerializeToString()
@@ -66,8 +71,9 @@ FAKE_RUNC_SHIM = textwrap.dedent(
                 table[(api.service, "Shutdown")] = shutdown
                 table[(api.service, "State")] = state_
             server = Server(table)
-            await server.listen(os.path.join(state, "runc.sock.tmp"))
-            os.rename(os.path.join(state, "runc.sock.tmp"), os.path.join(state, "runc.sock"))
+            await server.listen(os.path.join(state, "runc.sock"))
+            open(os.path.join(state, "serve.pid.tmp"), "w").write(str(os.getpid()))
+            os.rename(os.path.join(state, "serve.pid.tmp"), os.path.join(state, "serve.pid"))
             await asyncio.wait_for(done.wait(), 60)  # never outlive a failed test for long
             await asyncio.sleep(0.05)
             os.unlink(os.path.join(state, "runc.sock"))
@@ -198,3 +204,47 @@ def test_zeropods_criu_comes_first_on_the_runc_shims_path(tmp_path, monkeypatch)
     env = runc_shim_env(tmp_path / "events.sock", str(tmp_path))
     assert env["PATH"] == f"{tmp_path}:/usr/sbin:/usr/bin"
     assert env["TTRPC_ADDRESS"] == str(tmp_path / "events.sock")
+
+
+@pytest.mark.parametrize("on_shutdown", ["exits", "ignores it"])
+async def test_delete_after_the_interposer_died_shuts_its_runc_shim_down(
+    tmp_path: Path, shim_env: dict[str, str], on_shutdown: str
+) -> None:
+    """containerd only knows the interposer: once it is killed, nothing but our ``delete``
+    (containerd's dead-shim cleanup) can end the runc shim, which would outlive its pod.
+    containerd's runc shim ignores Shutdown while it counts containers: then it is killed."""
+    if on_shutdown == "ignores it":
+        shim_env["FAKE_IGNORE_SHUTDOWN"] = "1"
+    bundle = tmp_path / "b1"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"annotations": {}}))
+    res = run_shim(shim_env, bundle, "c1", "start")
+    assert res.returncode == 0, res.stderr.decode()
+    runc_socket = tmp_path / "state" / "runc.sock"
+    assert runc_socket.exists()
+    interposer = [
+        int(line.split()[0])
+        for line in subprocess.run(
+            ["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if "zeropod.shim" in line and str(tmp_path / "run") in line
+    ]
+    if not interposer:  # found by its socket's owner instead
+        ours = Path(bootstrap.unix_path(bootstrap.parse(res.stdout).address))
+        out = subprocess.run(["fuser", str(ours)], capture_output=True, text=True)
+        interposer = [int(p) for p in out.stdout.split()]
+    assert len(interposer) == 1, interposer
+    os.kill(interposer[0], 9)
+
+    deleted = run_shim(shim_env, bundle, "c1", "delete")
+    assert deleted.returncode == 0, deleted.stderr.decode()
+    runc_pid = int((tmp_path / "state" / "serve.pid").read_text())
+    assert wait_until(lambda: not os.path.exists(f"/proc/{runc_pid}") or _zombie(runc_pid))
+    assert [p.suffix for p in (tmp_path / "run").iterdir() if p.suffix != ".log"] == [".lock"]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True

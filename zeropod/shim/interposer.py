@@ -107,7 +107,8 @@ class Interposer:
 
 def remove_files(cfg: Config) -> None:
     """Remove our sockets and state files; the lock file last, while holding the lock."""
-    for path in (cfg.socket, cfg.events, control_path(cfg), cfg.bootstrap):
+    runc_file = Path(cfg.bootstrap).with_suffix(".runc")  # paths.GroupPaths.upstream
+    for path in (cfg.socket, cfg.events, control_path(cfg), cfg.bootstrap, runc_file):
         Path(path).unlink(missing_ok=True)
     lock = Path(cfg.lock)
     with contextlib.suppress(OSError), open(lock, "a") as f:

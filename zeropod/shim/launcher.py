@@ -86,6 +86,7 @@ def start_group(
     listeners = [paths.bind_listener(p) for p in gp.sockets()]
     try:
         upstream = run_runc_start(runc, args, bundle, gp.events)
+        gp.upstream.write_text(upstream.render())
         ours = upstream.with_address(f"unix://{gp.socket}")
         gp.bootstrap.write_text(ours.render())
         cfg = Config(

@@ -43,6 +43,7 @@ class GroupPaths:
     lock: Path  # serialises concurrent starts of one group
     log: Path  # the interposer's stderr when there is no journal
     control: Path  # the interposer's control socket (checkpoint/restore/status)
+    upstream: Path  # what the runc shim's ``start`` printed: where to shut it down
 
     @classmethod
     def for_group(cls, address: str, namespace: str, group: str) -> GroupPaths:
@@ -55,6 +56,7 @@ class GroupPaths:
             lock=base / f"{digest}.lock",
             log=base / f"{digest}.log",
             control=base / f"{digest}.ctl.sock",
+            upstream=base / f"{digest}.runc",
         )
         if len(str(paths.control)) > SUN_PATH_MAX:
             raise ValueError(f"socket path {paths.control} is longer than {SUN_PATH_MAX} bytes")
@@ -65,7 +67,7 @@ class GroupPaths:
 
     def remove(self) -> None:
         """Remove the sockets and state files (not the lock, which other starts may hold)."""
-        for path in (self.socket, self.events, self.control, self.bootstrap):
+        for path in (self.socket, self.events, self.control, self.bootstrap, self.upstream):
             path.unlink(missing_ok=True)
 
 
