@@ -202,6 +202,25 @@ async def test_served_over_http_from_another_thread() -> None:
         follower.cancel()
 
 
+def test_a_silent_metrics_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each open connection holds a thread of the daemon: a silent one must not stay."""
+    import socket
+
+    from zeropod.daemon.api import metricsserver
+
+    monkeypatch.setattr(metricsserver, "IDLE_TIMEOUT", 0.2)
+
+    async def scenario() -> None:
+        server = serve(Metrics(World().registry), "127.0.0.1", 0)
+        try:
+            with socket.create_connection(server.address, timeout=5) as s:
+                assert await asyncio.to_thread(s.recv, 1) == b""  # closed by the server
+        finally:
+            await asyncio.to_thread(server.close)
+
+    asyncio.run(scenario())
+
+
 def test_an_address_in_use_raises() -> None:
     async def scenario() -> None:
         metrics = Metrics(World().registry)

@@ -276,3 +276,33 @@ async def test_a_peer_that_stops_reading_cannot_block_a_call_past_its_timeout(
     finally:
         await c.close()
         server.close()
+
+
+async def test_connections_past_the_cap_are_closed_at_once(
+    tmp_path: Path, handlers: Handlers
+) -> None:
+    """Idle connections cannot pile up fds: past the cap a new one is closed, and a slot
+    frees when one of the held ones goes."""
+    server = Server(handlers.table(), name="test", max_connections=3)
+    path = str(tmp_path / "cap.sock")
+    await server.listen(path)
+    held = [await asyncio.open_unix_connection(path) for _ in range(3)]
+    try:
+        async with asyncio.timeout(5):
+            while server.connections < 3:
+                await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_unix_connection(path)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed by the server
+        writer.close()
+        held.pop()[1].close()
+        async with asyncio.timeout(5):
+            while server.connections > 2:
+                await asyncio.sleep(0.01)
+        c = await Client.connect(path)
+        assert await c.call(SVC, "Echo", b"room again", timeout=5) == b"room again"
+        await c.close()
+    finally:
+        for _, writer in held:
+            writer.close()
+        await server.close()

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
 MAX_IN_FLIGHT = 256
+MAX_CONNECTIONS = 64
+"""Connections served at once per server; more are closed at once (containerd and the runc
+shim each keep one long-lived connection: a flood of idle ones must not hold fds forever)."""
 """Requests one connection may have in flight; more are answered RESOURCE_EXHAUSTED at once
 (containerd keeps a handful per task; a peer flooding requests it never waits for must not
 make the interposer hold unbounded tasks)."""
@@ -82,8 +85,10 @@ class Server:
         *,
         fallback: Handler | None = None,
         name: str = "ttrpc",
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._handlers = dict(handlers)
+        self._max_connections = max_connections
         self._fallback = fallback
         self._name = name
         self._servers: list[asyncio.AbstractServer] = []
@@ -122,6 +127,10 @@ class Server:
         self._servers.clear()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= self._max_connections:
+            log.warning("%s: %d connections open; closing a new one", self._name, len(self._conns))
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._conns[task] = writer

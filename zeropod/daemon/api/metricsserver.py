@@ -13,6 +13,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from zeropod.daemon.api.metrics import SCRAPE_TIMEOUT, Metrics
 
+IDLE_TIMEOUT = 10.0
+"""Seconds a metrics connection may stay silent before it is closed."""
+
 
 class AddressError(ValueError):
     """A metrics address that is not ``HOST:PORT``."""
@@ -41,7 +44,11 @@ def parse_address(value: str, key: str = "ZEROPOD_METRICS_ADDRESS") -> tuple[str
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No access log on stderr (the journal) for every scrape."""
+    """No access log on stderr (the journal) for every scrape; silent connections closed."""
+
+    def setup(self) -> None:
+        self.timeout = IDLE_TIMEOUT  # each connection holds a thread while it is open
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         return
