@@ -41,7 +41,7 @@ def fault(node: Node, request: pytest.FixtureRequest) -> Iterator[Fault]:
     rows: list[Row] = []
 
     def start(scenario: str, what: str, expected: str) -> Row:
-        row = Row(scenario, what, expected)
+        row = Row(scenario, what, expected, containerd=node.containerd)
         rows.append(row)
         return row
 

@@ -90,6 +90,7 @@ class Row:
     scenario: str
     fault: str
     expected: str
+    containerd: str = ""
     seen: str = "(not reached)"
     state_kept: str = "no"
     resets: int | None = None
@@ -99,6 +100,10 @@ class Row:
     def kept(self, yes: bool, why: str = "") -> None:
         """Record whether the app's memory survived (WHY says what stands for it if not)."""
         self.state_kept = "yes" if yes else f"no{': ' + why if why else ''}"
+
+    def not_applicable(self, why: str) -> None:
+        """The fault itself ends the app's memory (its pod deleted, its image broken)."""
+        self.state_kept = f"n/a: {why}"
 
     def clients(self, *results: Any) -> None:
         """Count the resets and refusals among e2e.http Results."""
@@ -114,6 +119,7 @@ class Row:
         resets = "-" if self.resets is None else str(self.resets)
         return [
             self.scenario,
+            self.containerd,
             self.fault,
             self.expected,
             self.seen if self.passed else f"FAILED: {self.seen}",
@@ -123,7 +129,16 @@ class Row:
         ]
 
 
-HEADER = ["scenario", "fault", "expected", "seen", "state kept", "clients reset", "leaks"]
+HEADER = [
+    "scenario",
+    "containerd",
+    "fault",
+    "expected",
+    "seen",
+    "state kept",
+    "clients reset",
+    "leaks",
+]
 
 
 def markdown(rows: list[Row]) -> str:

@@ -146,7 +146,7 @@ def check_restore_fails_cold(
             f"{len(res.ok)}/{CLIENTS} answered cold in {took:.1f} s; restore_errors 1, "
             "cold_starts 1; the next sleep and wake work"
         )
-        row.kept(False, "the image is broken: a cold start, as expected")
+        row.not_applicable("the image is broken; a cold start")
     return failed[0]
 
 

@@ -51,7 +51,7 @@ def test_pod_deleted_while_asleep(node: Node, cri: Cri, daemon: Daemon, fault: F
     # cri.pod stopped and removed the sleeping container and its pod.
     wait_for(lambda: not leftovers(node, daemon, cid, pod_id, unit), 15, what="nothing left")
     row.seen = f"nothing left {time.monotonic() - started:.1f} s after the delete"
-    row.kept(False, "n/a (the pod is deleted)")
+    row.not_applicable("the pod is deleted")
 
 
 def test_pod_deleted_while_waking(node: Node, cri: Cri, daemon: Daemon, fault: Fault) -> None:
@@ -75,7 +75,7 @@ def test_pod_deleted_while_waking(node: Node, cri: Cri, daemon: Daemon, fault: F
         waiting.result(60)  # its pod is gone: whatever it got, it was not left hanging
         wait_for(lambda: not leftovers(node, daemon, cid, pod_id, unit), 30, what="nothing left")
     row.seen = f"deleted in {deleted:.1f} s; nothing left"
-    row.kept(False, "n/a (the pod is deleted)")
+    row.not_applicable("the pod is deleted")
 
 
 def interposer_pid(node: Node, pod_id: str) -> int:
@@ -113,7 +113,7 @@ def test_interposer_killed_while_asleep(node: Node, cri: Cri, daemon: Daemon, fa
         units = node.run(["systemctl", "list-units", "--all", "--no-legend", unit[:-8] + ".*"])
         assert not units.stdout.strip(), units.stdout
     row.seen = f"forgotten {forgotten:.1f} s after the kill; image and unit gone"
-    row.kept(False, "n/a (the container died with its shim)")
+    row.not_applicable("the container died with its shim")
 
 
 def running_in_cri(cri: Cri, cid: str) -> bool:
