@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError) as err:
         journal.error(f"zeropod daemon failed: {err}")
         return 1
+    finally:
+        journal.close()
     return 0
 
 
