@@ -150,9 +150,41 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SUMMARY_HEADER = ["scenario", "fault", "expected", "seen", "state kept", "clients reset", "leaks"]
+
+
+def summary(rows: list[Row]) -> str:
+    """One line per scenario over every containerd it ran on (resets and leaks summed; what
+    was seen on the first), for the README."""
+    by_scenario: dict[str, list[Row]] = {}
+    for row in rows:
+        by_scenario.setdefault(row.scenario, []).append(row)
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
+    for scenario, runs in by_scenario.items():
+        first = runs[0]
+        versions = ", ".join(r.containerd for r in runs)
+        failed = [r.containerd for r in runs if not r.passed]
+        seen = first.seen if not failed else f"FAILED on {', '.join(failed)}: {first.seen}"
+        kept = {r.state_kept for r in runs}
+        resets = sum(r.resets or 0 for r in runs)
+        leaks = sum(sum((r.leaks or {}).values()) for r in runs)
+        cells = [
+            f"{scenario} ({versions})",
+            first.fault,
+            first.expected,
+            seen,
+            " / ".join(sorted(kept)),
+            str(resets),
+            str(leaks),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write(rows: list[Row], directory: Path) -> None:
-    """build/faults/table.md and results.json."""
+    """build/faults/table.md (every row), summary.md (one per scenario) and results.json."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "table.md").write_text(markdown(rows))
+    (directory / "summary.md").write_text(summary(rows))
     doc = [dataclasses.asdict(r) for r in rows]
     (directory / "results.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -58,7 +58,7 @@ def test_criu_hung_or_killed_mid_dump(
         assert daemon.state(cid) == "RUNNING"
         assert not image_exists(node, cid)
         row.seen = (
-            f"sleep failed in {took:.1f} s ({failed.value.code}); RUNNING, next count "
+            f"sleep failed in {took:.1f} s ({failed.value.code}); RUNNING, next "
             f"{after.bodies()[0].strip()}"
         )
         row.kept(True)
