@@ -64,3 +64,41 @@ def test_an_image_is_intact_while_its_files_keep_their_sizes(tmp_path: Path) -> 
 def test_without_a_record_no_image_counts_as_intact(tmp_path: Path) -> None:
     assert not imagefiles.intact(str(tmp_path), {})
     assert imagefiles.sizes(str(tmp_path / "missing")) == {}
+
+
+def test_a_group_is_abandoned_once_every_tasks_bundle_is_gone(tmp_path: Path) -> None:
+    from zeropod.shim import runcshim
+
+    sandbox, app = tmp_path / "sandbox", tmp_path / "app"
+    sandbox.mkdir()
+    app.mkdir()
+    assert not runcshim.abandoned([])  # no task yet: containerd has not created any
+    assert not runcshim.abandoned([str(sandbox), str(app)])
+    app.rmdir()  # one container deleted: the pod goes on
+    assert not runcshim.abandoned([str(sandbox), str(app)])
+    sandbox.rmdir()  # containerd cleaned the whole group up without us
+    assert runcshim.abandoned([str(sandbox), str(app)])
+
+
+async def test_the_watch_needs_the_group_abandoned_on_consecutive_checks(tmp_path: Path) -> None:
+    """A bundle missing for one check (containerd between two steps) is not enough."""
+    import asyncio
+
+    from zeropod.shim import runcshim
+
+    bundle = tmp_path / "sandbox"
+    seen: list[bool] = []
+
+    def bundles() -> list[str]:
+        # present, gone, present again, then gone for good
+        step = len(seen)
+        if step in (0, 2):
+            bundle.mkdir(exist_ok=True)
+        elif bundle.exists():
+            bundle.rmdir()
+        seen.append(bundle.exists())
+        return [str(bundle)]
+
+    async with asyncio.timeout(5):
+        await runcshim.watch_abandoned(bundles, interval=0.01, checks=2)
+    assert seen == [True, False, True, False, False]

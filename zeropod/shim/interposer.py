@@ -19,10 +19,11 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from zeropod.shim import bootstrap, runcshim, spec
 from zeropod.shim import log as shimlog
-from zeropod.shim import spec
 from zeropod.shim.config import Config
 from zeropod.shim.context import ShimContext
 from zeropod.shim.control import ShimControl
@@ -64,8 +65,11 @@ class Interposer:
         proxy: TaskProxy,
         relay: EventRelay,
         control: ShimControl | None = None,
+        bundles: Callable[[], list[str]] | None = None,
     ):
         self.cfg = cfg
+        self.bundles = bundles
+        """The bundle dirs of the group's tasks: all gone means containerd abandoned us."""
         self.upstream = upstream
         self.relay = relay
         self.control = control
@@ -87,10 +91,17 @@ class Interposer:
         log.info("interposer serving %s for runc shim %s", cfg.socket, cfg.upstream)
         lost = asyncio.create_task(self.upstream.wait_closed())
         stop = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
-        reason = lost.result() if lost.done() else "signal"
+        waits = {lost, stop}
+        if self.bundles is not None:
+            waits.add(abandoned := asyncio.create_task(runcshim.watch_abandoned(self.bundles)))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if self.bundles is not None and abandoned.done():
+            log.warning("containerd removed every task of this group without us: ending it")
+            await asyncio.to_thread(self._end_runc_shim)
+        reason = lost.result() if lost.done() else "signal or abandoned"
         log.info("shutting down: runc shim connection ended (%s)", reason)
-        stop.cancel()
+        for wait in waits:
+            wait.cancel()
         self.tasks.stop_listening()
         Path(cfg.socket).unlink(missing_ok=True)
         if self.control is not None:
@@ -103,6 +114,15 @@ class Interposer:
         await self.events.close()
         await self.upstream.close()
         remove_files(cfg)
+
+    def _end_runc_shim(self) -> None:
+        runc_file = Path(self.cfg.bootstrap).with_suffix(".runc")  # paths.GroupPaths.upstream
+        try:
+            upstream = bootstrap.parse(runc_file.read_text())
+        except (OSError, ValueError) as err:
+            log.warning("cannot end the runc shim: %s unreadable: %s", runc_file, err)
+            return
+        runcshim.end_runc_shim(upstream, self.cfg.id)
 
 
 def remove_files(cfg: Config) -> None:
@@ -144,7 +164,12 @@ async def amain(cfg: Config) -> int:
     )
     ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
     proxy = ScalingProxy(ctx, criu_config, cfg.upstream)
-    interposer = Interposer(cfg, upstream, proxy, relay, ShimControl(control_path(cfg), ctx))
+    control = ShimControl(control_path(cfg), ctx)
+
+    def bundles() -> list[str]:
+        return [c.bundle for c in tracker.all()]
+
+    interposer = Interposer(cfg, upstream, proxy, relay, control, bundles)
     try:
         await interposer.run()
     finally:
