@@ -102,3 +102,24 @@ async def test_pause_container_is_not_registered(tmp_path: Path) -> None:
     link = DaemonLink("/s.ctl.sock", path=str(tmp_path / "none.sock"))
     await link._register(c)  # returns at once: nothing to register, nothing retried
     assert not c.registered
+
+
+async def test_an_unregister_the_daemon_could_not_take_is_retried(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A busy or restarting daemon must still hear that the container ended, or it keeps
+    the container's image, socket unit and ports."""
+    from zeropod.shim import daemonlink
+
+    monkeypatch.setattr(daemonlink, "RETRY_MIN", 0.05)
+    link = DaemonLink("/run/zeropod/shim/x.ctl.sock", path=str(tmp_path / "d.sock"))
+    c = container(tmp_path)
+    c.registered = True
+    link.unregister(c, "exited")  # no daemon listening yet
+    await asyncio.sleep(0.2)
+    fake = FakeDaemon()
+    server = await asyncio.start_unix_server(fake.serve, path=str(tmp_path / "d.sock"))
+    await until(lambda: any(m["op"] == "unregister" for m in fake.got))
+    assert fake.got[-1] == {"v": 2, "op": "unregister", "id": "c1", "reason": "exited"}
+    await link.close()
+    server.close()

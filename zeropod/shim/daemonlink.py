@@ -16,7 +16,7 @@ from typing import Any
 
 from zeropod.contract import timeouts
 from zeropod.contract.daemonclient import ANNOTATION_PREFIX, SHIM_TIMEOUT, ControlClient
-from zeropod.contract.protocol import ControlError
+from zeropod.contract.protocol import ControlError, DaemonUnavailable
 from zeropod.contract.requests import RegisterRequest, UnregisterRequest, WakeRequest
 from zeropod.shim import oci, spec
 from zeropod.shim.taskphase import TaskPhase
@@ -25,6 +25,8 @@ from zeropod.shim.tasks import TaskRecord
 log = logging.getLogger(__name__)
 
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
+UNREGISTER_PATIENCE = 600.0
+"""How long an unregister is retried while the daemon cannot take it."""
 
 
 class DaemonLink:
@@ -92,12 +94,25 @@ class DaemonLink:
         self._background(self._unregister(c.id, reason), f"unregister-{c.id}")
 
     async def _unregister(self, container_id: str, reason: str) -> None:
+        """Retried with back-off while the daemon cannot take it (busy, restarting): until
+        it does, it keeps the container's image, socket unit and held ports."""
         message = UnregisterRequest(container_id, reason).to_message()
-        try:
-            await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
-        except ControlError as err:
-            log.info("container %s: unregister (%s) not delivered: %s", container_id, reason, err)
-            return
+        delay = RETRY_MIN
+        deadline = asyncio.get_running_loop().time() + UNREGISTER_PATIENCE
+        while True:
+            try:
+                await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
+                break
+            except DaemonUnavailable as err:
+                if asyncio.get_running_loop().time() > deadline:
+                    log.warning("container %s: unregister not delivered: %s", container_id, err)
+                    return  # a restarted daemon asks this shim, which no longer knows it
+                log.info("container %s: unregister not delivered (retrying): %s", container_id, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+            except ControlError as err:  # not_found: forgotten already
+                log.info("container %s: unregister (%s): %s", container_id, reason, err)
+                return
         log.info("container %s unregistered: %s", container_id, reason)
 
     async def wake(self, c: TaskRecord) -> bool:
