@@ -11,8 +11,6 @@ idle loop.
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from zeropod.config.annotations import (
@@ -31,6 +29,7 @@ from zeropod.contract.requests import (
     WakeRequest,
 )
 from zeropod.daemon.api.eventhub import EventHub, Subscription
+from zeropod.daemon.api.reporting import event, log_registration
 from zeropod.daemon.api.status import describe_container, describe_pod
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
@@ -159,8 +158,8 @@ class ControlService:
             life = self.pods.life_of(container)
             life.backoff.reset()
             life.settle()
-        self._log_registration(container, verb, bad_key)
-        self.hub.publish(self._event(verb, container, None))
+        log_registration(self.journal, container, verb, bad_key)
+        self.hub.publish(event(verb, container, None))
         self._save(container)
         if container.managed and self.idle is not None:
             self.idle.ensure(PodKey.of(container))
@@ -174,7 +173,7 @@ class ControlService:
         if container.phase.phase is not Phase.STOPPED:
             why = f"unregistered by its shim: {reason}" if reason else "unregistered by its shim"
             container.phase.transition(Phase.STOPPED, why)
-        self.hub.publish(self._event("unregistered", container, None))
+        self.hub.publish(event("unregistered", container, None))
         if self.store is not None:
             self.store.remove(container_id)
         return {}
@@ -265,46 +264,5 @@ class ControlService:
             reason=transition.reason,
             **container.journal_fields(),
         )
-        self.hub.publish(self._event("transition", container, transition))
+        self.hub.publish(event("transition", container, transition))
         self._save(container)
-
-    def _log_registration(self, container: Container, verb: str, bad_key: str | None) -> None:
-        label = container.identity.label
-        fields = container.journal_fields()
-        if bad_key is not None:
-            self.journal.warning(
-                f"{label}: {container.unmanaged_reason}", annotation=bad_key, managed="no", **fields
-            )
-            return
-        config = container.config
-        if config is None:
-            summary = f"unmanaged: {container.unmanaged_reason}"
-        elif not config.scales_on_idle:
-            summary = "managed, never scales down on idle (scaledown-duration 0)"
-        else:
-            ports = ",".join(map(str, container.ports)) or "auto-detected"
-            summary = (
-                f"managed, scales down after {config.scaledown_seconds:g}s idle, ports {ports}"
-            )
-        managed = "yes" if container.managed else "no"
-        self.journal.info(
-            f"{label}: {verb} (pid {container.pid}), {summary}", managed=managed, **fields
-        )
-
-    @staticmethod
-    def _event(kind: str, container: Container, transition: Transition | None) -> dict[str, Any]:
-        identity = container.identity
-        return {
-            "type": kind,
-            "time": iso_time(transition.at if transition else time.time()),
-            "id": identity.container_id,
-            "namespace": identity.namespace,
-            "pod": identity.pod,
-            "container": identity.container,
-            "state": container.phase.phase.value,
-            "previous": transition.previous.value if transition else None,
-            "reason": transition.reason if transition else container.unmanaged_reason,
-            "managed": container.managed,
-            # What the container measured so far, as of this event (metrics read it).
-            "measured": asdict(container.measured),
-        }
