@@ -109,3 +109,17 @@ def machine(node: Node, date: str, quick: bool) -> dict[str, Any]:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
+
+
+def journal_cursor(node: Node) -> str:
+    """The node journal's current cursor (entries after it are the ones to come)."""
+    out = node.run(["journalctl", "-n", "0", "--show-cursor", "--no-pager"], check=True).stdout
+    return out.strip().rpartition("-- cursor: ")[2]
+
+
+def journal_after(node: Node, cursor: str) -> list[dict[str, Any]]:
+    """Node journal entries written after CURSOR, as JSON objects."""
+    out = node.run(
+        ["journalctl", "--no-pager", "-o", "json", f"--after-cursor={cursor}"], check=True
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]

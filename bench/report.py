@@ -134,6 +134,26 @@ def table(doc: Mapping[str, Any]) -> str:
     return "\n".join(head + rows) + "\n"
 
 
+def wake_steps(doc: Mapping[str, Any]) -> str:
+    """Where a wake's time goes (bench.wakesteps), per size: median (min-max) ms per step."""
+    wakes = [m for m in doc["measures"] if m["name"] == "wake_latency" and m.get("wake_steps")]
+    if not wakes:
+        return ""
+    sizes = [m.get("size_mb", "") for m in wakes]
+    rows = [
+        "Where a wake goes (ms, from the node's journal; `outside_journal`: the SYN reaching "
+        "systemd and the app's answer after the release)",
+        "",
+        "| step | " + " | ".join(f"{s} MB" for s in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    names = list(dict.fromkeys(n for m in wakes for n in m["wake_steps"]))
+    for name in names:
+        cells = [_cell(m["wake_steps"].get(name)) for m in wakes]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def chart(doc: Mapping[str, Any], path: Path) -> None:
     """A PNG: zeropod against its baseline for every millisecond measure (median, min-max)."""
     import matplotlib

@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import probes, report  # noqa: E402
+from bench import probes, report, wakesteps  # noqa: E402
 from bench.soak import soak  # noqa: E402
 from e2e import http, servers  # noqa: E402
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
@@ -74,12 +74,19 @@ class Bench:
         self.daemon.sleep(running.pod.name, running.pod.namespace)
         return self.daemon.wait_state(cid, "SCALED_DOWN", timeout=120)
 
-    def wake(self, cid: str, url: str) -> float:
-        """The first request to a sleeping pod: connect to first response byte, in ms."""
+    def wake(self, cid: str, url: str, steps: list[dict[str, float]] | None = None) -> float:
+        """The first request to a sleeping pod: connect to first response byte, in ms. With
+        STEPS, the wake's steps from the node's journal are appended there (bench.wakesteps)."""
+        cursor = probes.journal_cursor(self.node) if steps is not None else ""
         res = client_get(self.node, url, timeout=60)
         if not res.ok:
             raise RuntimeError(f"wake failed: {res.describe()}")
-        self.daemon.wait_state(cid, "RUNNING", timeout=120)
+        described = self.daemon.wait_state(cid, "RUNNING", timeout=120)
+        if steps is not None:
+            entries = probes.journal_after(self.node, cursor)
+            found = wakesteps.steps(wakesteps.marks(entries, described["pod"], cid))
+            found["outside_journal"] = round(res.results[0].latency_ms - found.get("total", 0), 1)
+            steps.append(found)
         return res.results[0].latency_ms
 
     # --- measures ----------------------------------------------------------------------
@@ -89,6 +96,7 @@ class Bench:
         z_wake, z_dump, z_freed, raw_wake, raw_dump, z_restore = [], [], [], [], [], []
         z_stats: list[dict] = []
         raw_stats: list[dict] = []
+        z_steps: list[dict[str, float]] = []
         with self.pod("memhog", env) as (running, cid, url):
             for rep in range(1, self.reps + 1):
                 app_pid = self.daemon.container(cid)["pid"]
@@ -100,7 +108,7 @@ class Bench:
                 z_stats.append(probes.criu_stats(self.node, cid))
                 after = sum(probes.zeropod_pss(self.node, running.pod.id).values())
                 z_freed.append(before - after)
-                z_wake.append(self.wake(cid, url))
+                z_wake.append(self.wake(cid, url, z_steps))
                 z_restore.append(self.daemon.container(cid)["last_restore_ms"])
                 raw = probes.rawcr(self.node, "cycle", "--image", "memhog", f"--env=MEM_MB={size}")
                 raw_wake.append(raw["restore_answer_ms"])
@@ -121,6 +129,7 @@ class Bench:
             size,
             baseline_is=baseline,
             zeropod_restore_ms=report.summary(z_restore),
+            wake_steps=wakesteps.summaries(z_steps),
             criu_zeropod=z_crit,
             criu_baseline=raw_crit,
         )
@@ -475,10 +484,11 @@ def main() -> int:
             probes.rawcr(node, "cleanup")
         doc = report.document(bench.measures, probes.machine(node, date, args.quick))
     report.write_json(args.out / "latest.json", doc)
-    (args.out / "latest.md").write_text(report.table(doc))
+    (args.out / "latest.md").write_text(report.table(doc) + "\n" + report.wake_steps(doc))
     report.chart(doc, args.out / "latest.png")
     bench.step(f"wrote {args.out}/latest.json, latest.md, latest.png")
     print(report.table(doc))
+    print(report.wake_steps(doc))
     return 0
 
 

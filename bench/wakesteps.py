@@ -1,0 +1,98 @@
+"""Where a wake's time goes, from the journal of the node: each step's milliseconds.
+
+Every process on the wake path logs to the node's journal, and entries carry the kernel's
+monotonic clock (``__MONOTONIC_TIMESTAMP``, one clock for the whole machine), so one wake's
+entries line up. The marks, in order:
+
+1. ``activated``: systemd started ``zeropod@<pod>.service`` (the SYN hit the held socket);
+2. ``handed_over``: the daemon holds the service's sockets (the activator's hand-off);
+3. ``restoring``: the daemon decided to wake (probe check done) and asks the shim;
+4. ``shim_restoring``: the shim took the restore op;
+5. ``shim_restored``: runc create + start, CRIU's restore included, returned;
+6. ``running``: the daemon saw the app listening again;
+7. ``woke``: the held ports are released (the queue migrated to the app).
+
+The client's own latency (connect to first byte) minus ``activated``→``woke`` is what lies
+outside the journal: the SYN reaching systemd, and the app answering after the release.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+MARKS = (
+    "activated",
+    "handed_over",
+    "restoring",
+    "shim_restoring",
+    "shim_restored",
+    "running",
+    "woke",
+)
+
+
+def _mark(entry: dict[str, Any], pod: str, container_id: str) -> str | None:
+    message = str(entry.get("MESSAGE", ""))
+    if message.startswith("Started zeropod@") and _unit_pod(message) == pod:
+        return "activated"
+    if f"/{pod}:" in message and "handed over" in message:
+        return "handed_over"
+    if f"/{pod}/" in message and "SCALED_DOWN -> RESTORING" in message:
+        return "restoring"
+    if container_id in message and "scaled_down -> restoring" in message:
+        return "shim_restoring"
+    if container_id in message and " restored in " in message:
+        return "shim_restored"
+    if f"/{pod}/" in message and "RESTORING -> RUNNING" in message:
+        return "running"
+    if f"/{pod}/" in message and "woke in" in message:
+        return "woke"
+    return None
+
+
+def _unit_pod(message: str) -> str:
+    """The pod name in ``Started zeropod@<ns>_<pod>.service ...`` (systemd escapes '-')."""
+    unit = message.split()[1]
+    instance = unit.removeprefix("zeropod@").removesuffix(".service")
+    return instance.partition("_")[2].replace("\\x2d", "-")
+
+
+def marks(entries: Iterable[dict[str, Any]], pod: str, container_id: str) -> dict[str, float]:
+    """The monotonic time (ms) of each mark of one wake: the first entry of each kind."""
+    found: dict[str, float] = {}
+    for entry in entries:
+        kind = _mark(entry, pod, container_id)
+        if kind is not None and kind not in found:
+            found[kind] = int(entry["__MONOTONIC_TIMESTAMP"]) / 1000
+    return found
+
+
+def steps(found: dict[str, float]) -> dict[str, float]:
+    """Milliseconds between consecutive marks present, named ``<from>-><to>``, and ``total``
+    (``activated`` to ``woke``) when both ends are there."""
+    present = [m for m in MARKS if m in found]
+    out = {f"{a}->{b}": round(found[b] - found[a], 1) for a, b in itertools.pairwise(present)}
+    if "activated" in found and "woke" in found:
+        out["total"] = round(found["woke"] - found["activated"], 1)
+    return out
+
+
+def summaries(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per step over several wakes: median, min, max, n (steps missing in a run skipped)."""
+    import statistics
+
+    names = [n for n in (*(f"{a}->{b}" for a, b in itertools.pairwise(MARKS)), "total")]
+    names += sorted({k for r in runs for k in r} - set(names))
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        values = [r[name] for r in runs if name in r]
+        if values:
+            out[name] = {
+                "median": round(statistics.median(values), 1),
+                "min": min(values),
+                "max": max(values),
+                "n": len(values),
+            }
+    return out

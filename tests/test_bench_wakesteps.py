@@ -1,0 +1,65 @@
+"""A wake's journal entries, as the node writes them, become its steps in milliseconds."""
+
+from __future__ import annotations
+
+from bench import wakesteps
+
+CID = "9e5b531a16e7242c9330c7421d0e8e80d0876b09873dfea3c3262ef6cdfc9064"
+
+
+def entry(ms: float, message: str) -> dict[str, str]:
+    return {"__MONOTONIC_TIMESTAMP": str(int(ms * 1000)), "MESSAGE": message}
+
+
+JOURNAL = [
+    entry(1000.0, "Started zeropod@default_web\\x2d1.service - zeropod wake of pod default_web-1."),
+    entry(1001.0, "Started zeropod@default_web\\x2d10.service - another pod."),
+    entry(1004.5, "default/web-1: zeropod@default_web\\x2d1.service handed over 1 socket(s)"),
+    entry(1006.0, "default/web-1/app: SCALED_DOWN -> RESTORING (connection 10.88.255.254:1 ...)"),
+    entry(1007.0, f"container {CID}: scaled_down -> restoring (from /var/lib/zeropod/images)"),
+    entry(1060.0, f"container {CID} restored in 53 ms, pid 1830"),
+    entry(1071.0, "default/web-1/app: RESTORING -> RUNNING (woken (connection ...))"),
+    entry(1079.0, "default/web-1/app: woke in 73.0 ms (restore 53 ms)"),
+    entry(2000.0, "default/web-1/app: woke in 80.0 ms (a later wake: not this one)"),
+]
+
+
+def test_the_marks_of_one_wake_and_the_steps_between_them() -> None:
+    found = wakesteps.marks(JOURNAL, "web-1", CID)
+    assert list(found) == list(wakesteps.MARKS)
+    assert found["activated"] == 1000.0 and found["woke"] == 1079.0
+    assert wakesteps.steps(found) == {
+        "activated->handed_over": 4.5,
+        "handed_over->restoring": 1.5,
+        "restoring->shim_restoring": 1.0,
+        "shim_restoring->shim_restored": 53.0,
+        "shim_restored->running": 11.0,
+        "running->woke": 8.0,
+        "total": 79.0,
+    }
+
+
+def test_missing_marks_are_skipped_not_invented() -> None:
+    found = wakesteps.marks(JOURNAL[2:6], "web-1", CID)
+    assert wakesteps.steps(found) == {
+        "handed_over->restoring": 1.5,
+        "restoring->shim_restoring": 1.0,
+        "shim_restoring->shim_restored": 53.0,
+    }
+
+
+def test_steps_over_several_wakes_and_their_table() -> None:
+    from bench import report
+
+    runs = [
+        {"activated->handed_over": 4.0, "total": 70.0, "outside_journal": 20.0},
+        {"activated->handed_over": 6.0, "total": 90.0, "outside_journal": 22.0},
+        {"total": 80.0, "outside_journal": 21.0},
+    ]
+    summary = wakesteps.summaries(runs)
+    assert summary["activated->handed_over"] == {"median": 5.0, "min": 4.0, "max": 6.0, "n": 2}
+    assert summary["total"]["median"] == 80.0 and summary["outside_journal"]["n"] == 3
+    doc = {"measures": [{"name": "wake_latency", "size_mb": 5, "wake_steps": summary}]}
+    text = report.wake_steps(doc)
+    assert "| activated->handed_over | 5 (4-6) |" in text
+    assert "| total | 80 (70-90) |" in text
