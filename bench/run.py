@@ -84,7 +84,9 @@ class Bench:
         described = self.daemon.wait_state(cid, "RUNNING", timeout=120)
         if steps is not None:
             entries = probes.journal_after(self.node, cursor)
-            found = wakesteps.steps(wakesteps.marks(entries, described["pod"], cid))
+            pod = described["pod"]
+            found = wakesteps.steps(wakesteps.marks(entries, pod, cid))
+            found.update(wakesteps.daemon_steps(entries, pod, cid))
             found["outside_journal"] = round(res.results[0].latency_ms - found.get("total", 0), 1)
             steps.append(found)
         return res.results[0].latency_ms

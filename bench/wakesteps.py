@@ -9,8 +9,11 @@ entries line up. The marks, in order:
 3. ``restoring``: the daemon decided to wake (probe check done) and asks the shim;
 4. ``shim_restoring``: the shim took the restore op;
 5. ``shim_restored``: runc create + start, CRIU's restore included, returned;
-6. ``running``: the daemon saw the app listening again;
-7. ``woke``: the held ports are released (the queue migrated to the app).
+6. ``running``: the daemon saw the app listening again and released the held ports (the
+   queue migrated to the app); the daemon's own timings of those two (``STEP_LISTENING_MS``,
+   ``STEP_RELEASE_MS`` on its "woke in" entry) are given as ``(listening)`` and
+   ``(release)``;
+7. ``woke``: the daemon's "woke in" line, right after.
 
 The client's own latency (connect to first byte) minus ``activated``→``woke`` is what lies
 outside the journal: the SYN reaching systemd, and the app answering after the release.
@@ -19,6 +22,7 @@ outside the journal: the SYN reaching systemd, and the app answering after the r
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,6 +73,21 @@ def marks(entries: Iterable[dict[str, Any]], pod: str, container_id: str) -> dic
     return found
 
 
+def daemon_steps(
+    entries: Iterable[dict[str, Any]], pod: str, container_id: str
+) -> dict[str, float]:
+    """The daemon's own timings of the steps inside shim_restored->running, from its
+    "woke in" entry: ``(listening)`` and ``(release)``."""
+    for entry in entries:
+        if _mark(entry, pod, container_id) == "woke":
+            return {
+                f"({name})": float(entry[f"STEP_{name.upper()}_MS"])
+                for name in ("listening", "release")
+                if f"STEP_{name.upper()}_MS" in entry
+            }
+    return {}
+
+
 def steps(found: dict[str, float]) -> dict[str, float]:
     """Milliseconds between consecutive marks present, named ``<from>-><to>``, and ``total``
     (``activated`` to ``woke``) when both ends are there."""
@@ -81,9 +100,7 @@ def steps(found: dict[str, float]) -> dict[str, float]:
 
 def summaries(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per step over several wakes: median, min, max, n (steps missing in a run skipped)."""
-    import statistics
-
-    names = [n for n in (*(f"{a}->{b}" for a, b in itertools.pairwise(MARKS)), "total")]
+    names = [*(f"{a}->{b}" for a, b in itertools.pairwise(MARKS)), "total"]
     names += sorted({k for r in runs for k in r} - set(names))
     out: dict[str, dict[str, float]] = {}
     for name in names:

@@ -19,7 +19,11 @@ JOURNAL = [
     entry(1007.0, f"container {CID}: scaled_down -> restoring (from /var/lib/zeropod/images)"),
     entry(1060.0, f"container {CID} restored in 53 ms, pid 1830"),
     entry(1071.0, "default/web-1/app: RESTORING -> RUNNING (woken (connection ...))"),
-    entry(1079.0, "default/web-1/app: woke in 73.0 ms (restore 53 ms)"),
+    {
+        **entry(1079.0, "default/web-1/app: woke in 73.0 ms (restore 53 ms)"),
+        "STEP_LISTENING_MS": "6.5",
+        "STEP_RELEASE_MS": "4.0",
+    },
     entry(2000.0, "default/web-1/app: woke in 80.0 ms (a later wake: not this one)"),
 ]
 
@@ -37,6 +41,11 @@ def test_the_marks_of_one_wake_and_the_steps_between_them() -> None:
         "running->woke": 8.0,
         "total": 79.0,
     }
+
+
+def test_the_daemons_own_timings_inside_the_release() -> None:
+    assert wakesteps.daemon_steps(JOURNAL, "web-1", CID) == {"(listening)": 6.5, "(release)": 4.0}
+    assert wakesteps.daemon_steps(JOURNAL[:3], "web-1", CID) == {}
 
 
 def test_missing_marks_are_skipped_not_invented() -> None:
