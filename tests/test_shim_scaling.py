@@ -60,6 +60,7 @@ class FakeRunc:
         self.fail_restore = False
         self.restore_failures_left = 0  # the next N restores fail, later ones succeed
         self.writes_image = False  # Checkpoint writes a pages file, as CRIU would
+        self.hang_delete: asyncio.Event | None = None  # Delete answers once it is set
         self.hang_restore: asyncio.Event | None = None  # Start hangs until it is set
         self.fail_checkpoint = False
         self.hang_checkpoint = False  # CRIU stuck mid-dump: Checkpoint never answers
@@ -110,6 +111,8 @@ class FakeRunc:
             task.exit(128 + req.signal)
             return b""
         if name == "Delete":
+            if self.hang_delete is not None:
+                await self.hang_delete.wait()
             if task.status is None and task.pid:
                 raise TtrpcError(Code.FAILED_PRECONDITION, "still running")
             del self.tasks[req.id]
@@ -161,6 +164,14 @@ class Rig:
         await self.call("Create", id=CID, bundle=str(self.tmp))
         started = await self.call("Start", "StartResponse", id=CID)
         return started.pid
+
+    async def checkpoint(self, **fields: object) -> dict:
+        """The control op, then the clean-up it runs after its reply (runc Delete...)."""
+        reply = await self.control.handle(self.op("checkpoint", **fields))
+        finishing = self.ctx.tracker.get(CID).finishing
+        if finishing is not None:
+            await finishing
+        return reply
 
     def op(self, op: str, **fields: object) -> dict:
         return {"op": op, "container_id": CID, **fields}
@@ -218,7 +229,7 @@ async def test_wait_pending_and_state_running_across_cycles(rig: Rig) -> None:
     wait = asyncio.create_task(rig.call("Wait", "WaitResponse", id=CID))
     image = str(rig.tmp / "img")
     for _cycle in range(3):
-        slept = await rig.control.handle(rig.op("checkpoint", image_dir=image))
+        slept = await rig.checkpoint(image_dir=image)
         assert slept["pid"] == pid
         state = await rig.call("State", "StateResponse", id=CID)
         assert (state.status, state.pid, state.bundle) == (RUNNING, pid, str(rig.tmp))
@@ -247,7 +258,7 @@ async def test_kill_and_delete_while_asleep(rig: Rig) -> None:
     pid = await rig.run_container()
     wait = asyncio.create_task(rig.call("Wait", "WaitResponse", id=CID))
     image = rig.tmp / "img"
-    await rig.control.handle(rig.op("checkpoint", image_dir=str(image)))
+    await rig.checkpoint(image_dir=str(image))
     calls = len(rig.runc.calls)
     await rig.call("Kill", id=CID, signal=15)
     assert (await asyncio.wait_for(wait, 5)).exit_status == 143
@@ -268,7 +279,7 @@ async def test_kill_and_delete_while_asleep(rig: Rig) -> None:
 async def test_failed_restore_starts_cold(rig: Rig) -> None:
     await rig.run_container()
     image = str(rig.tmp / "img")
-    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    await rig.checkpoint(image_dir=image)
     rig.runc.fail_restore = True
     calls = len(rig.runc.calls)
     woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=True))
@@ -281,7 +292,7 @@ async def test_failed_restore_starts_cold(rig: Rig) -> None:
 async def test_failed_restore_without_fallback_stays_asleep(rig: Rig) -> None:
     await rig.run_container()
     image = str(rig.tmp / "img")
-    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    await rig.checkpoint(image_dir=image)
     rig.runc.fail_restore = True
     calls = len(rig.runc.calls)
     answer = await rig.control.answer(
@@ -305,7 +316,7 @@ async def test_hanging_restore_is_killed_at_its_bound(
 ) -> None:
     await rig.run_container()
     image = rig.tmp / "img"
-    await rig.control.handle(rig.op("checkpoint", image_dir=str(image)))
+    await rig.checkpoint(image_dir=str(image))
     image.mkdir(exist_ok=True)
     (image / "restore.log").write_bytes(b"x" * (restorebound.LOG_KEEP + 10))
     killed = rig.runc.hang_restore = asyncio.Event()
@@ -333,7 +344,7 @@ async def test_a_restore_that_failed_from_an_intact_image_is_tried_once_more(rig
     rig.runc.writes_image = True
     await rig.run_container()
     image = str(rig.tmp / "img")
-    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    await rig.checkpoint(image_dir=image)
     rig.runc.restore_failures_left = 1
     calls = len(rig.runc.calls)
     woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=False))
@@ -346,7 +357,7 @@ async def test_a_damaged_image_is_not_tried_again(rig: Rig) -> None:
     rig.runc.writes_image = True
     await rig.run_container()
     image = rig.tmp / "img"
-    await rig.control.handle(rig.op("checkpoint", image_dir=str(image)))
+    await rig.checkpoint(image_dir=str(image))
     (image / "pages-1.img").write_bytes(b"")  # truncated
     rig.runc.restore_failures_left = 1
     calls = len(rig.runc.calls)
@@ -358,10 +369,33 @@ async def test_a_damaged_image_is_not_tried_again(rig: Rig) -> None:
     assert rig.ctx.tracker.get(CID).phase is TaskPhase.SCALED_DOWN
 
 
+async def test_the_checkpoint_replies_before_the_runc_task_is_deleted(rig: Rig) -> None:
+    """Deleting the dumped runc task is clean-up, off the sleep's critical path (issue 14);
+    a restore still waits for it."""
+    rig.runc.writes_image = True
+    await rig.run_container()
+    deleted = rig.runc.hang_delete = asyncio.Event()
+    image = str(rig.tmp / "img")
+    async with asyncio.timeout(5):
+        slept = await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    assert slept["pid"] and rig.ctx.tracker.get(CID).phase is TaskPhase.SCALED_DOWN
+    while rig.runc.calls[-1] != "Delete":  # under way after the reply
+        await asyncio.sleep(0.01)
+    waking = asyncio.create_task(rig.control.handle(rig.op("restore", image_dir=image)))
+    await asyncio.sleep(0.05)
+    assert not waking.done() and rig.runc.calls[-1] == "Delete"  # the restore waits
+    deleted.set()
+    async with asyncio.timeout(5):
+        woke = await waking
+    assert woke["cold"] is False
+    assert rig.runc.calls[-3:] == ["Delete", "Create", "Start"]
+    assert rig.ctx.tracker.get(CID).image_files == {"pages-1.img": 4}
+
+
 async def test_restore_clears_a_task_left_by_the_checkpoint(rig: Rig) -> None:
     await rig.run_container()
     image = str(rig.tmp / "img")
-    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    await rig.checkpoint(image_dir=image)
     rig.runc.tasks[CID] = rig.runc.created[-1]  # as if the checkpoint's Delete had failed
     calls = len(rig.runc.calls)
     woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=True))
@@ -399,7 +433,7 @@ def test_a_failed_dump_on_a_nearly_full_disk_says_so(
 async def test_exec_while_asleep_restores_without_daemon(rig: Rig) -> None:
     await rig.run_container()
     image = str(rig.tmp / "img")
-    await rig.control.handle(rig.op("checkpoint", image_dir=image))
+    await rig.checkpoint(image_dir=image)
     await rig.call("Exec", id=CID, exec_id="e1")
     assert rig.runc.calls[-3:] == ["Create", "Start", "Exec"]
     assert rig.runc.created[-1].checkpoint == image
@@ -408,7 +442,7 @@ async def test_exec_while_asleep_restores_without_daemon(rig: Rig) -> None:
 
 async def test_stop_mode_and_cold_restore(rig: Rig) -> None:
     await rig.run_container()
-    slept = await rig.control.handle(rig.op("checkpoint", mode="stop"))
+    slept = await rig.checkpoint(mode="stop")
     assert slept["pid"] and "Checkpoint" not in rig.runc.calls
     woke = await rig.control.handle(rig.op("restore", image_dir=None))
     assert woke["cold"] is True and "error" not in woke
@@ -438,7 +472,7 @@ async def test_control_ops_at_the_wrong_time(rig: Rig) -> None:
         "cold": False,
         "duration_ms": 0,
     }
-    await rig.control.handle(rig.op("checkpoint", image_dir=str(rig.tmp / "img")))
+    await rig.checkpoint(image_dir=str(rig.tmp / "img"))
     again = await rig.control.answer(json.dumps(rig.op("checkpoint", image_dir="/x")).encode())
     assert again["error"]["code"] == "bad_phase"
     assert "scaled_down" in again["error"]["message"]

@@ -37,60 +37,89 @@ log = logging.getLogger(__name__)
 
 
 async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode) -> TaskReply:
-    """Dump (or stop) ``c``; its reply, or ControlError."""
-    async with c.lock:
-        if c.phase is not TaskPhase.RUNNING:
-            raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not running")
-        if mode == "checkpoint" and not c.criu_config_set:
-            raise ControlError(
-                CHECKPOINT_FAILED,
-                f"container {c.id}: its CRIU config could not be set to zeropod's at Create, "
-                "so it is never dumped (its spec could name CRIU action scripts)",
-            )
-        started = time.monotonic()
-        ctx.tracker.move(c, TaskPhase.CHECKPOINTING, mode)
-        c.hold_stdio()
-        try:
-            if mode == "checkpoint":
-                os.makedirs(image_dir, mode=0o700, exist_ok=True)
-                await ctx.upstream.checkpoint(c, image_dir)
-            else:
-                await ctx.upstream.kill(c, signal.SIGKILL)
-                await ctx.upstream.wait(c)
-        except (TtrpcError, ConnectionError, OSError) as err:
-            if mode == "checkpoint" and getattr(err, "code", None) == Code.DEADLINE_EXCEEDED:
-                await _end_stuck_dump(ctx, c, image_dir)
-            c.release_stdio()
-            ctx.tracker.move(c, TaskPhase.RUNNING, "checkpoint failed")
-            if ctx.relay.release_real_exit(c):
-                ctx.exited(c)
-            where = ""
-            if mode == "checkpoint":
-                dump_log = os.path.join(image_dir, "dump.log")
-                cause = first_error(dump_log)
-                where = f"; CRIU: {cause}" if cause else ""
-                where += f"; CRIU log: {dump_log}{disk_note(image_dir)}"
-            log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
-            raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
-        if mode == "checkpoint":
+    """Dump (or stop) ``c``; its reply, or ControlError.
+
+    The reply goes out as soon as the app is dumped and gone; the clean-up after it (image
+    modes and sizes, SysV segments, deleting the runc task) runs next, still under ``c.lock``,
+    which it releases: a restore waits for it, the daemon's sleep does not.
+    """
+    await c.lock.acquire()
+    try:
+        reply = await _dump(ctx, c, image_dir, mode)
+    except BaseException:
+        c.lock.release()
+        raise
+    c.finishing = asyncio.create_task(_after_dump(ctx, c, image_dir if c.image_dir else None))
+    return reply
+
+
+async def _after_dump(ctx: ShimContext, c: TaskRecord, image_dir: str | None) -> None:
+    """Step 3b and 4 after the reply; owns ``c.lock`` (taken by :func:`checkpoint`)."""
+    started = time.monotonic()
+    try:
+        if image_dir is not None:
             c.image_files = await asyncio.to_thread(owner_only, image_dir)
             await _release_sysv_segments(c, image_dir)
         try:
             await ctx.upstream.delete(c)
-        except TtrpcError as err:  # restore deletes again before re-creating
+        except (TtrpcError, ConnectionError) as err:  # restore deletes again before re-creating
             log.warning("container %s: deleting the dumped runc task failed: %s", c.id, err)
-        c.image_dir = image_dir if mode == "checkpoint" else None
-        c.held.clear()
-        how = "dumped" if c.image_dir else "stopped"
-        ctx.tracker.move(c, TaskPhase.SCALED_DOWN, f"pid {c.pid} {how}")
-        duration_ms = round((time.monotonic() - started) * 1000)
-        log.info(
-            "container %s scaled down in %d ms",
+        log.debug(
+            "container %s: clean-up after the dump took %.0f ms",
             c.id,
-            duration_ms,
-            extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
+            (time.monotonic() - started) * 1000,
         )
-        return TaskReply(pid=c.pid, duration_ms=duration_ms)
+    finally:
+        c.lock.release()
+
+
+async def _dump(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode) -> TaskReply:
+    """Steps 1-3 under ``c.lock`` (held by the caller)."""
+    if c.phase is not TaskPhase.RUNNING:
+        raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not running")
+    if mode == "checkpoint" and not c.criu_config_set:
+        raise ControlError(
+            CHECKPOINT_FAILED,
+            f"container {c.id}: its CRIU config could not be set to zeropod's at Create, "
+            "so it is never dumped (its spec could name CRIU action scripts)",
+        )
+    started = time.monotonic()
+    ctx.tracker.move(c, TaskPhase.CHECKPOINTING, mode)
+    c.hold_stdio()
+    try:
+        if mode == "checkpoint":
+            os.makedirs(image_dir, mode=0o700, exist_ok=True)
+            await ctx.upstream.checkpoint(c, image_dir)
+        else:
+            await ctx.upstream.kill(c, signal.SIGKILL)
+            await ctx.upstream.wait(c)
+    except (TtrpcError, ConnectionError, OSError) as err:
+        if mode == "checkpoint" and getattr(err, "code", None) == Code.DEADLINE_EXCEEDED:
+            await _end_stuck_dump(ctx, c, image_dir)
+        c.release_stdio()
+        ctx.tracker.move(c, TaskPhase.RUNNING, "checkpoint failed")
+        if ctx.relay.release_real_exit(c):
+            ctx.exited(c)
+        where = ""
+        if mode == "checkpoint":
+            dump_log = os.path.join(image_dir, "dump.log")
+            cause = first_error(dump_log)
+            where = f"; CRIU: {cause}" if cause else ""
+            where += f"; CRIU log: {dump_log}{disk_note(image_dir)}"
+        log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
+        raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
+    c.image_dir = image_dir if mode == "checkpoint" else None
+    c.held.clear()
+    how = "dumped" if c.image_dir else "stopped"
+    ctx.tracker.move(c, TaskPhase.SCALED_DOWN, f"pid {c.pid} {how}")
+    duration_ms = round((time.monotonic() - started) * 1000)
+    log.info(
+        "container %s scaled down in %d ms",
+        c.id,
+        duration_ms,
+        extra={"CHECKPOINT_MS": duration_ms, "CONTAINER_ID": c.id},
+    )
+    return TaskReply(pid=c.pid, duration_ms=duration_ms)
 
 
 LOW_DISK = 16 << 20
@@ -98,7 +127,7 @@ LOW_DISK = 16 << 20
 
 
 def disk_note(image_dir: str) -> str:
-    """ "; the image disk has N KiB free" when it is nearly full (a likely cause), else ""."""
+    """``; the image disk has N KiB free`` when it is nearly full (a likely cause), else ""."""
     try:
         st = os.statvfs(image_dir)
     except OSError:

@@ -47,7 +47,9 @@ class TaskRecord:
     held: list[Call] = field(default_factory=list)  # events held back while hidden
     stdio_fds: list[int] = field(default_factory=list)  # FIFO ends kept across the gap
     # Serialises the multi-step sequences (checkpoint, restore, kill/delete while asleep).
+    # Held by an op, not a coroutine: a checkpoint replies, then its clean-up task releases it.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    finishing: asyncio.Task[None] | None = None  # the last checkpoint's clean-up after its reply
 
     @property
     def bundle(self) -> str:
