@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode) -> TaskReply:
     """Dump (or stop) ``c``; its reply, or ControlError.
 
-    The reply goes out as soon as the app is dumped and gone; the clean-up after it (image
-    modes and sizes, SysV segments, deleting the runc task) runs next, still under ``c.lock``,
-    which it releases: a restore waits for it, the daemon's sleep does not.
+    The reply goes out as soon as the app is dumped and gone (and its image root's alone);
+    the clean-up after it (SysV segments, deleting the runc task) runs next, still under
+    ``c.lock``, which it releases: a restore waits for it, the daemon's sleep does not.
     """
     await c.lock.acquire()
     try:
@@ -58,7 +58,6 @@ async def _after_dump(ctx: ShimContext, c: TaskRecord, image_dir: str | None) ->
     started = time.monotonic()
     try:
         if image_dir is not None:
-            c.image_files = await asyncio.to_thread(owner_only, image_dir)
             await _release_sysv_segments(c, image_dir)
         try:
             await ctx.upstream.delete(c)
@@ -108,6 +107,8 @@ async def _dump(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode) -> 
             where += f"; CRIU log: {dump_log}{disk_note(image_dir)}"
         log.warning("container %s: %s failed: %s%s", c.id, mode, err, where)
         raise ControlError(CHECKPOINT_FAILED, f"{mode} of {c.id} failed: {err}{where}") from err
+    if mode == "checkpoint":
+        c.image_files = await asyncio.to_thread(owner_only, image_dir)
     c.image_dir = image_dir if mode == "checkpoint" else None
     c.held.clear()
     how = "dumped" if c.image_dir else "stopped"
