@@ -109,6 +109,7 @@ class FakeUnits:
         self.rec = rec
         self.fail_start: Exception | None = None
         self.active: set[str] = set()  # the socket units systemd would list
+        self.fail_stop: Exception | None = None
 
     async def start(self, key: PodKey, ports: Sequence[HeldPort], netns: str) -> None:
         self.rec.calls.append(("unit_start", key.socket, tuple(ports)))
@@ -125,6 +126,8 @@ class FakeUnits:
 
     async def stop_orphan(self, socket_unit: str) -> None:
         self.rec.calls.append(("unit_stop", socket_unit))
+        if self.fail_stop is not None:
+            raise self.fail_stop
         self.active.discard(socket_unit)
 
 

@@ -219,3 +219,37 @@ async def test_a_dump_the_daemon_died_in_is_waited_for_and_its_ports_stay_held(
     assert reloaded is not None and reloaded.phase.phase is Phase.SCALED_DOWN
     assert after.life(PodKey.of(app)).ports.held
     assert not [c for c in after.rec.calls if c[0] == "unit_stop"]
+
+
+async def test_a_unit_that_cannot_be_stopped_does_not_stop_the_daemon_and_failed_pods_keep_theirs(
+    tmp_path: Path,
+) -> None:
+    """A FAILED pod (its shim still mid-op after the wait) keeps its held ports: its wake
+    releases them. A unit systemd refuses to stop is logged; the daemon starts anyway."""
+    from zeropod.contract.shimops import TaskStatus
+    from zeropod.daemon.restart import reconcile_units, reload
+
+    shim_socket = str(tmp_path / "shim.sock")
+    open(shim_socket, "w").close()
+    store = StateStore(str(tmp_path / "state"))
+    before = World()
+    before.service.store = store
+    stuck = before.register("app", pod="stuck", shim_socket=shim_socket)
+    await before.sleep(PodKey.of(stuck), "forced")
+
+    after = World()
+    after.service.store = store
+    truth = ShimTruth({})
+
+    async def mid_op(identity):  # type: ignore[no-untyped-def]
+        return TaskStatus(identity.container_id, "restoring", 0, 100)
+
+    truth.task_status = mid_op  # type: ignore[method-assign]
+    await reload(after.service, truth, after.journal, mid_op_wait=0.1)
+    assert after.registry.get(stuck.identity.container_id).phase.phase is Phase.FAILED
+    orphan = "zeropod@default_gone.socket"
+    after.units.active = {PodKey.of(stuck).socket, orphan}
+    after.units.fail_stop = RuntimeError("systemd said no")
+    await reconcile_units(after.service, after.units, after.journal)
+    assert [c for c in after.rec.calls if c[0] == "unit_stop"] == [("unit_stop", orphan)]
+    assert any("systemd said no" in line for line in after.captured.messages())

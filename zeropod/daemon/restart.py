@@ -110,7 +110,8 @@ async def settled_status(
 
 
 async def reconcile_units(service: ControlService, units: SocketUnits, journal: Journal) -> None:
-    """Step 2: every sleeping pod's socket unit listens, no other zeropod socket unit is left."""
+    """Step 2: every sleeping pod's socket unit listens; a unit of a pod that holds no ports
+    (unknown, or running again) is stopped. Never raises: the daemon starts regardless."""
     try:
         listening = await units.listening()
     except Exception as err:  # no systemd to ask: the units are checked as pods sleep and wake
@@ -129,7 +130,12 @@ async def reconcile_units(service: ControlService, units: SocketUnits, journal: 
                 f"{life.key.label}: its socket unit was gone; holding its ports again",
                 unit=life.key.service,
             )
-        listening.discard(socket_unit)
+        if life.ports.held:  # asleep, or FAILED between phases: its wake releases the ports
+            listening.discard(socket_unit)
     for orphan in sorted(listening):
-        await units.stop_orphan(orphan)
+        try:
+            await units.stop_orphan(orphan)
+        except Exception as err:  # the daemon starts anyway; the unit is tried again next time
+            journal.error(f"cannot stop {orphan}, which no pod of this node holds: {err}")
+            continue
         journal.info(f"stopped {orphan}: no sleeping pod of this node holds it", unit=orphan)
