@@ -49,7 +49,7 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
     except BaseException:
         c.lock.release()
         raise
-    c.finishing = asyncio.create_task(_after_dump(ctx, c, image_dir if c.image_dir else None))
+    c.finishing = asyncio.create_task(_after_dump(ctx, c, c.image_dir))  # None after a stop
     return reply
 
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from zeropod.shim import bootstrap, runcshim, spec
+from zeropod.shim import bootstrap, paths, runcshim, spec
 from zeropod.shim import log as shimlog
 from zeropod.shim.config import Config
 from zeropod.shim.context import ShimContext
@@ -116,7 +116,7 @@ class Interposer:
         remove_files(cfg)
 
     def _end_runc_shim(self) -> None:
-        runc_file = Path(self.cfg.bootstrap).with_suffix(".runc")  # paths.GroupPaths.upstream
+        runc_file = paths.upstream_file(self.cfg.bootstrap)
         try:
             upstream = bootstrap.parse(runc_file.read_text())
         except (OSError, ValueError) as err:
@@ -127,7 +127,7 @@ class Interposer:
 
 def remove_files(cfg: Config) -> None:
     """Remove our sockets and state files; the lock file last, while holding the lock."""
-    runc_file = Path(cfg.bootstrap).with_suffix(".runc")  # paths.GroupPaths.upstream
+    runc_file = paths.upstream_file(cfg.bootstrap)
     for path in (cfg.socket, cfg.events, control_path(cfg), cfg.bootstrap, runc_file):
         Path(path).unlink(missing_ok=True)
     lock = Path(cfg.lock)

@@ -15,10 +15,10 @@ with cgroupfs; one line on cgroup v2, one per hierarchy on v1).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from pathlib import Path
+
+from zeropod.shim import procfd
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,7 @@ def kill_container_processes(
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while pids := container_pids(container_id, proc):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            if pid not in killed:
-                killed.append(pid)
+        killed += [pid for pid in procfd.kill(pids) if pid not in killed]
         if time.monotonic() > deadline:
             log.warning("container %s: processes %s outlived SIGKILL", container_id, pids)
             break

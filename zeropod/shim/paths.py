@@ -56,7 +56,7 @@ class GroupPaths:
             lock=base / f"{digest}.lock",
             log=base / f"{digest}.log",
             control=base / f"{digest}.ctl.sock",
-            upstream=base / f"{digest}.runc",
+            upstream=upstream_file(base / f"{digest}.bootstrap"),
         )
         if len(str(paths.control)) > SUN_PATH_MAX:
             raise ValueError(f"socket path {paths.control} is longer than {SUN_PATH_MAX} bytes")
@@ -69,6 +69,12 @@ class GroupPaths:
         """Remove the sockets and state files (not the lock, which other starts may hold)."""
         for path in (self.socket, self.events, self.control, self.bootstrap, self.upstream):
             path.unlink(missing_ok=True)
+
+
+def upstream_file(bootstrap: str | Path) -> Path:
+    """The group's runc shim answer (``GroupPaths.upstream``), next to its bootstrap file:
+    the interposer knows only the latter's path."""
+    return Path(bootstrap).with_suffix(".runc")
 
 
 def connectable(path: Path) -> bool:

@@ -31,11 +31,11 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 from zeropod.contract import timeouts
+from zeropod.shim import procfd
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +99,9 @@ def restore_criu_pids(container_id: str, proc: Path = Path("/proc")) -> list[int
     return sorted(found)
 
 
-def _kill(pids: list[int]) -> list[int]:
-    """SIGKILL each of PIDS; the ones still there to signal."""
-    killed = []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        killed.append(pid)
-    return killed
-
-
 def kill_restore_criu(container_id: str, proc: Path = Path("/proc")) -> list[int]:
     """SIGKILL this container's restoring CRIU processes; the pids signalled."""
-    killed = _kill(restore_criu_pids(container_id, proc))
+    killed = procfd.kill(restore_criu_pids(container_id, proc))
     log.warning("container %s: killed the restore's CRIU processes %s", container_id, killed)
     return killed
 
@@ -123,28 +111,13 @@ def criu_pids_using(directory: str, proc: Path = Path("/proc")) -> list[int]:
     dump.log is there), found by their fds. Used for a dump, whose runc parent is not always
     recognisable by its argv."""
     prefix = os.path.join(os.path.realpath(directory), "")
-    found = []
-    for pid, _, comm, _ in _processes(proc):
-        if comm != CRIU_COMM:
-            continue
-        try:
-            fds = list((proc / str(pid) / "fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith(prefix):
-                found.append(pid)
-                break
-    return sorted(found)
+    criu = [pid for pid, _, comm, _ in _processes(proc) if comm == CRIU_COMM]
+    return procfd.fd_holders(criu, lambda target: target.startswith(prefix), proc)
 
 
 def kill_dump_criu(image_dir: str, proc: Path = Path("/proc")) -> list[int]:
     """SIGKILL the CRIU processes dumping into ``image_dir``; the pids signalled."""
-    return _kill(criu_pids_using(image_dir, proc))
+    return procfd.kill(criu_pids_using(image_dir, proc))
 
 
 def cap_log(path: str, keep: int = LOG_KEEP) -> int:

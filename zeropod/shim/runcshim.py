@@ -16,15 +16,13 @@ would name its ``start`` parent, which bound the socket and is gone).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from zeropod.shim import bootstrap, launcher
+from zeropod.shim import bootstrap, launcher, procfd
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +65,9 @@ def end_runc_shim(upstream: bootstrap.Bootstrap, container_id: str) -> None:
     deadline = time.monotonic() + SHUTDOWN_GRACE
     while time.monotonic() < deadline and listener_pids(path):
         time.sleep(0.05)
-    for pid in listener_pids(path):
-        log.warning("runc shim %s (pid %d) ignored Shutdown: killing it", path, pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    if stubborn := listener_pids(path):
+        log.warning("runc shim %s (pid %s) ignored Shutdown: killing it", path, stubborn)
+        procfd.kill(stubborn)
 
 
 def listener_pids(path: str, proc: Path = Path("/proc")) -> list[int]:
@@ -86,19 +83,4 @@ def listener_pids(path: str, proc: Path = Path("/proc")) -> list[int]:
                     inodes.add(f"socket:[{fields[6]}]")
     except (OSError, StopIteration):
         return []
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = list((entry / "fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) in inodes:
-                    found.append(int(entry.name))
-                    break
-            except OSError:
-                continue
-    return found
+    return procfd.fd_holders(procfd.all_pids(proc), inodes.__contains__, proc)
