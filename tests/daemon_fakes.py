@@ -11,6 +11,7 @@ from typing import Any
 from zeropod.contract.protocol import RESTORE_FAILED
 from zeropod.contract.requests import RegisterRequest, SleepRequest
 from zeropod.contract.shimops import TaskReply
+from zeropod.daemon.adapters.heldcopies import HeldSockets
 from zeropod.daemon.api.eventhub import EventHub
 from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.api.status import describe_pod
@@ -18,7 +19,7 @@ from zeropod.daemon.lifecycle.interfaces import ShimError
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.ports import PortHold
-from zeropod.daemon.lifecycle.watch import HandoffWatch
+from zeropod.daemon.lifecycle.watch import HeldPortWatch
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import HeldPort, PodKey
 from zeropod.daemon.model.registry import Container, Registry
@@ -68,9 +69,14 @@ class FakeShim:
 
 
 class FakeNetwork:
+    """``take_copies`` gives a real listening socket on 127.0.0.1 (``listeners``, newest
+    last) standing in for systemd's held one."""
+
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
         self.fail_migrate: Exception | None = None
+        self.fail_copies: Exception | None = None
+        self.listeners: list[socket.socket] = []
 
     async def enable_migrate(self, netns: str) -> None:
         self.rec.calls.append(("migrate", netns))
@@ -80,6 +86,20 @@ class FakeNetwork:
     async def share_listeners(self, pid: int, ports: Sequence[int]) -> list[HeldPort]:
         self.rec.calls.append(("reuseport", pid, tuple(ports)))
         return [PORT]
+
+    async def take_copies(self, netns: str, ports: Sequence[HeldPort]) -> HeldSockets:
+        self.rec.calls.append(("copies", netns, tuple(ports)))
+        if self.fail_copies is not None:
+            raise self.fail_copies
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.bind(("127.0.0.1", 0))
+        held.listen(16)
+        self.listeners.append(held)
+        return HeldSockets([held.dup()])
+
+    def close(self) -> None:
+        for sock in self.listeners:
+            sock.close()
 
 
 class FakeNetView:
@@ -183,12 +203,16 @@ class World:
                 net=self.net,
                 journal=self.journal,
             )
-            life.on_ports_held = self.service.save_pod
+            life.on_ports_held = self._ports_held
             return life
 
         self.pods = Pods(self.registry, make_life)
-        self.watch = HandoffWatch(self.pods, self.journal, tuple)
+        self.watch = HeldPortWatch(self.pods, self.journal, tuple)
         self.service = ControlService(self.registry, self.journal, EventHub(), pods=self.pods)
+
+    def _ports_held(self, life: PodLife) -> None:  # as the daemon's main wires it
+        self.service.save_pod(life)
+        self.watch.watch(life)
 
     def life(self, key: PodKey) -> PodLife:
         life = self.pods.find(key)

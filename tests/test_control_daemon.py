@@ -75,7 +75,7 @@ def test_daemon_notifies_pings_watchdog_and_stops_on_sigterm(tmp_short: str) -> 
     log = daemon.stderr.read().decode()
     assert "listening on" in log and "stopping" in log
     # Both listening sockets went to the fd store, so their files stay for the next start.
-    assert sorted(stored) == ["activator", "control"]
+    assert sorted(stored) == ["control"]
     assert os.path.exists(control_path)
 
 

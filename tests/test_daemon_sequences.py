@@ -26,6 +26,7 @@ async def test_sleep_holds_the_ports_before_the_dump_then_wake_restores_before_r
         ("migrate", "/var/run/netns/web-1"),
         ("reuseport", app.pid, ()),
         ("unit_start", SOCKET, (PORT,)),
+        ("copies", "/var/run/netns/web-1", (PORT,)),
         ("checkpoint", "app", "checkpoint"),
     ]
     assert answer["pod"]["state"] == "SCALED_DOWN"

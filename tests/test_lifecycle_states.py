@@ -40,19 +40,6 @@ MOVES = [
 ALL = [RUNNING, GOING_TO_SLEEP, ASLEEP, WAKING, FAILED]
 
 
-class FakeHandoff:
-    def __init__(self, unit: str = KEY.service) -> None:
-        self.unit = unit
-        self.sockets: list[socket.socket] = []
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def drain(self) -> list[socket.socket]:
-        return []
-
-
 def pod(*names: str) -> tuple[World, PodLife]:
     world = World()
     for name in names or ("app",):
@@ -154,46 +141,29 @@ async def test_failed_may_only_wake() -> None:
     ]
 
 
-async def test_a_hand_off_is_kept_only_where_the_ports_are_held() -> None:
+async def test_the_copies_are_taken_once_the_unit_listens_and_closed_after_it_stopped() -> None:
     world, life = pod()
-    late = FakeHandoff()
-    assert life.hand_over(late) is False and late.closed  # running: the app listens
     await life.sleep("idle")
-    first, second = FakeHandoff(), FakeHandoff()
-    assert life.hand_over(first) is True and not first.closed
-    assert life.hand_over(second) is True and first.closed  # replaced: never two copies
-    assert life.ports.handoff is second
+    copies = life.ports.copies
+    assert copies is not None and not copies.closed
+    names = world.rec.names()
+    assert names.index("copies") == names.index("unit_start") + 1
+    assert names.index("copies") < names.index("checkpoint")  # watched before the dump
     await life.wake("a client")
-    assert second.closed and life.ports.handoff is None  # released after the unit stop
+    assert copies.closed and life.ports.copies is None
     names = world.rec.names()
     assert names.index("unit_stop") > names.index("restore")
 
 
-async def test_a_hand_off_while_waking_is_released_by_the_wake() -> None:
+async def test_copies_that_cannot_be_taken_fail_the_sleep_and_the_app_keeps_running() -> None:
     world, life = pod()
-    await life.sleep("idle")
-    during = FakeHandoff()
-    restore = world.shim.restore
-
-    async def hand_over_meanwhile(container, image_dir):  # type: ignore[no-untyped-def]
-        assert life.hand_over(during) is False  # kept, not watched: the wake is under way
-        assert not during.closed
-        return await restore(container, image_dir)
-
-    world.shim.restore = hand_over_meanwhile  # type: ignore[method-assign]
-    await life.wake("a client")
-    assert during.closed and life.ports.handoff is None
-
-
-async def test_a_hand_off_while_failed_is_closed() -> None:
-    world, life = pod()
-    await life.sleep("idle")
-    world.shim.restore_reply["app"] = ShimError("unavailable", "x")
-    with pytest.raises(ControlError):
-        await life.wake("a client")
-    assert life.state is FAILED and not life.ports.held
-    handoff = FakeHandoff()
-    assert life.hand_over(handoff) is False and handoff.closed
+    world.network.fail_copies = OSError("pid 1 listens on 0 of the 1 held addresses")
+    with pytest.raises(ControlError) as info:
+        await life.sleep("idle")
+    assert "0 of the 1 held addresses" in info.value.message
+    assert life.state is RUNNING and not life.ports.held and life.ports.copies is None
+    assert "checkpoint" not in world.rec.names()
+    assert world.rec.names()[-1] == "unit_stop"
 
 
 async def test_forget_waits_for_the_running_sequence_and_drops_an_empty_pod() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.daemon_fakes import World
 from zeropod.config.annotations import CONTAINER_NAMES
 from zeropod.contract.protocol import ControlError
-from zeropod.daemon.adapters import footprint, proctime
+from zeropod.daemon.adapters import footprint
 from zeropod.daemon.api.metrics import Metrics
 from zeropod.daemon.api.metricsserver import AddressError, parse_address, serve
 from zeropod.daemon.lifecycle.interfaces import ShimError
@@ -204,7 +203,6 @@ async def test_served_over_http_from_another_thread() -> None:
 
 def test_a_silent_metrics_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each open connection holds a thread of the daemon: a silent one must not stay."""
-    import socket
 
     from zeropod.daemon.api import metricsserver
 
@@ -270,19 +268,3 @@ def test_directory_bytes(tmp_path) -> None:
     (tmp_path / "sub" / "b").write_bytes(b"y" * 24)
     assert footprint.directory_bytes(str(tmp_path)) == 1024
     assert footprint.directory_bytes(str(tmp_path / "missing")) is None
-
-
-def test_a_peer_process_start_time() -> None:
-    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with left, right:
-        assert proctime.peer_pid(left) == os.getpid()
-        started = proctime.connection_peer_started(left)
-    assert started is not None and started <= time.time()
-    child = subprocess.Popen(["sleep", "10"])
-    try:
-        began = time.time()
-        assert abs(proctime.started_at(child.pid) - began) < 0.5  # ticks are 10 ms
-    finally:
-        child.kill()
-        child.wait()
-    assert proctime.started_at(2**22 + 7) is None

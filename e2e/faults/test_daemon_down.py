@@ -1,8 +1,9 @@
 """The daemon stopped for five minutes while clients keep arriving at a sleeping pod.
 
-systemd's socket unit keeps holding the pod's port: clients connect and wait, the activated
-service waits for the daemon as long as it takes, and once the daemon is back every waiting
-client is answered by the woken app, its state kept. ``ZEROPOD_FAULTS_DAEMON_DOWN`` sets the
+systemd's socket unit keeps holding the pod's port: clients connect and wait in its queue (its
+oneshot service, triggered by the first, keeps systemd from re-triggering), and once the daemon
+is back it takes its copies of the held socket again, finds them readable and wakes the pod:
+every waiting client is answered by the woken app, its state kept. ``ZEROPOD_FAULTS_DAEMON_DOWN`` sets the
 outage in seconds (default 300, as an operator's maintenance might last).
 """
 

@@ -1,6 +1,6 @@
 """Every socket zeropod listens on, under idle connections, garbage and a non-root user.
 
-The sockets: the daemon's control socket and activation socket, the metrics endpoint, and a
+The sockets: the daemon's control socket, the metrics endpoint, and a
 pod's interposer sockets (containerd's task API, the runc shim's events, the control socket
 the daemon uses). After each fault the pod must still sleep and wake with its state, and the
 node hold nothing more than before (the ``fault`` fixture).
@@ -18,7 +18,6 @@ from zeropod.shim import paths
 from zeropod.ttrpc import server as ttrpc_server
 
 PROBE = "/opt/zeropod/src/e2e/faults/socketprobe.py"
-ACTIVATION_SOCKET = "/run/zeropod/activator.sock"
 METRICS = "127.0.0.1:9925"
 CONTAINERD = "/run/containerd/containerd.sock"
 IDLE = 200
@@ -42,7 +41,6 @@ def shim_sockets(sandbox_id: str) -> dict[str, str]:
 def all_sockets(sandbox_id: str) -> dict[str, str]:
     return {
         "daemon control": CONTROL_SOCKET,
-        "daemon activation": ACTIVATION_SOCKET,
         "metrics": METRICS,
         **shim_sockets(sandbox_id),
     }

@@ -19,7 +19,6 @@ import sys
 
 from zeropod.activity.sources import ExcludedSources
 from zeropod.contract.protocol import socket_path
-from zeropod.daemon.adapters.handoff import ActivationServer, activation_path
 from zeropod.daemon.adapters.images import ImageStore
 from zeropod.daemon.adapters.network import HostNetwork
 from zeropod.daemon.adapters.notify import (
@@ -42,15 +41,14 @@ from zeropod.daemon.lifecycle.idle import IdleLoops
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.ports import PortHold
-from zeropod.daemon.lifecycle.watch import HandoffWatch
+from zeropod.daemon.lifecycle.watch import HeldPortWatch
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Registry
-from zeropod.daemon.restart import reclaim_images, reconcile_units, reload
+from zeropod.daemon.restart import reclaim_images, reconcile_units, reload, watch_held
 from zeropod.journal import Journal, open_journal
 from zeropod.version import version
 
 CONTROL_FD = "control"
-ACTIVATOR_FD = "activator"
 METRICS_ENV = "ZEROPOD_METRICS_ADDRESS"
 METRICS_DEFAULT = "127.0.0.1:9925"
 READ_GROUP_ENV = "ZEROPOD_READ_GROUP"
@@ -58,7 +56,7 @@ READ_GROUP_ENV = "ZEROPOD_READ_GROUP"
 
 def _build(
     journal: Journal, state_dir: str
-) -> tuple[ControlService, HandoffWatch, IdleLoops, SystemdUnits]:
+) -> tuple[ControlService, HeldPortWatch, IdleLoops, SystemdUnits]:
     """The daemon's parts, wired to the node's real adapters."""
     excluded = ExcludedSources(refresh_seconds=5.0)  # the node's addresses, re-read
     if excluded.error is not None:
@@ -76,8 +74,12 @@ def _build(
             net=PodNetView(netns),
             journal=journal,
         )
-        life.on_ports_held = service.save_pod
+        life.on_ports_held = ports_held
         return life
+
+    def ports_held(life: PodLife) -> None:
+        service.save_pod(life)
+        watch.watch(life)
 
     pods = Pods(registry, make_life)
     idle = IdleLoops(pods, journal, excluded)
@@ -85,7 +87,8 @@ def _build(
         registry, journal, EventHub(), pods=pods, idle=idle, store=StateStore(state_dir)
     )
     idle.on_gone = service.unregister_async
-    return service, HandoffWatch(pods, journal, excluded), idle, units
+    watch = HeldPortWatch(pods, journal, excluded)
+    return service, watch, idle, units
 
 
 def _read_group(journal: Journal) -> int | None:
@@ -135,10 +138,11 @@ async def run(
     service, watch, idle, units = _build(journal, state_dir)
     await reload(service, ShimClient(), journal)
     await reconcile_units(service, units, journal)
+    await watch_held(service, watch, journal)
     reclaim_images(service, ImageStore(), journal)
     follower, metrics_server = _start_metrics(service, journal, metrics_address)
-    # Both listening sockets live in systemd's fd store: while the daemon restarts (even
-    # after a crash) clients queue on them instead of being refused.
+    # The control socket lives in systemd's fd store: while the daemon restarts (even after
+    # a crash) clients queue on it instead of being refused.
     inherited = inherited_fds()
     server = ControlServer(
         path,
@@ -148,20 +152,14 @@ async def run(
         read_gid=_read_group(journal),
     )
     await server.start()
-    activation = ActivationServer(
-        activation_path(path), watch.on_activation, journal.error, inherited.get(ACTIVATOR_FD)
-    )
-    await activation.start()
     watchdog: asyncio.Task[None] | None = None
     try:
         notify(f"READY=1\nSTATUS=listening on {path}")
         try:
             if store_fd(CONTROL_FD, server.listening_fd()):
                 server.keep_file = True
-            if store_fd(ACTIVATOR_FD, activation.listening_fd()):
-                activation.keep_file = True
         except OSError as err:  # without the store a restart refuses clients for a moment
-            journal.warning(f"cannot keep the listening sockets in the fd store: {err}")
+            journal.warning(f"cannot keep the control socket in the fd store: {err}")
         journal.info(f"zeropod daemon listening on {path}", control_socket=path)
         interval = watchdog_interval()
         if interval is not None:
@@ -174,7 +172,6 @@ async def run(
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-        await activation.close()
         await idle.close()
         await watch.close()
         await server.close()

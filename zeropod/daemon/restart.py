@@ -8,7 +8,9 @@
    sleeping pod whose unit is gone (stopped by hand, systemd re-executed) gets it back, so
    its next client still wakes it; a unit of no sleeping pod (its pod deleted while the
    daemon was down) is stopped, with the ports it holds.
-3. :func:`reclaim_images`: images of containers nobody knows are removed.
+3. :func:`watch_held`: the daemon takes its copies of every held socket again and watches
+   them; a pod whose copies cannot be taken is woken (its clients could not wake it).
+4. :func:`reclaim_images`: images of containers nobody knows are removed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import time
 
 from zeropod.contract import timeouts
+from zeropod.contract.protocol import ControlError
 from zeropod.contract.shimops import TaskStatus
 from zeropod.daemon.adapters.images import ImageStore
 from zeropod.daemon.adapters.statefiles import pid_alive, recovered_phase
@@ -25,6 +28,7 @@ from zeropod.daemon.api.service import ControlService
 from zeropod.daemon.lifecycle.interfaces import ShimError, ShimStatus, SocketUnits
 from zeropod.daemon.lifecycle.reconcile import MID_OP, Verdict, verdict
 from zeropod.daemon.lifecycle.states import ASLEEP, RUNNING
+from zeropod.daemon.lifecycle.watch import HeldPortWatch
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.registry import ContainerIdentity
 from zeropod.journal import Journal
@@ -139,3 +143,27 @@ async def reconcile_units(service: ControlService, units: SocketUnits, journal: 
             journal.error(f"cannot stop {orphan}, which no pod of this node holds: {err}")
             continue
         journal.info(f"stopped {orphan}: no sleeping pod of this node holds it", unit=orphan)
+
+
+async def watch_held(service: ControlService, watch: HeldPortWatch, journal: Journal) -> None:
+    """Step 3: take the daemon's copies of each held socket again and watch them. A pod whose
+    copies cannot be taken is woken now: no client of it could. Never raises."""
+    for life in service.pods.lives():
+        containers = life.containers()
+        if not life.ports.held or not containers:
+            continue
+        try:
+            await life.ports.take_copies(containers[0].identity.netns)
+        except OSError as err:
+            journal.error(
+                f"{life.key.label}: cannot watch its held ports ({err}); waking it",
+                unit=life.key.service,
+                pod=life.key.pod,
+                namespace=life.key.namespace,
+            )
+            try:
+                await life.wake("its held ports could not be watched after a restart")
+            except ControlError as wake_err:
+                journal.error(f"{life.key.label}: wake failed: {wake_err.message}")
+            continue
+        watch.watch(life)

@@ -1,7 +1,7 @@
 """Who is at the other end of a unix socket (SO_PEERCRED), and that process's groups.
 
-One reader for every socket the project serves: the daemon's control socket, the hand-off
-socket and each interposer's control socket check their peers with it.
+One reader for every socket the project serves: the daemon's control socket and each
+interposer's control socket check their peers with it.
 """
 
 from __future__ import annotations
@@ -17,15 +17,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
     return pid, uid, gid
-
-
-def peer_pid(sock: socket.socket) -> int | None:
-    """The peer's pid, None when unknown."""
-    try:
-        pid = peer_credentials(sock)[0]
-    except OSError:
-        return None
-    return pid if pid > 0 else None
 
 
 def process_groups(pid: int) -> set[int]:

@@ -1,12 +1,14 @@
 """The pod netns and the app's listeners, from the node (root): ``tcp_migrate_req`` in the
-netns (:mod:`zeropod.netns`) and SO_REUSEPORT with root as owner on the app's listeners
-(:mod:`zeropod.sockets`)."""
+netns (:mod:`zeropod.netns`), SO_REUSEPORT with root as owner on the app's listeners
+(:mod:`zeropod.sockets`), and the daemon's copies of systemd's held sockets
+(:mod:`.heldcopies`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 
+from zeropod.daemon.adapters.heldcopies import HeldSockets, take_copies
 from zeropod.daemon.model.pod import HeldPort
 
 
@@ -20,6 +22,9 @@ class HostNetwork:
 
     async def share_listeners(self, pid: int, ports: Sequence[int]) -> list[HeldPort]:
         return await asyncio.to_thread(_share_listeners, pid, tuple(ports))
+
+    async def take_copies(self, netns: str, ports: Sequence[HeldPort]) -> HeldSockets:
+        return await asyncio.to_thread(take_copies, netns, tuple(ports))
 
 
 def _share_listeners(pid: int, ports: tuple[int, ...]) -> list[HeldPort]:

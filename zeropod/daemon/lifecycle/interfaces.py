@@ -61,6 +61,11 @@ class Network(Protocol):
         ``ports`` when given); returns them. Raises OSError."""
         ...
 
+    async def take_copies(self, netns: str, ports: Sequence[HeldPort]) -> HeldCopies:
+        """The daemon's own copies of the sockets systemd listens on for ``ports`` in
+        ``netns``; raises OSError unless there is one per address."""
+        ...
+
 
 class NetView(Protocol):
     """One long-lived sock_diag view of a pod's netns (:mod:`zeropod.daemon.adapters.podnet`)."""
@@ -120,15 +125,18 @@ class Images(Protocol):
         ...
 
 
-class Handoff(Protocol):
-    """The sockets the activated service handed over, and its connection."""
+class HeldCopies(Protocol):
+    """The daemon's copies of the listening sockets systemd holds for a sleeping pod."""
 
-    unit: str
     sockets: list[socket.socket]
     closed: bool
 
     def close(self) -> None:
-        """Close the daemon's copies and end the activator's connection."""
+        """Close the daemon's copies (a pending :meth:`readable` returns None)."""
+        ...
+
+    async def readable(self) -> socket.socket | None:
+        """The first socket with a connection queued; None once closed."""
         ...
 
     def drain(self) -> list[socket.socket]:

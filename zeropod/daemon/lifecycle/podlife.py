@@ -1,6 +1,6 @@
-"""One pod's life: the one object that owns its lock, its state, its held ports, its hand-off
-and its view of the pod netns. Every sleep, wake, hand-off and forget of a pod goes through
-its :class:`PodLife`; the state object decides what is legal (:mod:`.states`), the
+"""One pod's life: the one object that owns its lock, its state, its held ports (and the
+daemon's copies of them) and its view of the pod netns. Every sleep, wake and forget of a pod
+goes through its :class:`PodLife`; the state object decides what is legal (:mod:`.states`), the
 sequences do the steps (:mod:`.sleep`, :mod:`.wake`).
 """
 
@@ -13,7 +13,7 @@ from zeropod.contract.protocol import NOT_FOUND, SLEEP_FAILED, WAKE_FAILED, Cont
 from zeropod.daemon.lifecycle import states
 from zeropod.daemon.lifecycle.backoff import Backoff
 from zeropod.daemon.lifecycle.idle import scaledown_after
-from zeropod.daemon.lifecycle.interfaces import Handoff, Images, NetView, Shim
+from zeropod.daemon.lifecycle.interfaces import Images, NetView, Shim
 from zeropod.daemon.lifecycle.ports import PortHold
 from zeropod.daemon.lifecycle.sleep import sleep_pod
 from zeropod.daemon.lifecycle.timing import StepTimer
@@ -62,7 +62,8 @@ class PodLife:
         """Failed retries of a FAILED pod's wake by the idle loop (the loop's alone)."""
         self.on_ports_held: Callable[[PodLife], None] | None = None
         """Called once the sleep holds the ports, before any dump: the daemon saves them, so a
-        restart in the middle of the dump still knows what its socket unit holds."""
+        restart in the middle of the dump still knows what its socket unit holds, and starts
+        watching its copies (a client during the dump wakes the pod right after it)."""
 
     # --- what the pod is -------------------------------------------------------------------
 
@@ -121,10 +122,6 @@ class PodLife:
         async with self.lock:
             self._scaled()
             await self.state.wake(self, reason, client_since, timer)
-
-    def hand_over(self, handoff: Handoff) -> bool:
-        """The activated service handed the held sockets over; True: watch them."""
-        return self.state.hand_over(self, handoff)
 
     # --- the sequences, run by the states under the lock -----------------------------------
 

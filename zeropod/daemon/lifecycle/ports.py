@@ -1,14 +1,14 @@
 """Holding a sleeping pod's ports, and releasing them: the one place that does either.
 
 While a pod sleeps, systemd's transient socket unit listens on exactly the app's addresses,
-and once a client came, the daemon holds copies of those sockets (the activated service's
-hand-off). :class:`PortHold` owns both and is the only code that starts the unit, adopts or
-drops a hand-off, and releases the ports.
+and the daemon holds its own copies of those sockets (:mod:`..adapters.heldcopies`), which
+it watches for the first client. :class:`PortHold` owns both and is the only code that starts
+the unit, takes the copies and releases the ports.
 
-Release order (measured, see the daemon's README): stop the socket unit and the activated
-service first, then close the daemon's copies. When the activated service exited first,
-systemd found the socket readable with its stop job pending and flushed it, resetting every
-queued client; with the daemon's copy closed last, the queue migrates to the app.
+Release order (measured, see the daemon's README): stop the socket unit and its service
+first, then close the daemon's copies. When the activated service exited first, systemd
+found the socket readable with its stop job pending and flushed it, resetting every queued
+client; with the daemon's copy closed last, the queue migrates to the app.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from zeropod.daemon.lifecycle.interfaces import Handoff, Network, SocketUnits
+from zeropod.daemon.lifecycle.interfaces import HeldCopies, Network, SocketUnits
 from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.pod import HeldPort, PodKey
 from zeropod.daemon.model.registry import Container
@@ -25,11 +25,9 @@ from zeropod.daemon.model.registry import Container
 class PortHold:
     """A pod's held ports and the daemon's copies of them.
 
-    ``ports`` is written only by :meth:`hold` and :meth:`release`, which run under the pod's
-    lock (inside a sleep, a wake or a forget). ``handoff`` is also written by :meth:`adopt`
-    and :meth:`drop`, which run on the event loop outside the lock (the activation server
-    and the hand-off watch): both are synchronous, so a sequence sees ``handoff`` change only
-    across an ``await``, and the sequences read it only in :meth:`drain` and :meth:`release`.
+    ``ports`` and ``copies`` are written only by :meth:`hold`, :meth:`restore_held` and
+    :meth:`release`, which run under the pod's lock (inside a sleep, a wake, a forget, or the
+    daemon's start); the hand-off watch only reads ``copies``.
     """
 
     def __init__(self, key: PodKey, units: SocketUnits, network: Network) -> None:
@@ -38,8 +36,8 @@ class PortHold:
         self._network = network
         self.ports: tuple[HeldPort, ...] = ()
         """What the socket unit listens on; empty when the pod's ports are its app's."""
-        self.handoff: Handoff | None = None
-        """The activated service's sockets, while the daemon holds them."""
+        self.copies: HeldCopies | None = None
+        """The daemon's copies of the unit's sockets, while it holds them."""
 
     @property
     def held(self) -> bool:
@@ -48,7 +46,8 @@ class PortHold:
 
     async def hold(self, containers: Sequence[Container], timer: StepTimer) -> None:
         """Sleep steps 1-3: migrate on, SO_REUSEPORT on the app's listeners, start the unit
-        listening on exactly those addresses. Raises on failure (the caller releases)."""
+        listening on exactly those addresses, take the daemon's copies. Raises on failure
+        (the caller releases)."""
         netns = containers[0].identity.netns
         with timer.step("migrate"):
             await self._network.enable_migrate(netns)
@@ -67,42 +66,46 @@ class PortHold:
         if held:
             with timer.step("socket_unit"):
                 await self._units.start(self.key, held, netns)
+                await self.take_copies(netns)
 
     def restore_held(self, ports: Sequence[HeldPort]) -> None:
         """After a daemon restart: the unit of a sleeping pod still holds ``ports``."""
         self.ports = tuple(ports)
 
-    def adopt(self, handoff: Handoff) -> bool:
-        """The activated service handed its sockets over: keep them while the ports are held
-        (replacing an older hand-off), else close them at once. True when kept."""
-        if not self.held:
-            handoff.close()  # the app listens again: our copies must go for its queue
-            return False
-        if self.handoff is not None and self.handoff is not handoff:
-            self.handoff.close()
-        self.handoff = handoff
-        return True
-
-    def drop(self, handoff: Handoff) -> None:
-        """A hand-off ended (its service went, or it stayed quiet): close it, forget it."""
-        handoff.close()
-        if self.handoff is handoff:
-            self.handoff = None
+    async def take_copies(self, netns: str) -> None:
+        """Take the daemon's copies of the unit's sockets (again, after a restart: the old
+        ones went with the old daemon). Raises OSError when they cannot be taken; the ports
+        stay recorded as held, so a wake still releases them."""
+        if self.copies is not None:
+            self.copies.close()
+            self.copies = None
+        self.copies = await self._network.take_copies(netns, self.ports)
 
     def drain(self) -> list[socket.socket]:
         """Accept the clients waiting in the held sockets (the cold path relays them)."""
-        return self.handoff.drain() if self.handoff is not None else []
+        copies = self.copies
+        if copies is None or copies.closed:
+            return []
+        accepted: list[socket.socket] = []
+        for sock in copies.sockets:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                accepted.append(conn)
+        return accepted
 
     async def release(self) -> list[str]:
-        """Stop the unit (and the activated service), then close the daemon's copies; the
-        ports are the app's again. Returns what failed (logged by the caller)."""
+        """Stop the unit (and its service), then close the daemon's copies; the ports are the
+        app's again. Returns what failed (logged by the caller)."""
         errors: list[str] = []
         try:
             await self._units.stop(self.key)
         except Exception as err:  # the unit may keep the ports: a client may wait, say so
             errors.append(f"stopping {self.key.socket} failed: {err}")
-        if self.handoff is not None:
-            self.handoff.close()
-            self.handoff = None
+        if self.copies is not None:
+            self.copies.close()
+            self.copies = None
         self.ports = ()
         return errors

@@ -6,15 +6,18 @@ operation to it; an operation a state does not implement raises :class:`IllegalO
 failed) follow from the containers' phases (:func:`at_rest`); the two in between (going to
 sleep, waking) last while a sequence holds the pod's lock.
 
-=============  =========================  ========================  ========================
-state          sleep                      wake                      hand_over (a hand-off)
-=============  =========================  ========================  ========================
-running        the sleep sequence         nothing to do             late: closed at once
-going_to_sleep (lock held: unreachable)   (lock held: unreachable)  kept, watched
-asleep         nothing to do              the wake sequence         kept, watched
-waking         (lock held: unreachable)   (lock held: unreachable)  kept till the release
-failed         illegal                    the wake sequence         kept, watched if held
-=============  =========================  ========================  ========================
+=============  =========================  ========================
+state          sleep                      wake
+=============  =========================  ========================
+running        the sleep sequence         nothing to do
+going_to_sleep (lock held: unreachable)   (lock held: unreachable)
+asleep         nothing to do              the wake sequence
+waking         (lock held: unreachable)   (lock held: unreachable)
+failed         illegal                    the wake sequence
+=============  =========================  ========================
+
+A client that comes while the pod goes to sleep or wakes waits in the held socket's queue:
+the hand-off watch asks for a wake, which runs once the sequence holding the lock ended.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from zeropod.contract.protocol import CONFLICT, ControlError
-from zeropod.daemon.lifecycle.interfaces import Handoff
 from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.phase import Phase
 
@@ -53,10 +55,6 @@ class PodState:
     ) -> None:
         raise IllegalOperation(life.key.label, self.name, "wake")
 
-    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        """Take a hand-off; True when the caller should watch it (answer probes, wake)."""
-        raise IllegalOperation(life.key.label, self.name, "hand_over")
-
     def __repr__(self) -> str:
         return self.name
 
@@ -72,18 +70,9 @@ class Running(PodState):
     ) -> None:
         return  # awake already
 
-    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        # systemd re-triggered before the wake stopped the unit: the app listens again, so
-        # our copies must go for its queue to migrate to it.
-        life.ports.drop(handoff)
-        return False
-
 
 class GoingToSleep(PodState):
     name = "going_to_sleep"
-
-    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        return life.ports.adopt(handoff)  # a client during the dump: wake right after it
 
 
 class Asleep(PodState):
@@ -97,16 +86,9 @@ class Asleep(PodState):
     ) -> None:
         await life.run_wake(reason, client_since, timer)
 
-    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        return life.ports.adopt(handoff)
-
 
 class Waking(PodState):
     name = "waking"
-
-    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        life.ports.adopt(handoff)  # the wake's release closes it after the unit stops
-        return False
 
 
 class Failed(PodState):
@@ -118,11 +100,6 @@ class Failed(PodState):
         self, life: PodLife, reason: str, client_since: float | None, timer: StepTimer | None
     ) -> None:
         await life.run_wake(reason, client_since, timer)
-
-    def hand_over(self, life: PodLife, handoff: Handoff) -> bool:
-        return life.ports.adopt(
-            handoff
-        )  # ports still held (an interrupted sleep): a client wakes it
 
 
 RUNNING, GOING_TO_SLEEP, ASLEEP, WAKING, FAILED = (

@@ -1,11 +1,12 @@
 """Watching a sleeping pod's held sockets: answer probes without waking, wake for a client.
 
-The activated service hands the held sockets over (:mod:`zeropod.daemon.adapters.handoff`);
-the pod's state decides whether the hand-off is kept (:meth:`PodLife.hand_over`). While it
-is, :class:`HandoffWatch` waits for a held socket to turn readable, reads who is queued
-through the pod's one netns view, and lets :mod:`.probes` decide: probes from the node are
-accepted and answered, anything else wakes the pod. The probe check is the wake's first
-timed step (``probe_check``).
+Once a sleep holds the pod's ports (and after a daemon restart, for every pod still asleep),
+:class:`HeldPortWatch` waits for one of the daemon's copies of the held sockets
+(:mod:`zeropod.daemon.adapters.heldcopies`) to turn readable, reads who is queued through the
+pod's one netns view, and lets :mod:`.probes` decide: probes from the node are accepted and
+answered, anything else wakes the pod. The probe check is the wake's first timed step
+(``probe_check``). Nothing runs while no client comes: the copies sit in the event loop's
+epoll set.
 """
 
 from __future__ import annotations
@@ -19,17 +20,14 @@ from collections.abc import Callable, Sequence
 from zeropod.activity.sockdiag import normalise
 from zeropod.activity.sources import Network, excluded
 from zeropod.contract.protocol import ControlError
-from zeropod.daemon.adapters import proctime, relay
-from zeropod.daemon.adapters.handoff import HeldSockets
+from zeropod.daemon.adapters import relay
 from zeropod.daemon.lifecycle import probes
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
 from zeropod.daemon.lifecycle.timing import StepTimer
+from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container
 from zeropod.journal import Journal
-
-HANDOFF_IDLE = 5.0
-"""Seconds without a connection after which a probe-only hand-off ends."""
 
 
 def probe_settings(containers: Sequence[Container]) -> tuple[bool, int]:
@@ -42,8 +40,8 @@ def probe_settings(containers: Sequence[Container]) -> tuple[bool, int]:
     return detection, max(c.probe_buffer_size for c in configs)
 
 
-class HandoffWatch:
-    """Takes hand-offs (the activation server's callback) and watches the kept ones."""
+class HeldPortWatch:
+    """Watches the daemon's copies of each sleeping pod's held sockets, one task per pod."""
 
     def __init__(
         self, pods: Pods, journal: Journal, node_networks: Callable[[], Sequence[Network]]
@@ -52,68 +50,41 @@ class HandoffWatch:
         self.journal = journal
         self.node_networks = node_networks
         """Loopback and the node's addresses now (an ExcludedSources, or a fake)."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[PodKey, asyncio.Task[None]] = {}
 
-    async def on_activation(self, held: HeldSockets) -> None:
-        """The activated service of ``held.unit`` handed its sockets over."""
-        life = self.pods.by_unit(held.unit)
-        if life is None:
-            self.journal.warning(
-                f"{held.unit} handed over sockets of no registered pod; closing them",
-                unit=held.unit,
-            )
-            held.close()
+    def watch(self, life: PodLife) -> None:
+        """Start watching the pod's copies of its held sockets (nothing to do when it has
+        none, or when they are watched already)."""
+        copies = life.ports.copies
+        if copies is None or copies.closed:
             return
-        if not life.hand_over(held):
-            return
-        self.journal.info(
-            f"{life.key.label}: {held.unit} handed over {len(held.sockets)} socket(s)",
-            unit=life.key.service,
-            pod=life.key.pod,
-            namespace=life.key.namespace,
-        )
-        # The connection that made systemd start the activated service waits since its start.
-        started = proctime.connection_peer_started(held.connection)
-        task = asyncio.create_task(self._watch(life, held, started or time.time()))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        running = self._tasks.get(life.key)
+        if running is not None and not running.done():
+            return  # the task follows life.ports.copies, whichever copies they are now
+        task = asyncio.create_task(self._watch(life))
+        self._tasks[life.key] = task
+        task.add_done_callback(lambda done: self._forget(life.key, done))
 
-    async def _watch(self, life: PodLife, held: HeldSockets, handed_over: float) -> None:
-        """Answer probes on the held sockets until a client wakes the pod.
+    def _forget(self, key: PodKey, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
 
-        A client's wait counts from ``handed_over`` (when the activated service started, see
-        :mod:`zeropod.daemon.adapters.proctime`) for the connection that made systemd start
-        it, from the moment a held socket turned readable for later ones.
-        """
-        gone = asyncio.ensure_future(held.activator_gone())
-        first_seen: float | None = handed_over
+    async def _watch(self, life: PodLife) -> None:
+        """Answer probes on the held sockets until a client wakes the pod, or the copies are
+        closed (the ports released). A client's wait counts from the moment a held socket
+        turned readable."""
         try:
-            while not held.closed:
-                ready = asyncio.ensure_future(held.readable())
-                await asyncio.wait(
-                    {ready, gone}, timeout=HANDOFF_IDLE, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not ready.done():
-                    # The activated service died, or nothing came for a while: end the
-                    # hand-off so no process stays up per sleeping pod; systemd starts the
-                    # service again for the next connection.
-                    ready.cancel()
-                    life.ports.drop(held)
-                    return
-                listener = ready.result()
-                if held.closed or listener is None:
-                    return
-                seen = first_seen if first_seen is not None else time.time()
-                first_seen = None
-                if not await self._serve_probes(life, listener, seen):
+            while (copies := life.ports.copies) is not None:
+                listener = await copies.readable()
+                if listener is None:
+                    if copies is life.ports.copies:
+                        return  # closed and still the pod's: nothing left to watch
+                    continue  # replaced meanwhile: watch the new copies
+                if not await self._serve_probes(life, listener, time.time()):
                     return
         except Exception as err:  # a broken watch must not leave the pod asleep forever
             self.journal.error(f"{life.key.label}: watching held sockets failed: {err!r}")
             await self._wake(life, f"hand-off watch failed: {err}", None, StepTimer())
-        finally:
-            gone.cancel()
-            if life.ports.handoff is not held:
-                held.close()  # released or replaced meanwhile: never keep a stale copy
 
     async def _serve_probes(self, life: PodLife, listener: socket.socket, seen: float) -> bool:
         """One round: True to keep watching, False once a wake has been asked for."""
@@ -181,8 +152,9 @@ class HandoffWatch:
 
     async def close(self) -> None:
         """Stop watching (the sockets stay with systemd; the pods stay asleep)."""
-        for task in list(self._tasks):
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -1,0 +1,178 @@
+"""The daemon's copies of the held sockets: taken from systemd by inode, watched while the
+pod sleeps; probes are answered asleep and anything else wakes the pod."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import time
+
+import pytest
+from daemon_fakes import World
+
+from zeropod.activity.sockdiag import Connection, TcpState
+from zeropod.activity.sources import LOOPBACK
+from zeropod.daemon.adapters.heldcopies import HeldSockets
+from zeropod.daemon.lifecycle.probes import OK_RESPONSE
+from zeropod.daemon.model.phase import Phase
+from zeropod.daemon.model.pod import PodKey
+from zeropod.daemon.restart import watch_held
+from zeropod.sockets.pidfd import ProcessGoneError, sockets_by_inode
+
+
+async def wait_until(predicate, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def queued_from(address: str, port: int) -> Connection:
+    here = ipaddress.ip_address("127.0.0.1")
+    return Connection(TcpState.ESTABLISHED, here, port, ipaddress.ip_address(address), 1, 1)
+
+
+def client(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        return data
+
+
+def test_a_process_s_sockets_are_found_by_inode() -> None:
+    with socket.socket() as held, socket.socket() as other:
+        held.bind(("127.0.0.1", 0))
+        held.listen(4)
+        other.bind(("127.0.0.1", 0))
+        other.listen(4)
+        inode = os.fstat(held.fileno()).st_ino
+        copies = sockets_by_inode(os.getpid(), {inode, 2**40})  # one never existed
+        try:
+            assert [c.getsockname() for c in copies] == [held.getsockname()]
+        finally:
+            for sock in copies:
+                sock.close()
+        held.getsockname()  # the original is untouched by closing the copy
+    with pytest.raises(ProcessGoneError):
+        sockets_by_inode(2**22 + 7, {1})
+
+
+async def asleep_with_copies() -> tuple[World, PodKey, socket.socket]:
+    world = World()
+    world.watch.node_networks = lambda: LOOPBACK
+    app = world.register()
+    key = PodKey.of(app)
+    await world.sleep(key, "forced")
+    return world, key, world.network.listeners[-1]
+
+
+async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
+    world, key, held = await asleep_with_copies()
+    app = world.life(key).containers()[0]
+    port = held.getsockname()[1]
+    world.life(key).ports.ports = ()  # probes are checked on the listener's own port
+    world.net.queue = [queued_from("127.0.0.1", port)]
+
+    probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
+    for _ in range(3):
+        assert await asyncio.to_thread(client, port, probe) == OK_RESPONSE
+    assert app.phase.phase is Phase.SCALED_DOWN
+    assert "restore" not in world.rec.names()
+    assert sum("answered a http probe" in m for m in world.captured.messages()) == 3
+
+    world.net.queue = [queued_from("10.88.255.254", port)]
+    copies = world.life(key).ports.copies
+    real = socket.create_connection(("127.0.0.1", port))
+    await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake")
+    assert copies is not None and copies.closed and world.life(key).ports.copies is None
+    # The real client was never accepted by the daemon: it waits in the queue for the app.
+    accepted, _ = held.accept()
+    accepted.close()
+    real.close()
+    world.network.close()
+
+
+async def test_a_client_during_the_dump_wakes_the_pod_right_after_it() -> None:
+    world = World()
+    world.watch.node_networks = lambda: LOOPBACK
+    app = world.register()
+    key = PodKey.of(app)
+    gate = asyncio.Event()
+    checkpoint = world.shim.checkpoint
+
+    async def slow(container, image_dir, mode):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await checkpoint(container, image_dir, mode)
+
+    world.shim.checkpoint = slow  # type: ignore[method-assign]
+    sleeping = asyncio.create_task(world.sleep(key, "forced"))
+    await wait_until(lambda: bool(world.network.listeners), "the copies")
+    port = world.network.listeners[-1].getsockname()[1]
+    world.net.queue = [queued_from("10.88.255.254", world.life(key).ports.ports[0].port)]
+    real = socket.create_connection(("127.0.0.1", port))
+    await asyncio.sleep(0.05)  # the watch saw it and waits for the pod's lock
+    assert "restore" not in world.rec.names()
+    gate.set()
+    await sleeping
+    await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake after the sleep")
+    names = world.rec.names()
+    assert names.index("restore") > names.index("checkpoint")
+    real.close()
+    world.network.close()
+
+
+async def test_nothing_is_watched_once_the_ports_are_released() -> None:
+    world, key, _ = await asleep_with_copies()
+    assert len(world.watch._tasks) == 1
+    await world.wake(key, "forced")
+    await wait_until(lambda: not world.watch._tasks, "the watch to end")
+    world.network.close()
+
+
+async def test_a_restarted_daemon_watches_the_held_ports_again() -> None:
+    world, key, _ = await asleep_with_copies()
+    life = world.life(key)
+    old = life.ports.copies
+    await world.watch.close()
+    await watch_held(world.service, world.watch, world.journal)
+    assert old is not None and old.closed  # the old daemon's copies went with it
+    assert life.ports.copies is not None and life.ports.copies is not old
+    assert len(world.watch._tasks) == 1
+    port = world.network.listeners[-1].getsockname()[1]
+    world.net.queue = [queued_from("10.88.255.254", life.ports.ports[0].port)]
+    real = socket.create_connection(("127.0.0.1", port))
+    app = life.containers()[0]
+    await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake")
+    real.close()
+    world.network.close()
+
+
+async def test_a_restarted_daemon_that_cannot_watch_a_pod_wakes_it() -> None:
+    world, key, _ = await asleep_with_copies()
+    world.network.fail_copies = OSError("no such process")
+    await watch_held(world.service, world.watch, world.journal)
+    app = world.life(key).containers()[0]
+    assert app.phase.phase is Phase.RUNNING
+    assert any("cannot watch its held ports" in m for m in world.captured.messages())
+    world.network.close()
+
+
+def test_closed_copies_are_not_readable() -> None:
+    async def scenario() -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+            copies = HeldSockets([sock.dup()])
+            waiting = asyncio.create_task(copies.readable())
+            await asyncio.sleep(0)
+            copies.close()
+            assert await waiting is None
+            assert await copies.readable() is None
+
+    asyncio.run(scenario())
