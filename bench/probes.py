@@ -20,7 +20,6 @@ RAWCR = "/opt/zeropod/src/bench/rawcr.py"
 ZEROPOD_IMAGES = "/var/lib/zeropod/images"
 # How each zeropod process of a pod shows in its command line.
 SHIM_KINDS = {"interposer": "zeropod.shim", "runc shim": "containerd-shim-runc-v2"}
-ACTIVATOR = "zeropod.activator"
 
 
 def rawcr(node: Node, *args: str, timeout: float = 300) -> dict[str, Any]:
@@ -63,14 +62,12 @@ def pss_mb(node: Node, pid: int) -> float:
 
 
 def zeropod_pss(node: Node, pod_id: str) -> dict[str, float]:
-    """PSS in MB of each zeropod process serving POD_ID: shims, and activators if running."""
+    """PSS in MB of each zeropod process serving POD_ID: its interposer and runc shim."""
     found: dict[str, float] = {}
     for pid, args in processes(node):
         for kind, marker in SHIM_KINDS.items():
             if marker in args and pod_id in args:
                 found[kind] = found.get(kind, 0.0) + pss_mb(node, pid)
-        if ACTIVATOR in args:
-            found["activator"] = found.get("activator", 0.0) + pss_mb(node, pid)
     return found
 
 

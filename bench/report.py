@@ -141,8 +141,9 @@ def wake_steps(doc: Mapping[str, Any]) -> str:
         return ""
     sizes = [m.get("size_mb", "") for m in wakes]
     rows = [
-        "Where a wake goes (ms, from the node's journal; `outside_journal`: the SYN reaching "
-        "systemd and the app's answer after the release)",
+        "Where a wake goes (ms, from the node's journal; `outside_journal`: the client's "
+        "latency minus `total`, i.e. the SYN reaching the daemon's copy of the held socket, "
+        "the probe check, and the app's answer after the release)",
         "",
         "| step | " + " | ".join(f"{s} MB" for s in sizes) + " |",
         "|---|" + "---|" * len(sizes),

@@ -292,7 +292,7 @@ class Bench:
             None,
             baseline_is="runc shim of a running pod (runc handler)",
             daemon_mb=round(probes.daemon_pss(self.node), 1),
-            note="PSS of interposer + runc shim + activator; the daemon is shared",
+            note="PSS of interposer + runc shim; the daemon is shared",
         )
 
     def storm(self, pods: int = 10) -> None:

@@ -4,19 +4,20 @@ Every process on the wake path logs to the node's journal, and entries carry the
 monotonic clock (``__MONOTONIC_TIMESTAMP``, one clock for the whole machine), so one wake's
 entries line up. The marks, in order:
 
-1. ``activated``: systemd started ``zeropod@<pod>.service`` (the SYN hit the held socket);
-2. ``handed_over``: the daemon holds the service's sockets (the activator's hand-off);
-3. ``restoring``: the daemon decided to wake (probe check done) and asks the shim;
-4. ``shim_restoring``: the shim took the restore op;
-5. ``shim_restored``: runc create + start, CRIU's restore included, returned;
-6. ``running``: the daemon saw the app listening again and released the held ports (the
-   queue migrated to the app); the daemon's own timings of those two (``STEP_LISTENING_MS``,
-   ``STEP_RELEASE_MS`` on its "woke in" entry) are given as ``(listening)`` and
-   ``(release)``;
-7. ``woke``: the daemon's "woke in" line, right after.
+1. ``restoring``: the daemon saw its copy of the held socket readable, checked who is
+   queued (not a probe), and asks the shim;
+2. ``shim_restoring``: the shim took the restore op;
+3. ``shim_restored``: runc create + start, CRIU's restore included, returned;
+4. ``running``: the daemon saw the app listening again and released the held ports (the
+   queue migrated to the app);
+5. ``woke``: the daemon's "woke in" line, right after.
 
-The client's own latency (connect to first byte) minus ``activated``→``woke`` is what lies
-outside the journal: the SYN reaching systemd, and the app answering after the release.
+The daemon's own timings from its "woke in" entry are given in parentheses: the probe check
+before ``restoring`` (``STEP_PROBE_CHECK_MS``), and the two steps inside
+``shim_restored``→``running`` (``STEP_LISTENING_MS``, ``STEP_RELEASE_MS``). The client's
+own latency (connect to first byte) minus ``restoring``→``woke`` is what lies outside the
+journal: the SYN queued and the daemon's epoll waking, the probe check, and the app answering
+after the release.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from collections.abc import Iterable
 from typing import Any
 
 MARKS = (
-    "activated",
-    "handed_over",
     "restoring",
     "shim_restoring",
     "shim_restored",
@@ -39,10 +38,6 @@ MARKS = (
 
 def _mark(entry: dict[str, Any], pod: str, container_id: str) -> str | None:
     message = str(entry.get("MESSAGE", ""))
-    if message.startswith("Started zeropod@") and _unit_pod(message) == pod:
-        return "activated"
-    if f"/{pod}:" in message and "handed over" in message:
-        return "handed_over"
     if f"/{pod}/" in message and "SCALED_DOWN -> RESTORING" in message:
         return "restoring"
     if container_id in message and "scaled_down -> restoring" in message:
@@ -54,13 +49,6 @@ def _mark(entry: dict[str, Any], pod: str, container_id: str) -> str | None:
     if f"/{pod}/" in message and "woke in" in message:
         return "woke"
     return None
-
-
-def _unit_pod(message: str) -> str:
-    """The pod name in ``Started zeropod@<ns>_<pod>.service ...`` (systemd escapes '-')."""
-    unit = message.split()[1]
-    instance = unit.removeprefix("zeropod@").removesuffix(".service")
-    return instance.partition("_")[2].replace("\\x2d", "-")
 
 
 def marks(entries: Iterable[dict[str, Any]], pod: str, container_id: str) -> dict[str, float]:
@@ -76,13 +64,13 @@ def marks(entries: Iterable[dict[str, Any]], pod: str, container_id: str) -> dic
 def daemon_steps(
     entries: Iterable[dict[str, Any]], pod: str, container_id: str
 ) -> dict[str, float]:
-    """The daemon's own timings of the steps inside shim_restored->running, from its
-    "woke in" entry: ``(listening)`` and ``(release)``."""
+    """The daemon's own timings from its "woke in" entry: ``(probe_check)`` before
+    ``restoring``, ``(listening)`` and ``(release)`` inside shim_restored->running."""
     for entry in entries:
         if _mark(entry, pod, container_id) == "woke":
             return {
                 f"({name})": float(entry[f"STEP_{name.upper()}_MS"])
-                for name in ("listening", "release")
+                for name in ("probe_check", "listening", "release")
                 if f"STEP_{name.upper()}_MS" in entry
             }
     return {}
@@ -90,11 +78,11 @@ def daemon_steps(
 
 def steps(found: dict[str, float]) -> dict[str, float]:
     """Milliseconds between consecutive marks present, named ``<from>-><to>``, and ``total``
-    (``activated`` to ``woke``) when both ends are there."""
+    (``restoring`` to ``woke``) when both ends are there."""
     present = [m for m in MARKS if m in found]
     out = {f"{a}->{b}": round(found[b] - found[a], 1) for a, b in itertools.pairwise(present)}
-    if "activated" in found and "woke" in found:
-        out["total"] = round(found["woke"] - found["activated"], 1)
+    if "restoring" in found and "woke" in found:
+        out["total"] = round(found["woke"] - found["restoring"], 1)
     return out
 
 

@@ -12,15 +12,14 @@ def entry(ms: float, message: str) -> dict[str, str]:
 
 
 JOURNAL = [
-    entry(1000.0, "Started zeropod@default_web\\x2d1.service - zeropod wake of pod default_web-1."),
-    entry(1001.0, "Started zeropod@default_web\\x2d10.service - another pod."),
-    entry(1004.5, "default/web-1: zeropod@default_web\\x2d1.service handed over 1 socket(s)"),
+    entry(1000.0, "default/web-10/app: SCALED_DOWN -> RESTORING (another pod)"),
     entry(1006.0, "default/web-1/app: SCALED_DOWN -> RESTORING (connection 10.88.255.254:1 ...)"),
     entry(1007.0, f"container {CID}: scaled_down -> restoring (from /var/lib/zeropod/images)"),
     entry(1060.0, f"container {CID} restored in 53 ms, pid 1830"),
     entry(1071.0, "default/web-1/app: RESTORING -> RUNNING (woken (connection ...))"),
     {
         **entry(1079.0, "default/web-1/app: woke in 73.0 ms (restore 53 ms)"),
+        "STEP_PROBE_CHECK_MS": "3.5",
         "STEP_LISTENING_MS": "6.5",
         "STEP_RELEASE_MS": "4.0",
     },
@@ -31,28 +30,28 @@ JOURNAL = [
 def test_the_marks_of_one_wake_and_the_steps_between_them() -> None:
     found = wakesteps.marks(JOURNAL, "web-1", CID)
     assert list(found) == list(wakesteps.MARKS)
-    assert found["activated"] == 1000.0 and found["woke"] == 1079.0
+    assert found["restoring"] == 1006.0 and found["woke"] == 1079.0
     assert wakesteps.steps(found) == {
-        "activated->handed_over": 4.5,
-        "handed_over->restoring": 1.5,
         "restoring->shim_restoring": 1.0,
         "shim_restoring->shim_restored": 53.0,
         "shim_restored->running": 11.0,
         "running->woke": 8.0,
-        "total": 79.0,
+        "total": 73.0,
     }
 
 
 def test_the_daemons_own_timings_inside_the_release() -> None:
-    assert wakesteps.daemon_steps(JOURNAL, "web-1", CID) == {"(listening)": 6.5, "(release)": 4.0}
+    assert wakesteps.daemon_steps(JOURNAL, "web-1", CID) == {
+        "(probe_check)": 3.5,
+        "(listening)": 6.5,
+        "(release)": 4.0,
+    }
     assert wakesteps.daemon_steps(JOURNAL[:3], "web-1", CID) == {}
 
 
 def test_missing_marks_are_skipped_not_invented() -> None:
-    found = wakesteps.marks(JOURNAL[2:6], "web-1", CID)
+    found = wakesteps.marks(JOURNAL[2:4], "web-1", CID)
     assert wakesteps.steps(found) == {
-        "handed_over->restoring": 1.5,
-        "restoring->shim_restoring": 1.0,
         "shim_restoring->shim_restored": 53.0,
     }
 
@@ -61,14 +60,14 @@ def test_steps_over_several_wakes_and_their_table() -> None:
     from bench import report
 
     runs = [
-        {"activated->handed_over": 4.0, "total": 70.0, "outside_journal": 20.0},
-        {"activated->handed_over": 6.0, "total": 90.0, "outside_journal": 22.0},
+        {"restoring->shim_restoring": 4.0, "total": 70.0, "outside_journal": 20.0},
+        {"restoring->shim_restoring": 6.0, "total": 90.0, "outside_journal": 22.0},
         {"total": 80.0, "outside_journal": 21.0},
     ]
     summary = wakesteps.summaries(runs)
-    assert summary["activated->handed_over"] == {"median": 5.0, "min": 4.0, "max": 6.0, "n": 2}
+    assert summary["restoring->shim_restoring"] == {"median": 5.0, "min": 4.0, "max": 6.0, "n": 2}
     assert summary["total"]["median"] == 80.0 and summary["outside_journal"]["n"] == 3
     doc = {"measures": [{"name": "wake_latency", "size_mb": 5, "wake_steps": summary}]}
     text = report.wake_steps(doc)
-    assert "| activated->handed_over | 5 (4-6) |" in text
+    assert "| restoring->shim_restoring | 5 (4-6) |" in text
     assert "| total | 80 (70-90) |" in text

@@ -3,8 +3,9 @@
 systemd's socket unit keeps holding the pod's port: clients connect and wait in its queue (its
 oneshot service, triggered by the first, keeps systemd from re-triggering), and once the daemon
 is back it takes its copies of the held socket again, finds them readable and wakes the pod:
-every waiting client is answered by the woken app, its state kept. ``ZEROPOD_FAULTS_DAEMON_DOWN`` sets the
-outage in seconds (default 300, as an operator's maintenance might last).
+every waiting client is answered by the woken app, its state kept.
+``ZEROPOD_FAULTS_DAEMON_DOWN`` sets the outage in seconds (default 300, as an operator's
+maintenance might last).
 """
 
 from __future__ import annotations
