@@ -271,6 +271,25 @@ async def test_the_idle_loop_wakes_a_failed_pod_again_with_back_off() -> None:
         await loops.close()
 
 
+async def test_the_idle_loop_does_not_poll_a_sleeping_pod() -> None:
+    """Asleep, the loop waits for the pod's state to change (or its shims' check, every
+    SHIM_CHECK_POLLS intervals); a wake ends that wait at once."""
+    from zeropod.daemon.lifecycle.idle import IdleLoops
+
+    world, life = pod()
+    running = IdleLoops(world.pods, world.journal, tuple, interval=0)
+    await running._rest(KEY)  # running: one interval, here none
+    await life.sleep("idle")
+    loops = IdleLoops(world.pods, world.journal, tuple, interval=100)
+    rest = asyncio.create_task(loops._rest(KEY))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not rest.done()  # asleep: no poll for 100 s x SHIM_CHECK_POLLS
+    await life.wake("a client")
+    async with asyncio.timeout(1):
+        await rest  # the wake moved the state: the loop polls again at once
+
+
 async def test_an_unregister_during_a_wake_waits_for_it() -> None:
     """The shim says the task ended while the pod wakes: the wake ends first (no illegal
     transition from STOPPED), then the container is STOPPED and the pod forgotten."""

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zeropod.contract.protocol import SLEEP_FAILED, ControlError
-from zeropod.daemon.lifecycle.states import FAILED, RUNNING
+from zeropod.daemon.lifecycle.states import ASLEEP, FAILED, RUNNING
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container
 from zeropod.journal import Journal
@@ -149,17 +149,30 @@ class IdleLoops:
                 await task
         self._tasks.clear()
 
+    async def _rest(self, key: PodKey) -> None:
+        """Wait for the next poll: one interval; while the pod sleeps, until its state changes
+        or its shims are due for a check (nothing is polled every second then)."""
+        life = self.pods.find(key)
+        if life is None or life.state is not ASLEEP:
+            await asyncio.sleep(self.interval)
+            return
+        life.moved.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.interval * SHIM_CHECK_POLLS):
+                await life.moved.wait()
+
     async def _run(self, key: PodKey) -> None:
         tracker: Any = None
         last_error = ""
         polls = 0
         while True:
-            await asyncio.sleep(self.interval)
+            asleep_before = (life := self.pods.find(key)) is not None and life.state is ASLEEP
+            await self._rest(key)
             life = self.pods.find(key)
             containers = life.containers() if life is not None else []
             if life is None or not containers:
                 return
-            polls += 1
+            polls = SHIM_CHECK_POLLS if asleep_before else polls + 1
             if polls % SHIM_CHECK_POLLS == 0 and await self._forget_orphans(containers):
                 continue
             if life.state is FAILED and not life.lock.locked():

@@ -56,6 +56,9 @@ class PodLife:
         self.lock = asyncio.Lock()
         self.state: states.PodState = states.RUNNING
         """Guarded by ``lock`` (see the class docstring)."""
+        self.moved = asyncio.Event()
+        """Set at every change of ``state``; the idle loop clears it and waits on it while
+        the pod sleeps (nothing polls a sleeping pod)."""
         self.backoff = Backoff()
         """Failed sleeps in a row; written by the sleep (lock held) and by a registration."""
         self.wake_retry = Backoff()
@@ -91,7 +94,12 @@ class PodLife:
             self._settle_locked()
 
     def _settle_locked(self) -> None:
-        self.state = self._at_rest()
+        self._set_state(self._at_rest())
+
+    def _set_state(self, state: states.PodState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.moved.set()
 
     def _at_rest(self) -> states.PodState:
         return states.at_rest([c.phase.phase for c in self.containers()])
@@ -99,7 +107,7 @@ class PodLife:
     def _move(self, target: states.PodState) -> None:
         if target not in states.MOVES[self.state]:
             raise states.IllegalOperation(self.key.label, self.state.name, f"move to {target}")
-        self.state = target
+        self._set_state(target)
 
     # --- operations: each is the state's to allow ------------------------------------------
 
