@@ -9,6 +9,7 @@ median over the baseline's.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,20 +28,50 @@ TARGETS = {
     "soak_state_lost": ("zeropod.max", "<=", 0),
     "soak_daemon_fds": ("ratio_median", "<=", 1.10),
     "soak_daemon_rss": ("ratio_median", "<=", 1.10),
+    "storm_wake_latency": ("p99_vs_single", "<=", 3.0),
+    "density_wake_latency": ("ratio_p99", "<=", 1.2),
+    "density_footprint": ("zeropod.median", "<=", 10),
+    "density_daemon_cpu": ("zeropod.max", "<", 0.2),
 }
 
 
-def summary(values: Iterable[float]) -> dict[str, float | int] | None:
-    """{min, median, max, n} of VALUES, rounded to 0.1; None when there are none."""
+def summary(values: Iterable[float], digits: int = 1) -> dict[str, float | int] | None:
+    """{min, median, p99, max, n} of VALUES, rounded to DIGITS places; None when there are
+    none. p99 is the nearest-rank percentile (the max below 100 values)."""
     data = [float(v) for v in values]
     if not data:
         return None
     return {
-        "min": round(min(data), 1),
-        "median": round(statistics.median(data), 1),
-        "max": round(max(data), 1),
+        "min": round(min(data), digits),
+        "median": round(statistics.median(data), digits),
+        "p99": round(_nearest_rank(data, 0.99), digits),
+        "max": round(max(data), digits),
         "n": len(data),
     }
+
+
+def _nearest_rank(data: Sequence[float], fraction: float) -> float:
+    ordered = sorted(data)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def p99(values: Iterable[float]) -> float | None:
+    """The nearest-rank 99th percentile of VALUES, to 0.1; None when there are none."""
+    data = [float(v) for v in values]
+    return round(_nearest_rank(data, 0.99), 1) if data else None
+
+
+def spread_pct(values: Sequence[float]) -> float | None:
+    """Half the min-max range of VALUES in percent of their median (the "±" of a row)."""
+    if not values or not statistics.median(values):
+        return None
+    return round(100 * (max(values) - min(values)) / 2 / statistics.median(values), 1)
+
+
+def ratio_p99(zeropod: Iterable[float], baseline: Iterable[float]) -> float | None:
+    """zeropod's p99 over the baseline's, to 3 places; None if either is missing or 0."""
+    z, b = p99(zeropod), p99(baseline)
+    return round(z / b, 3) if z is not None and b else None
 
 
 def ratio(zeropod: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None) -> float | None:
@@ -56,10 +87,11 @@ def measure(
     zeropod: Sequence[float],
     baseline: Sequence[float] = (),
     size_mb: int | None = None,
+    digits: int = 1,
     **extra: Any,
 ) -> dict[str, Any]:
     """One measure as latest.json holds it (EXTRA: e.g. the baseline's description)."""
-    z, b = summary(zeropod), summary(baseline)
+    z, b = summary(zeropod, digits), summary(baseline, digits)
     out: dict[str, Any] = {"name": name}
     if size_mb is not None:
         out["size_mb"] = size_mb
@@ -68,27 +100,46 @@ def measure(
     return out
 
 
+SECOND_TARGETS = {"throughput": ("pair_spread_pct", "<", 3.0)}
+"""Rows judged by two numbers: the second one (the spread of throughput's paired ratios)."""
+NAMES = {
+    "ratio_median": "ratio",
+    "ratio_p99": "p99 ratio",
+    "p99_vs_single": "p99 / one wake",
+    "pair_spread_pct": "pairs ± %",
+}
+
+
+def _targets(name: str) -> list[tuple[str, str, float]]:
+    return [t[name] for t in (TARGETS, SECOND_TARGETS) if name in t]
+
+
 def target_met(m: Mapping[str, Any]) -> bool | None:
-    """Whether measure M meets its target; None when it has no target or no number."""
-    if m["name"] not in TARGETS:
+    """Whether measure M meets its targets; None when it has none or a number is missing."""
+    met = [_met(m, *target) for target in _targets(m["name"])]
+    if False in met:
+        return False
+    if not met or None in met:
         return None
-    field, op, limit = TARGETS[m["name"]]
-    if field == "ratio_median":
-        value = m.get("ratio_median")
-    else:
+    return True
+
+
+def _met(m: Mapping[str, Any], field: str, op: str, limit: float) -> bool | None:
+    if "." in field:
         side, key = field.split(".")
         value = (m.get(side) or {}).get(key)
+    else:
+        value = m.get(field)
     if value is None:
         return None
-    return value <= limit if op == "<=" else value >= limit
+    return {"<=": value <= limit, "<": value < limit, ">=": value >= limit}[op]
 
 
 def target_text(name: str) -> str:
-    if name not in TARGETS:
-        return ""
-    field, op, limit = TARGETS[name]
-    what = "ratio" if field == "ratio_median" else field.split(".")[1]
-    return f"{what} {op} {limit:g}"
+    return " and ".join(
+        f"{NAMES.get(field) or field.split('.')[-1]} {op} {limit:g}"
+        for field, op, limit in _targets(name)
+    )
 
 
 def document(measures: list[dict[str, Any]], machine: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,7 +171,7 @@ def table(doc: Mapping[str, Any]) -> str:
         if target:
             target += " " + {True: "✅", False: "❌", None: "?"}[met]
         n = (m["zeropod"] or m["baseline"] or {}).get("n", 0)
-        ratio_text = "-" if m["ratio_median"] is None else f"{m['ratio_median']:g}"
+        ratio_text = _ratio_text(m)
         size = m.get("size_mb", "")
         rows.append(
             f"| {m['name']} | {size} | {m['unit']} | {_cell(m['zeropod'])} | "
@@ -132,6 +183,52 @@ def table(doc: Mapping[str, Any]) -> str:
     if versions:
         head += [versions, ""]
     return "\n".join(head + rows) + "\n"
+
+
+def _ratio_text(m: Mapping[str, Any]) -> str:
+    """The median ratio, and what else a row is judged by: its p99 ratio, its p99 over one
+    wake, or the spread of its paired ratios (throughput)."""
+    parts = [] if m.get("ratio_median") is None else [f"{m['ratio_median']:g}"]
+    if m.get("ratio_p99") is not None:
+        parts.append(f"p99 {m['ratio_p99']:g}")
+    if m.get("p99_vs_single") is not None:
+        parts.append(f"p99 / one wake {m['p99_vs_single']:g}")
+    if m.get("pair_spread_pct") is not None:
+        parts.append(f"pairs ±{m['pair_spread_pct']:g} %")
+    return "; ".join(parts) or "-"
+
+
+def compare(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """Before/after of two bench documents, measure by measure (name and size): each side's
+    zeropod median (min-max), the change of the median, and each side's ratio."""
+
+    def key(m: Mapping[str, Any]) -> tuple[str, Any]:
+        return m["name"], m.get("size_mb")
+
+    old = {key(m): m for m in before["measures"]}
+    rows = [
+        f"Before: {before.get('machine', {}).get('date', '?')}; "
+        f"after: {after.get('machine', {}).get('date', '?')}",
+        "",
+        "| measure | size MB | unit | before | after | change | ratio before | ratio after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in after["measures"]:
+        b = old.pop(key(m), None)
+        was, now = (b or {}).get("zeropod"), m.get("zeropod")
+        change = "-"
+        if was and now and was["median"]:
+            change = f"{100 * (now['median'] - was['median']) / was['median']:+.1f} %"
+        rows.append(
+            f"| {m['name']} | {m.get('size_mb', '')} | {m['unit']} | {_cell(was)} | "
+            f"{_cell(now)} | {change} | {_ratio_text(b) if b else '-'} | {_ratio_text(m)} |"
+        )
+    for b in old.values():  # measured before only
+        rows.append(
+            f"| {b['name']} | {b.get('size_mb', '')} | {b['unit']} | {_cell(b.get('zeropod'))} "
+            f"| - | - | {_ratio_text(b)} | - |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def wake_steps(doc: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import probes, report, wakesteps  # noqa: E402
+from bench.density import density  # noqa: E402
 from bench.soak import soak  # noqa: E402
 from e2e import http, servers  # noqa: E402
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
@@ -253,18 +254,23 @@ class Bench:
         )
 
     def throughput_and_footprint(self) -> None:
-        seconds = 2.0 if self.quick else 4.0
-        zp, plain, foot, foot_base = [], [], [], []
+        """Paired runs: each rep loads the zeropod pod and the runc pod back to back (the
+        order alternating), so each pair's ratio sees the same machine state; the spread of
+        those ratios is what tells whether the two differ."""
+        seconds = 2.0 if self.quick else 10.0
+        zp, plain, foot, foot_base, pairs = [], [], [], [], []
         with (
             self.pod("counter") as (zrun, zcid, zurl),
             self.pod("counter", handler="runc") as (rrun, _, rurl),
         ):
             for rep in range(1, self.reps + 1):
-                for url, out in ((zurl, zp), (rurl, plain)):
+                order = [(zurl, zp), (rurl, plain)]
+                for url, out in order if rep % 2 else order[::-1]:
                     res = client_get(
-                        self.node, url, duration=seconds, concurrency=8, timeout=10, keep_alive=True
+                        self.node, url, duration=seconds, concurrency=8, timeout=30, keep_alive=True
                     )
                     out.append(len(res.ok) / seconds)
+                pairs.append(zp[-1] / plain[-1])
                 foot_base.append(sum(probes.zeropod_pss(self.node, rrun.pod.id).values()))
                 self.sleep(zrun, zcid)
                 parts = probes.zeropod_pss(self.node, zrun.pod.id)
@@ -282,7 +288,11 @@ class Bench:
             plain,
             None,
             baseline_is="same image, runc handler",
-            load="8 keep-alive clients",
+            load=f"8 keep-alive clients, {seconds:g} s per side, paired, order alternating",
+            pair_ratios=report.summary(pairs, 3),
+            pair_spread_pct=round(
+                100 * (max(pairs) - min(pairs)) / 2 / statistics.median(pairs), 1
+            ),
         )
         self.add(
             "footprint",
@@ -325,8 +335,22 @@ class Bench:
             pods=pods,
             answered=len(lat),
             answered_baseline=len(raw_ok),
-            baseline_is="10 runc restores at once",
+            p99_vs_single=self.p99_vs_single(lat),
+            baseline_is=f"{pods} runc restores at once",
         )
+
+    def p99_vs_single(self, latencies: list[float]) -> float | None:
+        """The p99 of LATENCIES over the median wake of one 5 MB pod alone (this run's)."""
+        single = next(
+            (
+                m["zeropod"]
+                for m in self.measures
+                if m["name"] == "wake_latency" and m.get("size_mb") == 5
+            ),
+            None,
+        )
+        worst = report.p99(latencies)
+        return round(worst / single["median"], 3) if single and worst is not None else None
 
     def real_servers(self) -> None:
         """Per Debian server: zeropod's wake against the server's own cold start (a fresh
@@ -461,7 +485,18 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, help="where to write (default bench/results; quick: build/bench-quick)"
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE.json", "AFTER.json"),
+        help="print two runs' results side by side (no node needed) and exit",
+    )
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(p.read_text()) for p in args.compare)
+        print(report.compare(before, after))
+        return 0
     # A quick run must not overwrite the committed results of the last full run.
     args.out = args.out or REPO / ("build/bench-quick" if args.quick else "bench/results")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -480,6 +515,7 @@ def main() -> int:
             bench.resets()
             bench.throughput_and_footprint()
             bench.storm(3 if args.quick else 10)
+            density(bench, *((3, 2) if args.quick else (40, 6)))
             bench.real_servers()
             soak(bench, *((2, 10) if args.quick else (5, 200)))
         finally:

@@ -11,7 +11,62 @@ from bench import report
 
 
 def test_summary_of_values() -> None:
-    assert report.summary([3, 1, 2, 10]) == {"min": 1.0, "median": 2.5, "max": 10.0, "n": 4}
+    assert report.summary([3, 1, 2, 10]) == {
+        "min": 1.0,
+        "median": 2.5,
+        "p99": 10.0,
+        "max": 10.0,
+        "n": 4,
+    }
+
+
+def test_p99_is_the_nearest_rank_and_its_ratio() -> None:
+    values = list(range(1, 201))  # 200 values: rank ceil(0.99 * 200) = 198
+    assert report.p99(values) == 198.0
+    assert report.p99([]) is None
+    assert report.ratio_p99([10, 20, 30], [10, 15]) == 2.0
+    assert report.ratio_p99([10], []) is None
+
+
+def test_rows_judged_by_p99_and_by_a_strict_limit() -> None:
+    density = report.measure("density_wake_latency", "ms", [100, 130], [100, 110])
+    density["ratio_p99"] = report.ratio_p99([100, 130], [100, 110])
+    assert density["ratio_p99"] == 1.182 and report.target_met(density) is True
+    cpu = report.measure("density_daemon_cpu", "% of a core", [0.05, 0.2], digits=3)
+    assert cpu["zeropod"]["max"] == 0.2 and report.target_met(cpu) is False  # < 0.2 strictly
+    text = report.table({"measures": [density, cpu]})
+    assert "p99 1.182" in text and "p99 ratio <= 1.2 ✅" in text and "max < 0.2 ❌" in text
+
+
+def test_throughput_is_judged_by_its_ratio_and_the_spread_of_its_pairs() -> None:
+    row = report.measure("throughput", "req/s", [99, 100], [100, 100])
+    row["pair_spread_pct"] = report.spread_pct([0.98, 1.0, 1.04])
+    assert row["pair_spread_pct"] == 3.0 and report.target_met(row) is False  # not under 3
+    row["pair_spread_pct"] = 1.2
+    assert report.target_met(row) is True
+    assert report.target_text("throughput") == "ratio >= 0.98 and pairs ± % < 3"
+
+
+def test_compare_prints_before_and_after_per_measure() -> None:
+    before = {
+        "machine": {"date": "A"},
+        "measures": [
+            report.measure("wake_latency", "ms", [100, 110, 90], [50], 5),
+            report.measure("footprint", "MB", [36.0], [10.0]),
+        ],
+    }
+    after = {
+        "machine": {"date": "B"},
+        "measures": [
+            report.measure("wake_latency", "ms", [60, 55, 65], [50], 5),
+            report.measure("density_footprint", "MB", [9.0]),
+        ],
+    }
+    text = report.compare(before, after)
+    assert "Before: A; after: B" in text
+    assert "| wake_latency | 5 | ms | 100 (90-110) | 60 (55-65) | -40.0 % | 2 | 1.2 |" in text
+    assert "| density_footprint |  | MB | - | 9 (9-9) | - | - | - |" in text
+    assert "| footprint |  | MB | 36 (36-36) | - | - | 3.6 | - |" in text
 
 
 def test_summary_rounds_to_a_tenth_and_is_none_when_empty() -> None:
@@ -53,13 +108,15 @@ def test_measure_without_size_or_baseline() -> None:
     [
         ("wake_latency", [105], [100], True),
         ("wake_latency", [111], [100], False),
-        ("throughput", [98], [100], True),
+        ("throughput", [98], [100], None),  # its pairs' spread is missing
         ("throughput", [97], [100], False),
         ("resets_sleeping", [0, 0], [50], True),
         ("resets_sleeping", [0, 1], [50], False),
         ("footprint", [14.9], [10], True),
         ("footprint", [15.1], [10], False),
-        ("storm_wake_latency", [100], [90], None),
+        ("storm_wake_latency", [100], [90], None),  # no single wake to compare with
+        ("density_footprint", [9.9], [], True),
+        ("density_footprint", [10.1], [], False),
     ],
 )
 def test_targets(name: str, zeropod: list[float], baseline: list[float], met: bool | None) -> None:

@@ -1,0 +1,121 @@
+"""The density run: N pods asleep on one node, what they cost, and N wakes at once.
+
+``make bench``: N = 40; ``make bench-quick``: N = 3. Every pod is a 5 MB memhog slept with
+``zeropodctl sleep``. Then, with all of them asleep:
+
+- the PSS of each pod's zeropod processes (interposer + runc shim), and of the daemon;
+- the daemon's CPU while nothing happens, in windows of ``WINDOW`` seconds (percent of one
+  core, from its utime + stime in /proc);
+- every pod woken at the same moment by one client each (from the client netns), against
+  N raw ``runc restore``s of N checkpointed containers started at once (rawcr ``storm``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING
+
+from bench import probes, report
+from e2e import http
+from e2e.scaling import CLIENT_NETNS
+
+if TYPE_CHECKING:
+    from bench.run import Bench
+
+WINDOW = 5.0
+"""Seconds of one CPU sample of the idle daemon."""
+
+
+def daemon_pid(bench: Bench) -> int:
+    pids = [pid for pid, args in probes.processes(bench.node) if "zeropod.daemon" in args]
+    if len(pids) != 1:
+        raise RuntimeError(f"expected one zeropod daemon, found {pids}")
+    return pids[0]
+
+
+def cpu_seconds(bench: Bench, pid: int) -> float:
+    """utime + stime of node process PID, in seconds."""
+    stat = bench.node.host_path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_percent(bench: Bench, windows: int) -> list[float]:
+    """The daemon's CPU in each of WINDOWS windows of WINDOW s, in percent of one core."""
+    pid = daemon_pid(bench)
+    samples = []
+    for _ in range(windows):
+        used, began = cpu_seconds(bench, pid), time.monotonic()
+        time.sleep(WINDOW)  # the measurement window itself, not a synchronisation
+        samples.append(100 * (cpu_seconds(bench, pid) - used) / (time.monotonic() - began))
+    return samples
+
+
+def density(bench: Bench, pods: int, windows: int) -> None:
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(bench.pod("memhog", {"MEM_MB": "5"})) for _ in range(pods)]
+        bench.step(f"density: {pods} pods running")
+        for r, cid, _ in running:
+            bench.sleep(r, cid)
+        per_pod = [sum(probes.zeropod_pss(bench.node, r.pod.id).values()) for r, _, _ in running]
+        daemon_mb = probes.daemon_pss(bench.node)
+        cpu = idle_cpu_percent(bench, windows)
+        bench.step(
+            f"density: {pods} asleep, {report.summary(per_pod)} MB per pod, daemon "
+            f"{daemon_mb:.1f} MB and {max(cpu):.3f} % of a core at most"
+        )
+        futures = [
+            http.start(bench.node, url, netns=CLIENT_NETNS, timeout=120) for _, _, url in running
+        ]
+        results = [f.result(600) for f in futures]
+        lat = [r.results[0].latency_ms for r in results if r.ok]
+        for _, cid, _ in running:
+            bench.daemon.wait_state(cid, "RUNNING", timeout=300)
+    raw = probes.rawcr(
+        bench.node,
+        "storm",
+        "--image",
+        "memhog",
+        "--env=MEM_MB=5",
+        "--slots",
+        str(pods),
+        timeout=1200,
+    )["latency_ms"]
+    raw_ok = [x for x in raw if x is not None]
+    bench.step(
+        f"density: {len(lat)}/{pods} woken at once, p99 {report.p99(lat)} ms; raw "
+        f"{len(raw_ok)}/{pods}, p99 {report.p99(raw_ok)} ms"
+    )
+    bench.add(
+        "density_wake_latency",
+        "ms",
+        lat,
+        raw_ok,
+        5,
+        pods=pods,
+        answered=len(lat),
+        answered_baseline=len(raw_ok),
+        ratio_p99=report.ratio_p99(lat, raw_ok),
+        baseline_is=f"{pods} runc restores at once",
+    )
+    bench.add(
+        "density_footprint",
+        "MB",
+        per_pod,
+        (),
+        None,
+        pods=pods,
+        daemon_mb=round(daemon_mb, 1),
+        baseline_is="none: PSS of each sleeping pod's interposer + runc shim",
+    )
+    bench.add(
+        "density_daemon_cpu",
+        "% of a core",
+        cpu,
+        (),
+        None,
+        pods=pods,
+        baseline_is=f"none: the daemon while {pods} pods sleep, {WINDOW:g} s windows",
+    )
