@@ -139,6 +139,13 @@ def test_two_scaled_containers_sleep_and_wake_together(
         assert client_get(node, http.url(ip, APP_PORT)).bodies() == ["count=1\n"]
 
 
+def unit_processes(node: Node, unit: str) -> tuple[str, str]:
+    """(SubState, MainPID) of UNIT as systemd shows them."""
+    shown = node.run(["systemctl", "show", "-p", "SubState", "-p", "MainPID", unit]).stdout
+    values = dict(line.split("=", 1) for line in shown.split())
+    return values.get("SubState", "?"), values.get("MainPID", "?")
+
+
 def test_no_process_stays_up_for_a_sleeping_pod_between_probes(
     node: Node, cri: Cri, daemon: Daemon
 ) -> None:
@@ -149,11 +156,13 @@ def test_no_process_stays_up_for_a_sleeping_pod_between_probes(
         for _ in range(2):
             answered = http.get(node, url, headers=probe)
             assert [r.status for r in answered.results] == [200], answered.describe()
-            # The hand-off ends after a quiet while; the socket unit keeps listening.
+            # The triggered service is a oneshot that stays "active (exited)": no process
+            # runs for the sleeping pod; the socket unit keeps listening.
             deadline = time.monotonic() + 15
-            while node.run(["systemctl", "is-active", unit]).stdout.strip() == "active":
-                assert time.monotonic() < deadline, f"{unit} stays up"
+            while (shown := unit_processes(node, unit))[0] not in ("exited", "dead"):
+                assert time.monotonic() < deadline, f"{unit} stays up: {shown}"
                 time.sleep(0.2)
+            assert shown[1] == "0", f"{unit} has a main process: {shown}"
             socket_unit = unit.replace(".service", ".socket")
             assert node.run(["systemctl", "is-active", socket_unit]).stdout.strip() == "active"
         assert daemon.state(cid) == "SCALED_DOWN"
