@@ -13,6 +13,7 @@ setup:
 	scripts/setup-host
 	$(PY) images/build
 	$(PY) images/build-servers
+	$(PY) images/build-servers --image jvm
 
 ## demo: boot the node, run a pod under the zeropod runtime, curl it, print timings
 demo: setup

@@ -365,7 +365,7 @@ class Bench:
                     wake.append(self.hello(server, ip)["latency_ms"])
                     self.daemon.wait_state(cid, "RUNNING", timeout=120)
                     cold.append(self.fresh_server_answer_ms(server, uid))
-                    args = ["cycle", "--image", servers.IMAGE, "--name", server.container]
+                    args = ["cycle", "--image", server.image, "--name", server.container]
                     args += ["--command", json.dumps(server.command), "--uid", str(uid or 0)]
                     raw.append(probes.rawcr(self.node, *args, *hello_args(server)))
                     self.step(
@@ -399,7 +399,7 @@ class Bench:
         self, server: servers.Server, uid: int | None
     ) -> Iterator[tuple[RunningPod, str, str]]:
         name = f"bench-{server.container}-{uuid.uuid4().hex[:6]}"
-        spec = ContainerSpec(server.container, servers.IMAGE, command=list(server.command))
+        spec = ContainerSpec(server.container, server.image, command=list(server.command))
         spec = dataclasses.replace(spec, run_as_user=uid)
         with self.cri.pod(name, [spec], "bench", annotations=ASLEEP_UNTIL_FORCED) as running:
             ensure_client_netns(self.node)
@@ -426,7 +426,7 @@ class Bench:
             ip = self.cri.pod_ip(pod)
             poll = http._background.submit(self.hello, server, ip, True)
             cid = self.cri.create_container(
-                pod, server.container, servers.IMAGE, command=server.command, run_as_user=uid
+                pod, server.container, server.image, command=server.command, run_as_user=uid
             )
             self.cri.start_container(cid)
             return (poll.result(120)["answered_at"] - t0) * 1000

@@ -40,6 +40,8 @@ class Server:
     """The first bytes a client of the server's own protocol sends (benchmarks time them)."""
     expect: bytes = b""
     """The start of the server's answer to ``hello``."""
+    image: str = "servers"
+    """The test image it runs from (images/build-servers --image)."""
 
 
 POSTGRES = Server(
@@ -84,7 +86,25 @@ NGINX = Server(
     hello=b"GET / HTTP/1.0\r\n\r\n",
     expect=b"HTTP/1.1 ",
 )
-ALL = (POSTGRES, REDIS, MEMCACHED, NGINX)
+HEAPSERVER = Server(
+    "heapserver",
+    (
+        "/usr/lib/jvm/java-17-openjdk-amd64/bin/java",
+        "-XX:+UseSerialGC",
+        "-Xmx640m",
+        "-XX:-UsePerfData",  # no hsperfdata file mapped from /tmp
+        "-cp",
+        "/opt/heapserver",
+        "HeapServer",
+    ),
+    8080,
+    user="nobody",
+    hello=b"GET / HTTP/1.0\r\n\r\n",
+    expect=b"HTTP/1.1 200",
+    image="jvm",
+)
+"""A JVM service holding ~390 MB of live objects (images/src/HeapServer.java), as nobody."""
+ALL = (POSTGRES, REDIS, MEMCACHED, NGINX, HEAPSERVER)
 CACHED_ROOTFS = "images/servers/rootfs"
 """Where images/build-servers keeps the image's rootfs, under ZEROPOD_CACHE."""
 
@@ -145,7 +165,7 @@ def server_pod(
     the server answers on its port and the daemon manages it."""
     spec = ContainerSpec(
         server.container,
-        IMAGE,
+        server.image,
         command=list(server.command),
         run_as_user=tools.uid(server.user) if server.user else None,
     )

@@ -18,6 +18,7 @@ from e2e.cri import ContainerSpec, Cri
 from e2e.node import Node
 from e2e.scaling import Daemon, annotations
 from e2e.servers import (
+    HEAPSERVER,
     MEMCACHED,
     NGINX,
     POSTGRES,
@@ -195,3 +196,27 @@ def test_nginx_master_and_workers_beside_an_unscaled_sidecar(
             accepts = now
             info = restored(daemon, cid, 0)
             assert tree(node, info["pid"]) == processes
+
+
+def test_a_jvm_service_as_nobody_wakes_with_its_large_heap(
+    node: Node, cri: Cri, daemon: Daemon, tools: Toolbox
+) -> None:
+    """HeapServer holds ~390 MB of live objects built at start; after a sleep its checksum
+    over every entry is the same and its request count goes on: the heap came back whole."""
+    name = f"catalogue-{suffix()}"
+    with server_pod(cri, daemon, tools, HEAPSERVER, name, "catalogue", IDLE) as (_, cid, ip):
+        pid = daemon.container(cid)["pid"]
+        assert listener_uids(node, pid, HEAPSERVER.port) == {tools.uid("nobody")}
+        first = _heap(tools, ip)
+        assert int(first["entries"]) > 1_000_000 and first["count"] == "1"
+        info = wait_asleep(daemon, cid, timeout=60)
+        assert info["last_checkpoint_ms"] > 0
+        woken = _heap(tools, ip)
+        assert woken["checksum"] == first["checksum"] and woken["entries"] == first["entries"]
+        assert woken["count"] == "2"  # the same JVM, its counter kept
+        restored(daemon, cid, 0)
+
+
+def _heap(tools: Toolbox, ip: str) -> dict[str, str]:
+    text = tools.sh(f"curl -sS --max-time 60 http://{ip}:{HEAPSERVER.port}/", timeout=90)
+    return dict(pair.split("=", 1) for pair in text.split())
