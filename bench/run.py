@@ -34,6 +34,7 @@ from e2e.node import Node  # noqa: E402
 from e2e.scaling import CLIENT_NETNS, Daemon, annotations, client_get, ensure_client_netns  # noqa: E402
 from zeropod.contract.protocol import ControlError  # noqa: E402
 
+SECTIONS = ("wake", "cold", "resets", "throughput", "storm", "density", "servers", "soak")
 ASLEEP_UNTIL_FORCED = annotations(scaledown_duration="10m")
 STATS_MS = {"dump": ("freezing_time", "frozen_time", "memdump_time", "memwrite_time")}
 STATS_MS["restore"] = ("forking_time", "restore_time")
@@ -486,6 +487,12 @@ def main() -> int:
         "--out", type=Path, help="where to write (default bench/results; quick: build/bench-quick)"
     )
     parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections to run ({', '.join(SECTIONS)}); the default runs all. "
+        "A partial run is for looking, not for the README",
+    )
+    parser.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -503,21 +510,28 @@ def main() -> int:
     reps = args.reps or (2 if args.quick else 7)
     sizes = (5,) if args.quick else (5, 100, 500)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    only = [s for s in args.only.split(",") if s]
+    if set(only) - set(SECTIONS):
+        parser.error(f"--only: unknown {sorted(set(only) - set(SECTIONS))}; known: {SECTIONS}")
     node = Node.ensure_started(containerd=args.containerd)
     with Cri.for_node(node) as cri:
         bench = Bench(node, cri, reps, args.quick)
         bench.step(f"node up (containerd {args.containerd}); N={reps}, sizes {sizes} MB")
         probes.rawcr(node, "cleanup")
+        sections = {
+            "wake": lambda: [bench.wake_and_checkpoint(size) for size in sizes],
+            "cold": bench.cold_start,
+            "resets": bench.resets,
+            "throughput": bench.throughput_and_footprint,
+            "storm": lambda: bench.storm(3 if args.quick else 10),
+            "density": lambda: density(bench, *((3, 2) if args.quick else (40, 6))),
+            "servers": bench.real_servers,
+            "soak": lambda: soak(bench, *((2, 10) if args.quick else (5, 200))),
+        }
         try:
-            for size in sizes:
-                bench.wake_and_checkpoint(size)
-            bench.cold_start()
-            bench.resets()
-            bench.throughput_and_footprint()
-            bench.storm(3 if args.quick else 10)
-            density(bench, *((3, 2) if args.quick else (40, 6)))
-            bench.real_servers()
-            soak(bench, *((2, 10) if args.quick else (5, 200)))
+            for name, run in sections.items():
+                if not only or name in only:
+                    run()
         finally:
             probes.rawcr(node, "cleanup")
         doc = report.document(bench.measures, probes.machine(node, date, args.quick))
