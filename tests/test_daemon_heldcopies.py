@@ -14,7 +14,7 @@ from daemon_fakes import World
 
 from zeropod.activity.sockdiag import Connection, TcpState
 from zeropod.activity.sources import LOOPBACK
-from zeropod.daemon.adapters.heldcopies import HeldSockets
+from zeropod.daemon.adapters.heldcopies import HeldSockets, accept_nowait
 from zeropod.daemon.lifecycle.probes import OK_RESPONSE
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
@@ -176,3 +176,47 @@ def test_closed_copies_are_not_readable() -> None:
             assert await copies.readable() is None
 
     asyncio.run(scenario())
+
+
+async def test_the_cold_path_takes_the_clients_that_come_while_the_unit_stops() -> None:
+    world, key, held = await asleep_with_copies()
+    life = world.life(key)
+    early = socket.create_connection(held.getsockname())
+    stop = world.units.stop
+    late: list[socket.socket] = []
+
+    async def stop_meanwhile(k: PodKey) -> None:
+        late.append(socket.create_connection(held.getsockname()))
+        await stop(k)
+
+    world.units.stop = stop_meanwhile  # type: ignore[method-assign]
+    errors, accepted = await life.ports.release_taking_queue()
+    assert errors == [] and len(accepted) == 2  # the early client and the late one
+    assert life.ports.copies is None and not life.ports.held
+    for sock in (early, *late, *accepted):
+        sock.close()
+    world.network.close()
+
+
+def test_an_accept_never_blocks_when_systemd_cleared_o_nonblock() -> None:
+    """The copy shares its open file with systemd's socket: when systemd clears O_NONBLOCK
+    (it does when it triggers a service without NonBlocking=yes), the daemon's accept must
+    still return at once."""
+    import threading
+
+    with socket.socket() as systemds:
+        systemds.bind(("127.0.0.1", 0))
+        systemds.listen(4)
+        copy = HeldSockets([systemds.dup()]).sockets[0]
+        systemds.setblocking(True)  # clears O_NONBLOCK on the shared open file
+        results: list[object] = []
+        worker = threading.Thread(target=lambda: results.append(accept_nowait(copy)), daemon=True)
+        worker.start()
+        worker.join(2)
+        assert not worker.is_alive() and results == [None], "accept blocked"
+        client = socket.create_connection(systemds.getsockname())
+        taken = accept_nowait(copy)
+        assert taken is not None
+        taken[0].close()
+        client.close()
+        copy.close()

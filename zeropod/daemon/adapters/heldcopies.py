@@ -14,8 +14,10 @@ then close these copies. With the daemon's copy closed last, the queue migrates 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from zeropod.daemon.model.pod import HeldPort
 
@@ -25,6 +27,24 @@ SERVICE_MANAGER_PID = 1
 
 class CopiesError(OSError):
     """The daemon could not take its copies of the held sockets (names what is missing)."""
+
+
+def accept_nowait(sock: socket.socket) -> tuple[socket.socket, Any] | None:
+    """One queued connection of a held socket, or None when none is queued; never blocks.
+
+    A copy shares its open file with systemd's, so O_NONBLOCK is systemd's to change too: it
+    clears it when it triggers the service, unless the service says ``NonBlocking=yes``
+    (zeropod@.service does; a drop-in could undo it). So the flag is set again and the queue
+    looked at before every accept: a blocking accept would stop the daemon's event loop.
+    """
+    sock.setblocking(False)
+    ready, _, _ = select.select([sock], [], [], 0)
+    if not ready:
+        return None
+    try:
+        return sock.accept()
+    except (BlockingIOError, InterruptedError):
+        return None
 
 
 class HeldSockets:

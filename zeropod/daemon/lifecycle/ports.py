@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
+from zeropod.daemon.adapters.heldcopies import accept_nowait
 from zeropod.daemon.lifecycle.interfaces import HeldCopies, Network, SocketUnits
 from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.pod import HeldPort, PodKey
@@ -81,20 +82,33 @@ class PortHold:
             self.copies = None
         self.copies = await self._network.take_copies(netns, self.ports)
 
-    def drain(self) -> list[socket.socket]:
-        """Accept the clients waiting in the held sockets (the cold path relays them)."""
+    def _accept_waiting(self) -> list[socket.socket]:
+        """Accept the clients waiting in the held sockets now (never blocks)."""
         copies = self.copies
         if copies is None or copies.closed:
             return []
         accepted: list[socket.socket] = []
         for sock in copies.sockets:
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                except OSError:  # BlockingIOError: the queue is empty
-                    break
-                accepted.append(conn)
+            while (taken := accept_nowait(sock)) is not None:
+                accepted.append(taken[0])
         return accepted
+
+    async def release_taking_queue(self) -> tuple[list[str], list[socket.socket]]:
+        """The cold path's release: accept the waiting clients, stop the unit, accept those
+        that came meanwhile (the daemon's copies still listen), then close the copies.
+        Returns (what failed, the clients accepted: the caller relays them)."""
+        accepted = self._accept_waiting()
+        errors: list[str] = []
+        try:
+            await self._units.stop(self.key)
+        except Exception as err:  # the unit may keep the ports: a client may wait, say so
+            errors.append(f"stopping {self.key.socket} failed: {err}")
+        accepted += self._accept_waiting()
+        if self.copies is not None:
+            self.copies.close()
+            self.copies = None
+        self.ports = ()
+        return errors, accepted
 
     async def release(self) -> list[str]:
         """Stop the unit (and its service), then close the daemon's copies; the ports are the

@@ -164,12 +164,12 @@ def _plan(life: PodLife, containers: list[Container]) -> dict[str, str | None]:
 
 
 async def _take_queue(life: PodLife, errors: list[str]) -> list[socket.socket]:
-    """The cold path's first step: accept the waiting clients, then release the held ports.
+    """The cold path's first step: accept the waiting clients, releasing the held ports.
 
     Returns the accepted clients (to relay once the app listens); release errors go to ERRORS.
     """
-    drained = life.ports.drain()
-    errors += await life.ports.release()
+    failed, drained = await life.ports.release_taking_queue()
+    errors += failed
     return drained
 
 

@@ -21,6 +21,7 @@ from zeropod.activity.sockdiag import normalise
 from zeropod.activity.sources import Network, excluded
 from zeropod.contract.protocol import ControlError
 from zeropod.daemon.adapters import relay
+from zeropod.daemon.adapters.heldcopies import accept_nowait
 from zeropod.daemon.lifecycle import probes
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
@@ -108,11 +109,11 @@ class HeldPortWatch:
         if decision.verdict is probes.Verdict.WAKE:
             await self._wake(life, decision.reason, seen, timer)
             return False
-        try:
-            conn, peer = listener.accept()
-        except BlockingIOError:
+        taken = accept_nowait(listener)
+        if taken is None:
             await asyncio.sleep(0.01)  # another round took it; look again
             return True
+        conn, peer = taken
         if not excluded(normalise(peer[0]), node):
             await self._wake_and_relay(life, conn, b"", f"connection from {peer[0]}", seen)
             return False
