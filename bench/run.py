@@ -73,8 +73,25 @@ class Bench:
             yield running, cid, url
 
     def sleep(self, running: RunningPod, cid: str) -> dict[str, Any]:
+        """Sleep the pod and wait until it is settled asleep: the shim's clean-up after the
+        dump (the runc task delete, which frees the app's memory) is done, as it is for a
+        pod asleep since its scale-down. A wake right after a sleep would wait for it (the
+        breakdown's restoring->shim_restoring), which raw runc restore never does: its
+        checkpoint returns after the delete."""
+        cursor = probes.journal_cursor(self.node)
         self.daemon.sleep(running.pod.name, running.pod.namespace)
-        return self.daemon.wait_state(cid, "SCALED_DOWN", timeout=120)
+        info = self.daemon.wait_state(cid, "SCALED_DOWN", timeout=120)
+        settled = f"container {cid}: asleep, clean-up after the dump"
+        wait_for(
+            lambda: any(
+                settled in str(e.get("MESSAGE", ""))
+                for e in probes.journal_after(self.node, cursor)
+            ),
+            60,
+            interval=0.05,
+            what=f"{running.pod.name} settled asleep",
+        )
+        return info
 
     def wake(self, cid: str, url: str, steps: list[dict[str, float]] | None = None) -> float:
         """The first request to a sleeping pod: connect to first response byte, in ms. With

@@ -7,6 +7,8 @@ import asyncio
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,9 +93,9 @@ async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
     real = socket.create_connection(("127.0.0.1", port))
     await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake")
     assert copies is not None and copies.closed and world.life(key).ports.copies is None
-    # The real client was never accepted by the daemon: it waits in the queue for the app.
-    accepted, _ = held.accept()
-    accepted.close()
+    # The held socket no longer listens (for systemd's fd either): its queue went to the
+    # app's listener (the kernel's tcp_migrate_req, in the node; there is none here).
+    assert held.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
     real.close()
     world.network.close()
 
@@ -220,3 +222,35 @@ def test_an_accept_never_blocks_when_systemd_cleared_o_nonblock() -> None:
         taken[0].close()
         client.close()
         copy.close()
+
+
+def test_the_hand_over_moves_the_queue_to_the_app_s_listener() -> None:
+    """shutdown() on the held socket stops it listening for every fd and, with
+    tcp_migrate_req=1, moves its accept queue to the app's listener (root: a netns of its
+    own, where the sysctl is set)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace of its own")
+    script = (
+        "import os, socket, sys\n"
+        "os.system('ip link set lo up')\n"
+        "open('/proc/sys/net/ipv4/tcp_migrate_req', 'w').write('1')\n"
+        "from zeropod.daemon.adapters.heldcopies import HeldSockets\n"
+        "def listener():\n"
+        "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+        "    s.bind(('127.0.0.1', 9000)); s.listen(16); return s\n"
+        "systemds = listener()\n"
+        "clients = [socket.create_connection(('127.0.0.1', 9000)) for _ in range(3)]\n"
+        "app = listener()\n"
+        "HeldSockets([systemds.dup()]).hand_over()\n"
+        "app.settimeout(1)\n"
+        "print(len([app.accept() for _ in clients]))\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": repo},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr

@@ -63,8 +63,8 @@ async def _after_dump(ctx: ShimContext, c: TaskRecord, image_dir: str | None) ->
             await ctx.upstream.delete(c)
         except (TtrpcError, ConnectionError) as err:  # restore deletes again before re-creating
             log.warning("container %s: deleting the dumped runc task failed: %s", c.id, err)
-        log.debug(
-            "container %s: clean-up after the dump took %.0f ms",
+        log.info(
+            "container %s: asleep, clean-up after the dump took %.0f ms",
             c.id,
             (time.monotonic() - started) * 1000,
         )

@@ -7,13 +7,14 @@ pod netns gives) and watches them itself: the first connection wakes the pod wit
 for a process to start. The socket unit's service (``zeropod@.service``) is a oneshot that
 stays active once triggered, so systemd neither re-triggers nor flushes the socket meanwhile.
 
-Release order (measured, see the daemon's README): stop the socket unit and its service first,
-then close these copies. With the daemon's copy closed last, the queue migrates to the app.
+At the wake the daemon hands the queue over with ``shutdown()`` on its copy
+(:meth:`HeldSockets.hand_over`), then stops the unit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 from collections.abc import Sequence
@@ -64,8 +65,20 @@ class HeldSockets:
         for sock in sockets:
             sock.setblocking(False)
 
+    def hand_over(self) -> None:
+        """Give the queue to the app and close: ``shutdown()`` stops the held socket listening
+        for every fd of it (systemd's too), and with ``tcp_migrate_req=1`` the kernel moves
+        its accept queue to the app's listener in the same reuseport group (none there: the
+        queued clients are reset, as a close would). Then :meth:`close`."""
+        if not self.closed:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):  # not listening any more: nothing to move
+                    sock.shutdown(socket.SHUT_RD)
+        self.close()
+
     def close(self) -> None:
-        """Close the daemon's copies (idempotent); a pending :meth:`readable` returns None."""
+        """Close the daemon's copies (idempotent); a pending :meth:`readable` returns None.
+        The socket itself lives on in systemd, still listening."""
         if self.closed:
             return
         self.closed = True

@@ -135,6 +135,11 @@ class HeldCopies(Protocol):
         """Close the daemon's copies (a pending :meth:`readable` returns None)."""
         ...
 
+    def hand_over(self) -> None:
+        """Stop the held sockets listening (their queue moves to the app's listener), then
+        close the copies."""
+        ...
+
     async def readable(self) -> socket.socket | None:
         """The first socket with a connection queued; None once closed."""
         ...
