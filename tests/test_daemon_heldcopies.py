@@ -254,3 +254,24 @@ def test_the_hand_over_moves_the_queue_to_the_app_s_listener() -> None:
         timeout=30,
     )
     assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr
+
+
+async def test_a_node_address_newer_than_the_cache_is_still_a_probe_source() -> None:
+    """The node's addresses are read again for every check (the CNI bridge appears after
+    the daemon starts): a probe from a new node address does not wake the pod."""
+    world, key, held = await asleep_with_copies()
+    new_bridge = ipaddress.ip_network("10.1.2.0/24")
+
+    class Sources:
+        def __call__(self) -> tuple:
+            return LOOPBACK  # the cache: no bridge yet
+
+        def refresh(self) -> tuple:
+            return (*LOOPBACK, new_bridge)
+
+    world.watch.node_networks = Sources()
+    world.net.queue = [queued_from("10.1.2.1", world.life(key).ports.ports[0].port)]
+    probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
+    assert await asyncio.to_thread(client, held.getsockname()[1], probe) == OK_RESPONSE
+    assert "restore" not in world.rec.names()
+    world.network.close()

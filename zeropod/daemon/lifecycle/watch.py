@@ -99,13 +99,13 @@ class HeldPortWatch:
             return False
         ports = [p.port for p in life.ports.ports] or [listener.getsockname()[1]]
         with timer.step("probe_check"):
-            connections = await life.net.connections(ports, probes.QUEUED_STATES)
-            node = self.node_networks()
-            decision = probes.decide(connections, ports, node)
+            # Who is queued, and the node's addresses now (one newer than the cache would
+            # make a probe look like a client): read at once, each in a thread of its own.
             refresh = getattr(self.node_networks, "refresh", None)
-            if decision.verdict is probes.Verdict.WAKE and refresh is not None:
-                node = await asyncio.to_thread(refresh)  # a node address newer than the cache
-                decision = probes.decide(connections, ports, node)
+            reading = asyncio.ensure_future(asyncio.to_thread(refresh)) if refresh else None
+            connections = await life.net.connections(ports, probes.QUEUED_STATES)
+            node = await reading if reading is not None else self.node_networks()
+            decision = probes.decide(connections, ports, node)
         if decision.verdict is probes.Verdict.WAKE:
             await self._wake(life, decision.reason, seen, timer)
             return False
