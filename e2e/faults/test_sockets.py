@@ -138,5 +138,7 @@ def test_a_non_root_user_on_every_socket(
         assert not let_in, let_in
         still_sleeps_and_wakes(node, daemon, running.pod.name, url, 2)
         row.clients(first)
-    row.seen = "; ".join(f"{name}: {str(seen[path])[:40]}" for name, path in sockets.items())
+    row.seen = "; ".join(  # one line each: a table cell (the metrics answer is HTML)
+        f"{name}: {' '.join(str(seen[path]).split())[:40]}" for name, path in sockets.items()
+    )
     row.kept(True)
