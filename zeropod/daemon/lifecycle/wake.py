@@ -6,10 +6,10 @@ The steps, as in docs/scale-to-zero.md ("Wake"); probes were already answered by
 1. Shim ``restore`` of each scaled container while the held sockets still listen (the
    restored socket joins their reuseport group), without the shim's own cold fallback
    (``fallback: false``): a cold app could not bind while the holder listens.
-2. Release the held sockets: stop the socket unit (and the activated service), then close
-   the daemon's copies and end the activator's connection (in this order, see
-   :func:`_release`). With ``tcp_migrate_req=1`` every pending connection moves to the app
-   when the last copy closes.
+2. Release the held sockets (:meth:`~.ports.PortHold.release`): ``shutdown()`` on the
+   daemon's copies stops them listening and, with ``tcp_migrate_req=1``, moves every
+   pending connection to the app's listener at once; then the socket unit (and its
+   service) is stopped.
 
 A cold start (disable-checkpointing, no image, or a failed restore: logged with CRIU's
 restore log and counted) cannot take over the queue: the clients waiting in it are accepted
