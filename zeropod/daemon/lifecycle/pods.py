@@ -32,10 +32,6 @@ class Pods:
         """The pod's life, if it has scaled containers."""
         return self._lives.get(key)
 
-    def by_unit(self, unit: str) -> PodLife | None:
-        """The pod whose activated service is ``unit``."""
-        return next((life for life in self._lives.values() if life.key.service == unit), None)
-
     def lives(self) -> list[PodLife]:
         """Every pod's life, sorted by pod."""
         return [self._lives[key] for key in sorted(self._lives)]
