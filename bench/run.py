@@ -272,8 +272,8 @@ class Bench:
         )
 
     def throughput_and_footprint(self) -> None:
-        """Paired runs: each rep loads the zeropod pod and the runc pod back to back (the
-        order alternating), so each pair's ratio sees the same machine state; the spread of
+        """Paired runs: each rep loads the zeropod pod and the runc pod in short slices, the
+        order alternating, so each pair's ratio sees the same machine drift; the spread of
         those ratios is what tells whether the two differ."""
         seconds, slices = (1.0, 2) if self.quick else (2.0, 5)
         zp, plain, foot, foot_base, pairs = [], [], [], [], []
@@ -316,9 +316,7 @@ class Bench:
             baseline_is="same image, runc handler",
             load=f"8 keep-alive clients; per rep {slices} x {seconds:g} s per side, alternating",
             pair_ratios=report.summary(pairs, 3),
-            pair_spread_pct=round(
-                100 * (max(pairs) - min(pairs)) / 2 / statistics.median(pairs), 1
-            ),
+            pair_spread_pct=report.spread_pct(pairs),
         )
         self.add(
             "footprint",
