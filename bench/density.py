@@ -28,13 +28,6 @@ WINDOW = 5.0
 """Seconds of one CPU sample of the idle daemon."""
 
 
-def daemon_pid(bench: Bench) -> int:
-    pids = [pid for pid, args in probes.processes(bench.node) if "zeropod.daemon" in args]
-    if len(pids) != 1:
-        raise RuntimeError(f"expected one zeropod daemon, found {pids}")
-    return pids[0]
-
-
 def cpu_seconds(bench: Bench, pid: int) -> float:
     """CPU time of node process PID so far, all its threads, in seconds (ns precision)."""
     total = 0
@@ -48,7 +41,7 @@ def cpu_seconds(bench: Bench, pid: int) -> float:
 
 def idle_cpu_percent(bench: Bench, windows: int) -> list[float]:
     """The daemon's CPU in each of WINDOWS windows of WINDOW s, in percent of one core."""
-    pid = daemon_pid(bench)
+    pid = probes.daemon_pid(bench.node)
     samples = []
     for _ in range(windows):
         used, began = cpu_seconds(bench, pid), time.monotonic()

@@ -71,6 +71,14 @@ def zeropod_pss(node: Node, pod_id: str) -> dict[str, float]:
     return found
 
 
+def daemon_pid(node: Node) -> int:
+    """The pid of the node's one zeropod daemon; RuntimeError when there is not exactly one."""
+    pids = [pid for pid, args in processes(node) if "zeropod.daemon" in args]
+    if len(pids) != 1:
+        raise RuntimeError(f"expected one zeropod daemon, found {pids}")
+    return pids[0]
+
+
 def daemon_pss(node: Node) -> float:
     """The node's zeropod daemon (shared by all pods), in MB."""
     return sum(pss_mb(node, pid) for pid, args in processes(node) if "zeropod.daemon" in args)

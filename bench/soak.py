@@ -23,20 +23,13 @@ CLIENTS = 5
 
 def daemon_usage(bench: Bench) -> tuple[int, float]:
     """(open fds, RSS in MB) of the node's zeropod daemon."""
-    pids = [pid for pid, args in _processes(bench) if "zeropod.daemon" in args]
-    if len(pids) != 1:
-        raise RuntimeError(f"expected one zeropod daemon, found {pids}")
-    (pid,) = pids
+    from bench import probes
+
+    pid = probes.daemon_pid(bench.node)
     fds = len(list(bench.node.host_path(f"/proc/{pid}/fd").iterdir()))
     status = bench.node.host_path(f"/proc/{pid}/status").read_text()
     kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     return fds, kib / 1024
-
-
-def _processes(bench: Bench) -> list[tuple[int, str]]:
-    from bench import probes
-
-    return probes.processes(bench.node)
 
 
 def soak(bench: Bench, pods: int, cycles: int) -> None:

@@ -21,7 +21,8 @@ from zeropod.daemon.lifecycle.probes import OK_RESPONSE
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.restart import watch_held
-from zeropod.sockets.pidfd import ProcessGoneError, sockets_by_inode
+from zeropod.sockets.listeners import sockets_by_inode
+from zeropod.sockets.pidfd import ProcessGoneError
 
 
 async def wait_until(predicate, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

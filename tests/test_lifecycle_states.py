@@ -278,10 +278,10 @@ async def test_the_idle_loop_does_not_poll_a_sleeping_pod() -> None:
 
     world, life = pod()
     running = IdleLoops(world.pods, world.journal, tuple, interval=0)
-    await running._rest(KEY)  # running: one interval, here none
+    await running._rest(life)  # running: one interval, here none
     await life.sleep("idle")
     loops = IdleLoops(world.pods, world.journal, tuple, interval=100)
-    rest = asyncio.create_task(loops._rest(KEY))
+    rest = asyncio.create_task(loops._rest(life))
     for _ in range(5):
         await asyncio.sleep(0)
     assert not rest.done()  # asleep: no poll for 100 s x SHIM_CHECK_POLLS

@@ -16,10 +16,16 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from zeropod.sockets.pidfd import ProcessGoneError, SocketAccessError, duplicate_socket
+from zeropod.sockets.pidfd import (
+    FdNotOpenError,
+    ProcessGoneError,
+    SocketAccessError,
+    duplicate_fd,
+    duplicate_socket,
+)
 
 TCP_LISTEN = 0x0A
 _SOCKET_LINK = re.compile(r"^socket:\[(\d+)\]$")
@@ -127,6 +133,25 @@ def socket_fds(pid: int) -> dict[int, int]:
             found.setdefault(int(match.group(1)), int(name))
     if not os.path.exists(fd_dir):
         raise ProcessGoneError(pid, None, "the process exited while its fds were listed")
+    return found
+
+
+def sockets_by_inode(pid: int, inodes: Collection[int]) -> list[socket.socket]:
+    """Duplicates of PID's sockets whose inode is one of INODES (the caller closes them), found
+    by :func:`socket_fds`; an fd closed meanwhile is skipped, so fewer may come back. Raises
+    what :func:`socket_fds` and `duplicate_fd` raise for the process itself."""
+    found: list[socket.socket] = []
+    try:
+        for inode, fd in socket_fds(pid).items():
+            if inode in inodes:
+                try:
+                    found.append(socket.socket(fileno=duplicate_fd(pid, fd)))
+                except FdNotOpenError:
+                    continue
+    except BaseException:
+        for sock in found:
+            sock.close()
+        raise
     return found
 
 

@@ -16,7 +16,7 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 SYS_PIDFD_GETFD = 438
@@ -100,39 +100,6 @@ def _is_zombie(pid: int) -> bool:
         return True
     # The state follows the last ")" (the command name may contain parentheses).
     return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X")
-
-
-def sockets_by_inode(pid: int, inodes: Collection[int]) -> list[socket.socket]:
-    """Duplicates of PID's sockets whose inode is one of INODES (the caller closes them).
-
-    The fds are found by their ``/proc/PID/fd`` links (``socket:[INODE]``); an fd that closes
-    meanwhile is skipped, so fewer sockets than inodes may come back. Raises what
-    `duplicate_fd` raises for the process itself (gone, no permission).
-    """
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    found: list[socket.socket] = []
-    try:
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{name}")
-            except OSError:
-                continue  # closed meanwhile
-            if link not in wanted:
-                continue
-            wanted.discard(link)
-            try:
-                found.append(socket.socket(fileno=duplicate_fd(pid, int(name))))
-            except FdNotOpenError:
-                continue
-    except FileNotFoundError as err:
-        for sock in found:
-            sock.close()
-        raise ProcessGoneError(pid, None, "no such process", errno.ESRCH) from err
-    except BaseException:
-        for sock in found:
-            sock.close()
-        raise
-    return found
 
 
 @contextmanager

@@ -127,7 +127,8 @@ def take_copies(
     """
     from zeropod.activity.podsockets import PodSockets
     from zeropod.activity.sockdiag import ListeningSocket, TcpState
-    from zeropod.sockets.pidfd import SocketAccessError, sockets_by_inode
+    from zeropod.sockets.listeners import sockets_by_inode
+    from zeropod.sockets.pidfd import SocketAccessError
 
     wanted = {p.port for p in ports}
     with PodSockets(netns) as view:

@@ -1,10 +1,11 @@
 """One long-lived sock_diag view of a pod's network namespace (``PodSockets``).
 
-The idle loop polls it every second, the hand-off watch reads who is queued, the wake waits
-for the app's listeners: all through the one view a pod's life owns, made on first use and
-kept until the pod is forgotten. sock_diag calls block, so each runs in a worker thread of
-the loop's default pool, one at a time (``PodSockets`` is not thread-safe); after an error
-the view is re-made at the next call (the netns may have been re-created).
+The idle loop polls it every second while the pod runs, the held-port watch reads who is
+queued, the wake waits for the app's listeners: all through the one view a pod's life owns,
+made on first use and kept until the pod is forgotten. sock_diag calls block, so each runs in
+a worker thread of the loop's default pool, one at a time (``PodSockets`` is not
+thread-safe); after an error the view is re-made at the next call (the netns may have been
+re-created).
 """
 
 from __future__ import annotations

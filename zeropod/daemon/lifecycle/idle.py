@@ -149,10 +149,9 @@ class IdleLoops:
                 await task
         self._tasks.clear()
 
-    async def _rest(self, key: PodKey) -> None:
+    async def _rest(self, life: PodLife | None) -> None:
         """Wait for the next poll: one interval; while the pod sleeps, until its state changes
         or its shims are due for a check (nothing is polled every second then)."""
-        life = self.pods.find(key)
         if life is None or life.state is not ASLEEP:
             await asyncio.sleep(self.interval)
             return
@@ -166,8 +165,9 @@ class IdleLoops:
         last_error = ""
         polls = 0
         while True:
-            asleep_before = (life := self.pods.find(key)) is not None and life.state is ASLEEP
-            await self._rest(key)
+            life = self.pods.find(key)
+            asleep_before = life is not None and life.state is ASLEEP
+            await self._rest(life)
             life = self.pods.find(key)
             containers = life.containers() if life is not None else []
             if life is None or not containers:

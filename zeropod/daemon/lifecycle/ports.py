@@ -29,7 +29,7 @@ class PortHold:
 
     ``ports`` and ``copies`` are written only by :meth:`hold`, :meth:`restore_held` and
     :meth:`release`, which run under the pod's lock (inside a sleep, a wake, a forget, or the
-    daemon's start); the hand-off watch only reads ``copies``.
+    daemon's start); the held-port watch only reads ``copies``.
     """
 
     def __init__(self, key: PodKey, units: SocketUnits, network: Network) -> None:
@@ -99,16 +99,11 @@ class PortHold:
         that came meanwhile (the daemon's copies still listen), then close the copies.
         Returns (what failed, the clients accepted: the caller relays them)."""
         accepted = self._accept_waiting()
-        errors: list[str] = []
-        try:
-            await self._units.stop(self.key)
-        except Exception as err:  # the unit may keep the ports: a client may wait, say so
-            errors.append(f"stopping {self.key.socket} failed: {err}")
+        errors = await self._stop_unit()
         accepted += self._accept_waiting()
         if self.copies is not None:
             self.copies.close()
             self.copies = None
-        self.ports = ()
         return errors, accepted
 
     async def release(self) -> list[str]:
@@ -119,6 +114,10 @@ class PortHold:
         if self.copies is not None:
             self.copies.hand_over()
             self.copies = None
+        return await self._stop_unit()
+
+    async def _stop_unit(self) -> list[str]:
+        """Stop the unit (and its service); then the ports are no longer held. What failed."""
         errors: list[str] = []
         try:
             await self._units.stop(self.key)

@@ -17,7 +17,7 @@ failed         illegal                    the wake sequence
 =============  =========================  ========================
 
 A client that comes while the pod goes to sleep or wakes waits in the held socket's queue:
-the hand-off watch asks for a wake, which runs once the sequence holding the lock ended.
+the held-port watch asks for a wake, which runs once the sequence holding the lock ended.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class HeldPortWatch:
                     return
         except Exception as err:  # a broken watch must not leave the pod asleep forever
             self.journal.error(f"{life.key.label}: watching held sockets failed: {err!r}")
-            await self._wake(life, f"hand-off watch failed: {err}", None, StepTimer())
+            await self._wake(life, f"the held-port watch failed: {err}", None, StepTimer())
 
     async def _serve_probes(self, life: PodLife, listener: socket.socket, seen: float) -> bool:
         """One round: True to keep watching, False once a wake has been asked for."""
