@@ -46,6 +46,7 @@ class FakeShim:
         self.broken_images: dict[str, str] = {}  # container -> why its restore fails
         self.hang_checkpoint: asyncio.Event | None = None  # a dump answers once it is set
         self.checkpointing = False
+        self.lazy: dict[str, bool] = {}  # container -> whether its last restore asked for lazy
 
     async def checkpoint(self, container: Container, image_dir: str, mode: str) -> TaskReply:
         self.rec.calls.append(("checkpoint", container.identity.container, mode))
@@ -57,8 +58,11 @@ class FakeShim:
             raise pending.pop(0)
         return TaskReply(pid=container.pid, duration_ms=120.0)
 
-    async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
+    async def restore(
+        self, container: Container, image_dir: str | None, *, lazy: bool = False
+    ) -> TaskReply:
         self.rec.calls.append(("restore", container.identity.container, image_dir))
+        self.lazy[container.identity.container] = lazy
         broken = self.broken_images.get(container.identity.container)
         if broken is not None and image_dir is not None:
             raise ShimError(RESTORE_FAILED, broken)

@@ -187,7 +187,7 @@ async def test_failed_restore_and_failed_cold_start_is_failed() -> None:
     await world.sleep(KEY, "forced")
     world.shim.broken_images["app"] = "criu failed"
 
-    async def refuse_cold(container, image_dir, *, fallback=True):  # type: ignore[no-untyped-def]
+    async def refuse_cold(container, image_dir, *, lazy=False):  # type: ignore[no-untyped-def]
         world.rec.calls.append(("restore", container.identity.container, image_dir))
         if image_dir is None:
             raise ShimError("restore_failed", "cold start: exec failed")

@@ -114,9 +114,9 @@ async def test_asleep_wakes_through_waking_and_a_sleep_is_nothing() -> None:
     seen: list[states.PodState] = []
     restore = world.shim.restore
 
-    async def observe(container, image_dir):  # type: ignore[no-untyped-def]
+    async def observe(container, image_dir, *, lazy=False):  # type: ignore[no-untyped-def]
         seen.append(life.state)
-        return await restore(container, image_dir)
+        return await restore(container, image_dir, lazy=lazy)
 
     world.shim.restore = observe  # type: ignore[method-assign]
     await life.wake("a client")
@@ -201,9 +201,9 @@ async def test_an_interrupted_wake_leaves_no_container_restoring() -> None:
     gate = asyncio.Event()
     restore = world.shim.restore
 
-    async def hang(container, image_dir):  # type: ignore[no-untyped-def]
+    async def hang(container, image_dir, *, lazy=False):  # type: ignore[no-untyped-def]
         await gate.wait()
-        return await restore(container, image_dir)
+        return await restore(container, image_dir, lazy=lazy)
 
     world.shim.restore = hang  # type: ignore[method-assign]
     waking = asyncio.create_task(life.wake("a client"))
@@ -298,9 +298,9 @@ async def test_an_unregister_during_a_wake_waits_for_it() -> None:
     gate = asyncio.Event()
     restore = world.shim.restore
 
-    async def slow(container, image_dir):  # type: ignore[no-untyped-def]
+    async def slow(container, image_dir, *, lazy=False):  # type: ignore[no-untyped-def]
         await gate.wait()
-        return await restore(container, image_dir)
+        return await restore(container, image_dir, lazy=lazy)
 
     world.shim.restore = slow  # type: ignore[method-assign]
     app = life.containers()[0]

@@ -17,6 +17,7 @@ P = TaskPhase
 ALLOWED = [
     (P.CREATED, P.RUNNING), (P.CREATED, P.EXITED), (P.CREATED, P.DELETED),
     (P.RUNNING, P.CHECKPOINTING), (P.RUNNING, P.EXITED), (P.RUNNING, P.DELETED),
+    (P.RUNNING, P.RESTORING),  # a lazy restore's page server failed: killed, started cold
     (P.CHECKPOINTING, P.SCALED_DOWN), (P.CHECKPOINTING, P.RUNNING),  # dumped; dump failed
     (P.SCALED_DOWN, P.RESTORING), (P.SCALED_DOWN, P.ENDED),  # wake; killed while asleep
     (P.RESTORING, P.RUNNING), (P.RESTORING, P.ENDED), (P.RESTORING, P.SCALED_DOWN),

@@ -26,6 +26,7 @@ from zeropod.shim.daemonlink import DaemonLink
 from zeropod.shim.eventfilter import SERVICE as EVENTS
 from zeropod.shim.eventfilter import FilteringRelay
 from zeropod.shim.scaling import ScalingProxy
+from zeropod.shim.spec import CRIU_CONFIG_ENV
 from zeropod.shim.taskapi import BY_SERVICE, V2, V3, TaskAPI
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import Tracker
@@ -185,8 +186,11 @@ class Rig:
 
 
 @pytest.fixture(params=[V3, V2], ids=["v3", "v2"])
-async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
     (tmp_path / "config.json").write_text(json.dumps({"annotations": {}}))
+    monkeypatch.setenv(CRIU_CONFIG_ENV, str(tmp_path / "criu.conf"))
     runc = FakeRunc()
     up_server = Server({}, fallback=runc.handle, name="runc")
     await up_server.listen(str(tmp_path / "runc.sock"))
@@ -201,7 +205,7 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
     )
     ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
     relay_task = asyncio.create_task(relay.run())
-    proxy = ScalingProxy(ctx, "/run/zeropod/criu.conf", str(tmp_path / "runc.sock"))
+    proxy = ScalingProxy(ctx, True, str(tmp_path / "runc.sock"))
     server = Server(proxy.handlers(), fallback=proxy.forward, name="task")
     await server.listen(str(tmp_path / "task.sock"))
     client = await Client.connect(str(tmp_path / "task.sock"))
@@ -218,7 +222,9 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
 async def test_create_annotates_and_remembers(rig: Rig) -> None:
     pid = await rig.run_container()
     spec = json.loads((rig.tmp / "config.json").read_text())
-    assert spec["annotations"]["org.criu.config"] == "/run/zeropod/criu.conf"
+    own = rig.tmp / "criu.d" / f"{CID}.conf"  # the container's own CRIU config, not lazy
+    assert spec["annotations"]["org.criu.config"] == str(own)
+    assert own.read_text().splitlines()[1:] == ["skip-in-flight", "network-lock skip"]
     c = rig.ctx.tracker.get(CID)
     assert c is not None and (c.phase, c.pid, c.api) == (TaskPhase.RUNNING, pid, rig.api)
 
@@ -470,6 +476,7 @@ async def test_control_ops_at_the_wrong_time(rig: Rig) -> None:
     assert await rig.control.handle(rig.op("restore")) == {
         "pid": pid,
         "cold": False,
+        "lazy": False,
         "duration_ms": 0,
     }
     await rig.checkpoint(image_dir=str(rig.tmp / "img"))

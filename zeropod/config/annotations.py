@@ -19,6 +19,7 @@ PORTS_MAP = PREFIX + "ports-map"
 DISABLE_CHECKPOINTING = PREFIX + "disable-checkpointing"
 DISABLE_PROBE_DETECTION = PREFIX + "disable-probe-detection"
 PROBE_BUFFER_SIZE = PREFIX + "probe-buffer-size"
+DISABLE_LAZY_RESTORE = PREFIX + "disable-lazy-restore"
 
 DEFAULT_SCALEDOWN_SECONDS = 60.0
 DEFAULT_PROBE_BUFFER_SIZE = 1024
@@ -82,6 +83,8 @@ class ScalingConfig:
     as activity and wake a sleeping pod like any other client."""
     probe_buffer_size: int = DEFAULT_PROBE_BUFFER_SIZE
     """Bytes read from a node connection to find the end of its HTTP request's headers."""
+    disable_lazy_restore: bool = False
+    """True: a wake copies all memory before the app runs (no ``criu lazy-pages``)."""
 
     @property
     def scales_on_idle(self) -> bool:
@@ -119,6 +122,9 @@ def parse_annotations(annotations: Mapping[str, str]) -> ScalingConfig:
         config = replace(config, disable_probe_detection=disabled)
     if (value := annotations.get(PROBE_BUFFER_SIZE)) is not None:
         config = replace(config, probe_buffer_size=parse_buffer_size(PROBE_BUFFER_SIZE, value))
+    if (value := annotations.get(DISABLE_LAZY_RESTORE)) is not None:
+        disabled = parse_bool(DISABLE_LAZY_RESTORE, value)
+        config = replace(config, disable_lazy_restore=disabled)
     return config
 
 

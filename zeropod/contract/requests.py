@@ -198,8 +198,45 @@ class WakeRequest:
         return {"v": VERSION, "op": self.OP, "pod": self.pod, "namespace": self.namespace}
 
 
+@dataclass(frozen=True)
+class RestartedColdRequest:
+    """A shim tells the daemon that a woken container lost its memory after the restore
+    (its lazy page server failed), so the shim killed it and started it cold as ``pid``."""
+
+    OP: ClassVar[str] = "restarted_cold"
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"id", "container_id", "pid", "error"})
+
+    container_id: str
+    pid: int
+    error: str
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> RestartedColdRequest:
+        fields_.no_extra(fields, cls.OP, cls.FIELDS)
+        return cls(
+            container_id=fields_.container_id(fields),
+            pid=fields_.pid(fields, "pid"),
+            error=fields_.string(fields, "error")[:2048],
+        )
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "op": self.OP,
+            "id": self.container_id,
+            "pid": self.pid,
+            "error": self.error,
+        }
+
+
 Request = (
-    RegisterRequest | UnregisterRequest | StatusRequest | EventsRequest | SleepRequest | WakeRequest
+    RegisterRequest
+    | UnregisterRequest
+    | StatusRequest
+    | EventsRequest
+    | SleepRequest
+    | WakeRequest
+    | RestartedColdRequest
 )
 REQUEST_TYPES: dict[str, type[Request]] = {
     t.OP: t
@@ -210,6 +247,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         EventsRequest,
         SleepRequest,
         WakeRequest,
+        RestartedColdRequest,
     )
 }
 

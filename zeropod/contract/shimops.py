@@ -8,11 +8,13 @@ reply. Framing, version and error codes are :mod:`.protocol`'s; how long each op
 - ``checkpoint {container_id, image_dir, mode}`` -> :class:`TaskReply` (``pid``,
   ``duration_ms``). ``mode`` ``checkpoint`` dumps into ``image_dir``; ``stop`` ends the task
   (disable-checkpointing) and needs no directory.
-- ``restore {container_id, image_dir, fallback}`` -> :class:`TaskReply` (``pid``, ``cold``,
-  ``duration_ms``, ``error``). ``image_dir`` null starts the task cold. With ``fallback``
-  false a failed restore is not followed by a cold start: the answer is ``restore_failed``
-  and the task stays scaled down (the daemon decides the cold start, see
-  :mod:`zeropod.daemon.lifecycle.wake`).
+- ``restore {container_id, image_dir, fallback, lazy}`` -> :class:`TaskReply` (``pid``,
+  ``cold``, ``duration_ms``, ``error``, ``lazy``). ``image_dir`` null starts the task cold.
+  With ``fallback`` false a failed restore is not followed by a cold start: the answer is
+  ``restore_failed`` and the task stays scaled down (the daemon decides the cold start, see
+  :mod:`zeropod.daemon.lifecycle.wake`). ``lazy`` asks for a lazy-pages restore (memory
+  served after the app runs, :mod:`zeropod.shim.lazypages`); the reply's ``lazy`` says
+  whether it was one.
 - ``status {}`` -> ``{containers: [...]}``.
 """
 
@@ -78,19 +80,24 @@ class RestoreRequest:
     """Re-create one container's task from ``image_dir`` (None: cold)."""
 
     OP: ClassVar[str] = "restore"
-    FIELDS: ClassVar[frozenset[str]] = frozenset({"container_id", "id", "image_dir", "fallback"})
+    FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"container_id", "id", "image_dir", "fallback", "lazy"}
+    )
 
     container_id: str
     image_dir: str | None
     fallback: bool = False
+    lazy: bool = False
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> RestoreRequest:
         fields_.no_extra(fields, cls.OP, cls.FIELDS)
-        fallback = fields.get("fallback", False)
-        if not isinstance(fallback, bool):
-            raise ControlError(BAD_REQUEST, f"field 'fallback': true or false, got {fallback!r}")
-        return cls(fields_.container_id(fields), _image_dir(fields, required=False), fallback)
+        flags = {}
+        for name in ("fallback", "lazy"):
+            value = flags[name] = fields.get(name, False)
+            if not isinstance(value, bool):
+                raise ControlError(BAD_REQUEST, f"field {name!r}: true or false, got {value!r}")
+        return cls(fields_.container_id(fields), _image_dir(fields, required=False), **flags)
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -99,6 +106,7 @@ class RestoreRequest:
             "container_id": self.container_id,
             "image_dir": self.image_dir,
             "fallback": self.fallback,
+            **({"lazy": True} if self.lazy else {}),  # a shim older than lazy restores
         }
 
 
@@ -143,10 +151,12 @@ class TaskReply:
     duration_ms: float
     cold: bool = False
     error: str | None = None
+    lazy: bool = False  # memory still streams in from the image (a lazy restore)
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"pid": self.pid, "duration_ms": self.duration_ms}
         body["cold"] = self.cold
+        body["lazy"] = self.lazy
         if self.error is not None:
             body["error"] = self.error
         return body
@@ -159,6 +169,7 @@ class TaskReply:
             pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
             duration_ms=float(duration) if isinstance(duration, int | float) else 0.0,
             cold=body.get("cold") is True,
+            lazy=body.get("lazy") is True,
             error=error if isinstance(error, str) else None,
         )
 

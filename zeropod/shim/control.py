@@ -125,7 +125,7 @@ class ShimControl:
                 return (await checkpoint(self.ctx, c, op.image_dir or "", op.mode)).to_body()
             case RestoreRequest() as op:
                 c = self._task(op.container_id)
-                reply = await restore(self.ctx, c, op.image_dir, fallback=op.fallback)
+                reply = await restore(self.ctx, c, op.image_dir, fallback=op.fallback, lazy=op.lazy)
                 return reply.to_body()
 
     def _task(self, container_id: str) -> TaskRecord:

@@ -17,7 +17,12 @@ from typing import Any
 from zeropod.contract import timeouts
 from zeropod.contract.daemonclient import ANNOTATION_PREFIX, SHIM_TIMEOUT, ControlClient
 from zeropod.contract.protocol import ControlError, DaemonUnavailable
-from zeropod.contract.requests import RegisterRequest, UnregisterRequest, WakeRequest
+from zeropod.contract.requests import (
+    RegisterRequest,
+    RestartedColdRequest,
+    UnregisterRequest,
+    WakeRequest,
+)
 from zeropod.shim import oci, spec
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
@@ -114,6 +119,19 @@ class DaemonLink:
                 log.info("container %s: unregister (%s): %s", container_id, reason, err)
                 return
         log.info("container %s unregistered: %s", container_id, reason)
+
+    def restarted_cold(self, c: TaskRecord, error: str) -> None:
+        """Tell the daemon (in the background) that ``c`` lost its restored memory and runs
+        cold now: it counts a failed restore and a cold start."""
+        if c.registered:
+            message = RestartedColdRequest(c.id, c.pid, error).to_message()
+            self._background(self._report(c.id, message), f"restarted-cold-{c.id}")
+
+    async def _report(self, container_id: str, message: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self._send, message, SHIM_TIMEOUT)
+        except ControlError as err:
+            log.warning("container %s: daemon not told of the cold restart: %s", container_id, err)
 
     async def wake(self, c: TaskRecord) -> bool:
         """Ask the daemon to wake ``c``'s pod; False if it could not (restore locally then)."""

@@ -153,17 +153,17 @@ async def amain(cfg: Config) -> int:
         notify_ready(cfg.ready_fd, f"error: cannot connect to runc shim: {err}")
         return 1
     try:
-        criu_config = str(spec.write_criu_config())
+        criu_configs = spec.prepare_criu_configs()
     except OSError as err:
-        log.error("cannot write the CRIU config (no container of this shim is dumped): %s", err)
-        criu_config = ""
+        log.error("cannot write CRIU configs (no container of this shim is dumped): %s", err)
+        criu_configs = False
     tracker = Tracker()
     daemon = DaemonLink(control_path(cfg))
     relay = FilteringRelay(
         cfg.containerd_events, tracker, cfg.namespace, lambda c, ev: ctx.exited(c, ev)
     )
     ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
-    proxy = ScalingProxy(ctx, criu_config, cfg.upstream)
+    proxy = ScalingProxy(ctx, criu_configs, cfg.upstream)
     control = ShimControl(control_path(cfg), ctx)
 
     def bundles() -> list[str]:

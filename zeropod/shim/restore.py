@@ -16,6 +16,14 @@
    Wait from containerd now waits on the new task.
 If even the cold start fails, the task ends (exit published, status 255).
 
+Lazy (``lazy``, the daemon's default): the first attempt runs with a ``criu lazy-pages`` page
+server (:mod:`zeropod.shim.lazypages`) and ``lazy-pages`` in the container's CRIU config, so
+the app runs before its memory is copied; only from an intact image (a damaged one would be
+found by the page server after the app runs). The second attempt is an eager one. While
+pages stream in, :func:`_watch_pages` waits for the server: if it fails, the app has not got
+all its memory, so it is killed and started cold (journal, ``restarted_cold`` to the daemon,
+which counts it); the app never runs on a page it did not get.
+
 A restore's Start is bounded (:mod:`zeropod.shim.restorebound`, proportional to the image):
 past the bound its CRIU is killed, the runc shim's Start fails, and the restore is a failed
 one (``restore_failed`` naming the timeout and CRIU's log, or the cold fallback).
@@ -37,8 +45,9 @@ from zeropod.contract import timeouts
 from zeropod.contract.protocol import BAD_PHASE, RESTORE_FAILED, ControlError
 from zeropod.contract.shimops import TaskReply
 from zeropod.criulog import first_error
-from zeropod.shim import imagefiles, leftovers, restorebound
+from zeropod.shim import imagefiles, leftovers, restorebound, spec
 from zeropod.shim.context import ShimContext
+from zeropod.shim.lazypages import LazyPagesError, PageServer
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import TtrpcError
@@ -54,7 +63,12 @@ class RestoreTimeout(Exception):
 
 
 async def restore(
-    ctx: ShimContext, c: TaskRecord, image_dir: str | None, *, fallback: bool = False
+    ctx: ShimContext,
+    c: TaskRecord,
+    image_dir: str | None,
+    *,
+    fallback: bool = False,
+    lazy: bool = False,
 ) -> TaskReply:
     """Bring ``c`` back from ``image_dir`` (None: cold); its reply, or ControlError.
 
@@ -72,9 +86,10 @@ async def restore(
         ctx.tracker.move(c, TaskPhase.RESTORING, f"from {image_dir}" if image_dir else "cold")
         result: dict[str, Any] = {"cold": image_dir is None}
         pid = 0
+        server: PageServer | None = None
         if image_dir is not None:
             try:
-                pid = await _restore_from(ctx, c, image_dir)
+                pid, server = await _restore_from(ctx, c, image_dir, lazy)
             except (TtrpcError, ConnectionError, RestoreTimeout) as err:
                 log_path = os.path.join(image_dir, "restore.log")
                 cause = first_error(log_path)
@@ -99,34 +114,111 @@ async def restore(
         c.pid = pid
         ctx.tracker.move(c, TaskPhase.RUNNING, f"pid {pid}{' (cold)' if result['cold'] else ''}")
         c.release_stdio()
+        if server is not None:
+            c.pages = asyncio.create_task(_watch_pages(ctx, c, server), name=f"pages-{c.id}")
         if ctx.relay.release_real_exit(c):  # it died right after the restore
             ctx.exited(c)
         duration_ms = round((time.monotonic() - started) * 1000)
+        how = " cold" if result["cold"] else " lazily" if server else ""
         log.info(
             "container %s restored%s in %d ms, pid %d",
             c.id,
-            " cold" if result["cold"] else "",
+            how,
             duration_ms,
             pid,
             extra={"RESTORE_MS": duration_ms, "CONTAINER_ID": c.id},
         )
-        return TaskReply(pid, duration_ms, cold=result["cold"], error=result.get("error"))
+        return TaskReply(
+            pid, duration_ms, cold=result["cold"], error=result.get("error"), lazy=bool(server)
+        )
 
 
-async def _restore_from(ctx: ShimContext, c: TaskRecord, image_dir: str) -> int:
-    """Restore from IMAGE_DIR; a failed attempt is tried once more while the image is intact."""
+async def _restore_from(
+    ctx: ShimContext, c: TaskRecord, image_dir: str, lazy: bool
+) -> tuple[int, PageServer | None]:
+    """Restore from IMAGE_DIR (lazily if asked and the image is intact); a failed attempt
+    is tried once more, eagerly, while the image is intact. The pid, and the page server
+    of a lazy restore."""
+    intact = await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files)
+    server = await _page_server(c, image_dir) if lazy and intact else None
     try:
-        return await _create_and_start(ctx, c, image_dir)
-    except (TtrpcError, ConnectionError, RestoreTimeout) as err:
+        pid = await _create_and_start(ctx, c, image_dir, server)
+        return pid, server
+    except (TtrpcError, ConnectionError, RestoreTimeout, LazyPagesError) as err:
         if not await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files):
             raise
         log.warning("container %s: restore failed (%s); its image is intact, once more", c.id, err)
-    return await _create_and_start(ctx, c, image_dir)
+    finally:
+        if server is not None:
+            await asyncio.to_thread(_write_config, c, False)
+    return await _create_and_start(ctx, c, image_dir), None
 
 
-async def _create_and_start(ctx: ShimContext, c: TaskRecord, image_dir: str | None) -> int:
+async def _page_server(c: TaskRecord, image_dir: str) -> PageServer | None:
+    """A started page server with ``lazy-pages`` in C's CRIU config; None (eager) if not."""
+    if not c.criu_config_set:
+        return None
+    try:
+        server = await PageServer.start(image_dir)
+    except LazyPagesError as err:
+        log.warning("container %s: restoring eagerly, no page server: %s", c.id, err)
+        return None
+    try:
+        await asyncio.to_thread(_write_config, c, True)
+    except OSError as err:
+        log.warning("container %s: restoring eagerly, cannot write its CRIU config: %s", c.id, err)
+        await server.stop()
+        return None
+    return server
+
+
+def _write_config(c: TaskRecord, lazy: bool) -> None:
+    spec.write_criu_config(spec.criu_config_for(c.id), lazy=lazy)
+
+
+async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
+    """Wait for the page server; if it failed, kill the app and start it cold."""
+    started = time.monotonic()
+    code = await server.ended()
+    if code == 0:
+        server.close()
+        log.info(
+            "container %s: all its memory is in from the image, %.0f ms after the restore",
+            c.id,
+            (time.monotonic() - started) * 1000,
+        )
+        return
+    error = f"lazy restore's page server failed: {server.why()}"
+    async with c.lock:
+        if c.phase is not TaskPhase.RUNNING:  # it ended meanwhile
+            server.close()
+            return
+        log.error("container %s: %s; killing it and starting it cold", c.id, error)
+        ctx.tracker.move(c, TaskPhase.RESTORING, "page server failed")
+        c.hold_stdio()
+        await asyncio.to_thread(leftovers.kill_container_processes, c.id)
+        server.close()  # after the kill: no fault was ever served a zero page
+        with contextlib.suppress(TtrpcError, ConnectionError):
+            await ctx.upstream.delete(c)
+        try:
+            c.pid = await _create_and_start(ctx, c, None)
+        except (TtrpcError, ConnectionError) as err:
+            _end(ctx, c, FAILED_WAKE_STATUS, f"{error}; cold start failed: {err}")
+            return
+        ctx.tracker.move(c, TaskPhase.RUNNING, f"pid {c.pid} (cold, page server failed)")
+        c.release_stdio()
+        if ctx.relay.release_real_exit(c):
+            ctx.exited(c)
+            return
+        ctx.daemon.restarted_cold(c, error)
+
+
+async def _create_and_start(
+    ctx: ShimContext, c: TaskRecord, image_dir: str | None, server: PageServer | None = None
+) -> int:
     """Create + Start; on failure the half-made runc task is deleted again, after whatever
-    a failed restore left running in the container's cgroup is killed.
+    a failed restore left running in the container's cgroup is killed (and SERVER, a lazy
+    restore's page server, ended).
 
     A runc task left over from the checkpoint (its Delete failed) is deleted first.
     """
@@ -141,11 +233,16 @@ async def _create_and_start(ctx: ShimContext, c: TaskRecord, image_dir: str | No
             await ctx.upstream.create(c, image_dir)
         if image_dir is None:
             return await ctx.upstream.start(c)
-        return await _bounded_start(ctx, c, image_dir)
-    except (TtrpcError, ConnectionError, RestoreTimeout):
+        pid = await _bounded_start(ctx, c, image_dir)
+        if server is not None:
+            await server.hold()
+        return pid
+    except (TtrpcError, ConnectionError, RestoreTimeout, LazyPagesError):
         if image_dir is not None:
             await asyncio.to_thread(leftovers.kill_container_processes, c.id)
             await asyncio.to_thread(restorebound.release_cgyards, image_dir)
+        if server is not None:  # after the kill, as in _watch_pages
+            await server.stop()
         with contextlib.suppress(TtrpcError, ConnectionError):
             await ctx.upstream.delete(c)
         raise

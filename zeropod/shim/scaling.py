@@ -61,10 +61,10 @@ def stats_type_url() -> str:
 class ScalingProxy(TaskProxy):
     """TaskProxy that answers for sleeping containers."""
 
-    def __init__(self, ctx: ShimContext, criu_config: str, upstream_path: str) -> None:
+    def __init__(self, ctx: ShimContext, criu_configs: bool, upstream_path: str) -> None:
         super().__init__(ctx.upstream.client)
         self.ctx = ctx
-        self.criu_config = criu_config
+        self.criu_configs = criu_configs  # False: the config dir cannot be written, never dump
         self.upstream_path = upstream_path
         self._stats_url: str | None = None
         self._shim_pid: int | None = None
@@ -81,8 +81,9 @@ class ScalingProxy(TaskProxy):
         req = api.decode("CreateTaskRequest", call.payload)
         criu_config_set = False
         try:
-            if self.criu_config:
-                replaced = spec.annotate_criu_config(req.bundle, self.criu_config)
+            if self.criu_configs:
+                config = spec.write_criu_config(spec.criu_config_for(req.id))
+                replaced = spec.annotate_criu_config(req.bundle, config)
                 criu_config_set = True
                 if replaced is not None:
                     log.warning(

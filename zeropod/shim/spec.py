@@ -2,12 +2,18 @@
 
 runc reads CRIU options from the file named by the container's ``org.criu.config``
 annotation (without it, from ``/etc/criu/runc.conf``, which would change every container on
-the node). At Create the interposer points that annotation at zeropod's own CRIU config:
+the node). At Create the interposer points that annotation at zeropod's own CRIU config, one
+file per container (:func:`criu_config_for`), so one restore can ask for more than the rest:
 
 - ``skip-in-flight``: a connection still in the app's accept queue does not refuse the dump;
   with the daemon's held socket in the same reuseport group it migrates there.
 - ``network-lock skip``: no iptables/nftables lock around the dump; the held socket keeps the
   port served, and a lock would only delay (SYN retransmits) the clients it should protect.
+
+- ``lazy-pages``, only while a lazy restore runs (:func:`write_criu_config` with ``lazy``):
+  memory is served by a page server (:mod:`zeropod.shim.lazypages`). The file is rewritten
+  without it as soon as the restore returns, because runc reads the same file for the next
+  dump, where ``lazy-pages`` would ask for a page-server dump instead.
 
 Not ``tcp-established``: an open connection means the app is not idle; restoring one
 without a network lock would hand the peer a socket whose state moved on (resets). The
@@ -25,17 +31,36 @@ CRIU_ANNOTATION = "org.criu.config"
 DEFAULT_CRIU_CONFIG = "/run/zeropod/criu.conf"
 CRIU_CONFIG_ENV = "ZEROPOD_CRIU_CONFIG"
 CRIU_OPTIONS = ("skip-in-flight", "network-lock skip")
+LAZY_OPTION = "lazy-pages"
 
 
 def criu_config_path() -> Path:
     return Path(os.environ.get(CRIU_CONFIG_ENV) or DEFAULT_CRIU_CONFIG)
 
 
-def write_criu_config(path: Path | None = None) -> Path:
+def criu_config_for(container_id: str) -> Path:
+    """Container CONTAINER_ID's CRIU config file, in a directory next to the shared one."""
+    base = criu_config_path()
+    return base.with_name(f"{base.stem}.d") / f"{container_id}.conf"
+
+
+def prepare_criu_configs() -> bool:
+    """Make the per-container config directory (0700: CRIU runs as root); True when done."""
+    directory = criu_config_for("-").parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return True
+
+
+def forget_criu_config(container_id: str) -> None:
+    """Remove CONTAINER_ID's config file (its task is deleted); raises OSError."""
+    criu_config_for(container_id).unlink(missing_ok=True)
+
+
+def write_criu_config(path: Path | None = None, *, lazy: bool = False) -> Path:
     """Write zeropod's CRIU config file (atomically, only when its content differs)."""
     path = path or criu_config_path()
     text = "# written by containerd-shim-zeropod-v2; see zeropod/shim/spec.py\n"
-    text += "".join(f"{option}\n" for option in CRIU_OPTIONS)
+    text += "".join(f"{option}\n" for option in (*CRIU_OPTIONS, *([LAZY_OPTION] if lazy else [])))
     try:
         if path.read_text() == text:
             return path

@@ -27,7 +27,10 @@ HIDDEN = frozenset({TaskPhase.CHECKPOINTING, TaskPhase.SCALED_DOWN, TaskPhase.RE
 
 TRANSITIONS: dict[TaskPhase, frozenset[TaskPhase]] = {
     TaskPhase.CREATED: frozenset({TaskPhase.RUNNING, TaskPhase.EXITED, TaskPhase.DELETED}),
-    TaskPhase.RUNNING: frozenset({TaskPhase.CHECKPOINTING, TaskPhase.EXITED, TaskPhase.DELETED}),
+    # RESTORING again: a lazy restore's page server failed, the app is killed and cold-started
+    TaskPhase.RUNNING: frozenset(
+        {TaskPhase.CHECKPOINTING, TaskPhase.EXITED, TaskPhase.DELETED, TaskPhase.RESTORING}
+    ),
     # a failed dump leaves the process running
     TaskPhase.CHECKPOINTING: frozenset({TaskPhase.SCALED_DOWN, TaskPhase.RUNNING}),
     TaskPhase.SCALED_DOWN: frozenset({TaskPhase.RESTORING, TaskPhase.ENDED}),

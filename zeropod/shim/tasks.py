@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
+from zeropod.shim import spec
 from zeropod.shim.taskapi import TaskAPI
 from zeropod.shim.taskphase import HIDDEN, TaskPhase, check
 from zeropod.ttrpc import Call
@@ -50,6 +51,8 @@ class TaskRecord:
     # Held by an op, not a coroutine: a checkpoint replies, then its clean-up task releases it.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     finishing: asyncio.Task[None] | None = None  # the last checkpoint's clean-up after its reply
+    # A lazy restore's page-server watch (zeropod.shim.restore); done once every page is in.
+    pages: asyncio.Task[None] | None = None
 
     @property
     def bundle(self) -> str:
@@ -143,6 +146,8 @@ class Tracker:
 
     def _forget(self, container: TaskRecord) -> None:
         container.release_stdio()
+        with contextlib.suppress(OSError):
+            spec.forget_criu_config(container.id)
         if self._containers.get(container.id) is container:
             del self._containers[container.id]
 

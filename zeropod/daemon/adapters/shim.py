@@ -6,10 +6,12 @@ contract (:mod:`zeropod.contract.shimops`), each bounded by the timeout policy
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from zeropod.contract import timeouts
 from zeropod.contract.protocol import (
+    BAD_REQUEST,
     MAX_LINE,
     UNAVAILABLE,
     ControlError,
@@ -46,8 +48,10 @@ class ShimClient:
         body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
         return TaskReply.from_body(body)
 
-    async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
-        op = RestoreRequest(container.identity.container_id, image_dir, fallback=False)
+    async def restore(
+        self, container: Container, image_dir: str | None, *, lazy: bool = False
+    ) -> TaskReply:
+        op = RestoreRequest(container.identity.container_id, image_dir, fallback=False, lazy=lazy)
         if image_dir is None:
             bound = timeouts.cold_start()
         else:  # the image's size measured at the sleep (>= its pages): no disk walk on wake
@@ -55,7 +59,14 @@ class ShimClient:
             if size is None:  # reloaded after a restart: walk the image, off the loop
                 size = await asyncio.to_thread(timeouts.pages_bytes, image_dir)
             bound = timeouts.restore(size)
-        body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
+        try:
+            body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
+        except ShimError as err:
+            if not (lazy and err.code == BAD_REQUEST and "'lazy'" in err.message):
+                raise
+            # an interposer started before lazy restores existed: restore eagerly
+            op = replace(op, lazy=False)
+            body = await _ask(container.identity, op.to_message(), timeouts.daemon_wait(bound))
         return TaskReply.from_body(body)
 
     async def task_status(self, identity: ContainerIdentity) -> TaskStatus | None:

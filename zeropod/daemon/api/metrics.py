@@ -185,6 +185,12 @@ class StateCollector:
                 "Restores of the container that failed (started cold or not at all).",
                 labels=LABELS,
             ),
+            "page_fetch_failures": CounterMetricFamily(
+                "zeropod_page_fetch_failures",
+                "Lazy restores whose page server failed after the app ran (it was killed and "
+                "started cold; also counted in zeropod_restore_errors_total).",
+                labels=LABELS,
+            ),
             "image": GaugeMetricFamily(
                 "zeropod_checkpoint_image_bytes",
                 "Size of the container's last checkpoint image.",
@@ -220,6 +226,7 @@ class StateCollector:
             _add(families["last_restore"], labels, restored)
             families["checkpoint_errors"].add_metric(labels, measured.checkpoint_errors)
             families["restore_errors"].add_metric(labels, measured.restore_errors)
+            families["page_fetch_failures"].add_metric(labels, measured.page_fetch_failures)
             _add(families["image"], labels, measured.last_image_bytes)
             _add(families["rss"], labels, measured.last_rss_bytes)
             _add(families["pss"], labels, measured.last_pss_bytes)

@@ -23,6 +23,7 @@ from zeropod.contract.protocol import NOT_FOUND, UNKNOWN_OP, ControlError
 from zeropod.contract.requests import (
     RegisterRequest,
     Request,
+    RestartedColdRequest,
     SleepRequest,
     StatusRequest,
     UnregisterRequest,
@@ -75,6 +76,8 @@ class ControlService:
                 life = self._life(PodKey(request.namespace, request.pod))
                 await life.sleep("zeropodctl sleep", request.container)
                 return describe_pod(life)
+            case RestartedColdRequest():
+                return self.restarted_cold(request)
             case WakeRequest(container_id=str(container_id)):
                 container = self.registry.get(container_id)
                 if container is None:
@@ -164,6 +167,24 @@ class ControlService:
         if container.managed and self.idle is not None:
             self.idle.ensure(PodKey.of(container))
         return {"managed": container.managed, "reason": reason}
+
+    def restarted_cold(self, request: RestartedColdRequest) -> dict[str, Any]:
+        """A shim killed a lazily restored container whose pages could not all be served,
+        and started it cold: count it (a failed restore, a cold start) and say so."""
+        container = self.registry.get(request.container_id)
+        if container is None:
+            raise ControlError(NOT_FOUND, f"container {request.container_id!r} is not registered")
+        container.pid = request.pid
+        container.measured.restore_errors += 1
+        container.measured.cold_starts += 1
+        container.measured.page_fetch_failures += 1
+        self.journal.error(
+            f"{container.identity.label}: restored memory lost after the wake, "
+            f"killed and started cold: {request.error}",
+            **container.journal_fields(),
+        )
+        self._save(container)
+        return {}
 
     def unregister(self, container_id: str, reason: str = "") -> dict[str, Any]:
         """Forget a container; its phase ends in STOPPED."""

@@ -32,6 +32,7 @@ def describe_container(container: Container) -> dict[str, Any]:
         "checkpoint_errors": container.measured.checkpoint_errors,
         "restore_errors": container.measured.restore_errors,
         "cold_starts": container.measured.cold_starts,
+        "page_fetch_failures": container.measured.page_fetch_failures,
         "image_bytes": container.measured.last_image_bytes,
         "rss_bytes": container.measured.last_rss_bytes,
         "pss_bytes": container.measured.last_pss_bytes,

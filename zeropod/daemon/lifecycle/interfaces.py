@@ -34,9 +34,12 @@ class Shim(Protocol):
         """Dump (or stop) the task; raises :class:`ShimError` leaving it running."""
         ...
 
-    async def restore(self, container: Container, image_dir: str | None) -> TaskReply:
-        """Re-create the task from ``image_dir`` (None: cold). Raises :class:`ShimError`;
-        a failed restore (``restore_failed``) leaves the container scaled down."""
+    async def restore(
+        self, container: Container, image_dir: str | None, *, lazy: bool = False
+    ) -> TaskReply:
+        """Re-create the task from ``image_dir`` (None: cold), with lazy pages if ``lazy``.
+        Raises :class:`ShimError`; a failed restore (``restore_failed``) leaves the
+        container scaled down."""
         ...
 
 

@@ -184,8 +184,9 @@ async def _restore(life: PodLife, container: Container, image_dir: str | None) -
     failed: the container is still asleep and the caller starts it cold.
     """
     journal = life.journal
+    lazy = container.config is None or not container.config.disable_lazy_restore
     try:
-        reply = await life.shim.restore(container, image_dir)
+        reply = await life.shim.restore(container, image_dir, lazy=lazy and image_dir is not None)
     except ShimError as err:
         container.measured.restore_errors += 1
         if image_dir is not None and err.code == RESTORE_FAILED:

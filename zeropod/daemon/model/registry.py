@@ -48,6 +48,8 @@ class Measurements:
     checkpoint_errors: int = 0
     restore_errors: int = 0
     cold_starts: int = 0
+    page_fetch_failures: int = 0
+    """Lazy restores whose page server failed after the app ran (killed, started cold)."""
     last_image_bytes: int | None = None
     """Size of the last checkpoint image (None: never dumped, or stopped without an image)."""
     last_rss_bytes: int | None = None
