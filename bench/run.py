@@ -36,6 +36,9 @@ from zeropod.contract.protocol import ControlError  # noqa: E402
 
 SECTIONS = ("wake", "cold", "resets", "throughput", "storm", "density", "servers", "soak")
 ASLEEP_UNTIL_FORCED = annotations(scaledown_duration="10m")
+EAGER = annotations(scaledown_duration="10m", disable_lazy_restore="true")
+PING = b"GET /ping HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+"""memhog's request that reads none of its memory: a small working set (lazy rows)."""
 STATS_MS = {"dump": ("freezing_time", "frozen_time", "memdump_time", "memwrite_time")}
 STATS_MS["restore"] = ("forking_time", "restore_time")
 
@@ -52,12 +55,17 @@ class Bench:
 
     @contextlib.contextmanager
     def pod(
-        self, image: str, env: dict[str, str] | None = None, handler: str = "zeropod"
+        self,
+        image: str,
+        env: dict[str, str] | None = None,
+        handler: str = "zeropod",
+        pod_ann: dict[str, str] | None = None,
     ) -> Iterator[tuple[RunningPod, str, str]]:
         """A pod of IMAGE; yields (pod, container id, URL) once it answers a real client."""
         name = f"bench-{image}-{uuid.uuid4().hex[:6]}"
         spec = ContainerSpec("app", image, env=env or {})
-        pod_ann = ASLEEP_UNTIL_FORCED if handler == "zeropod" else None
+        if handler == "zeropod":
+            pod_ann = pod_ann or ASLEEP_UNTIL_FORCED
         with self.cri.pod(name, [spec], runtime_handler=handler, annotations=pod_ann) as running:
             ensure_client_netns(self.node)
             cid = running.containers["app"]
@@ -113,12 +121,14 @@ class Bench:
     # --- measures ----------------------------------------------------------------------
 
     def wake_and_checkpoint(self, size: int) -> None:
+        """Lazy restores off: wake (GET /, all memory read), checkpoint, memory freed; then
+        the lazy rows (:meth:`lazy_wake`) on a second pod."""
         env = {"MEM_MB": str(size)}
         z_wake, z_dump, z_freed, raw_wake, raw_dump, z_restore = [], [], [], [], [], []
         z_stats: list[dict] = []
         raw_stats: list[dict] = []
         z_steps: list[dict[str, float]] = []
-        with self.pod("memhog", env) as (running, cid, url):
+        with self.pod("memhog", env, pod_ann=EAGER) as (running, cid, url):
             for rep in range(1, self.reps + 1):
                 app_pid = self.daemon.container(cid)["pid"]
                 before = probes.pss_mb(self.node, app_pid) + sum(
@@ -171,6 +181,48 @@ class Bench:
             (),
             size,
             baseline_is="none: app + shims PSS, running minus sleeping",
+        )
+        self.lazy_wake(size)
+
+    def lazy_wake(self, size: int) -> None:
+        """Lazy restores on (the default): the first request reads little of the app's
+        memory (GET /ping), against raw runc restore answering the same request. After
+        each wake GET / must give the checksum from before the sleep: every page came back."""
+        env = {"MEM_MB": str(size)}
+        z_wake, raw_wake, z_restore = [], [], []
+        z_steps: list[dict[str, float]] = []
+        with self.pod("memhog", env) as (running, cid, url):
+            before = client_get(self.node, url, timeout=60).bodies()
+            for rep in range(1, self.reps + 1):
+                self.sleep(running, cid)
+                z_wake.append(self.wake(cid, url.rstrip("/") + "/ping", z_steps))
+                z_restore.append(self.daemon.container(cid)["last_restore_ms"])
+                after = client_get(self.node, url, timeout=60).bodies()
+                if after != before:
+                    raise RuntimeError(f"lazy wake lost memory: {before} before, {after} after")
+                raw = probes.rawcr(
+                    self.node,
+                    "cycle",
+                    "--image",
+                    "memhog",
+                    f"--env=MEM_MB={size}",
+                    f"--send={PING.hex()}",
+                    f"--expect={b'HTTP/1.1 200'.hex()}",
+                )
+                raw_wake.append(raw["restore_answer_ms"])
+                self.step(
+                    f"{size} MB rep {rep}/{self.reps}: lazy wake (GET /ping) {z_wake[-1]:.0f} ms "
+                    f"vs runc restore {raw_wake[-1]:.0f} ms; memory intact"
+                )
+        self.add(
+            "wake_latency_lazy",
+            "ms",
+            z_wake,
+            raw_wake,
+            size,
+            baseline_is="runc restore (raw CRIU, all memory first), until GET /ping is answered",
+            zeropod_restore_ms=report.summary(z_restore),
+            wake_steps=wakesteps.summaries(z_steps),
         )
 
     def cold_start(self) -> None:

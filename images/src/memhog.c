@@ -4,6 +4,8 @@
  * At start it fills the buffer with pseudo-random words (every page touched) and computes
  * a checksum; GET / recomputes the checksum over the whole buffer and answers
  * "size_mb=N checksum=HEX", so a restore that lost or zeroed memory shows a different sum.
+ * GET /ping answers "size_mb=N" without reading the buffer: a request whose working set is
+ * small next to what the process holds (what a lazy restore serves first).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -43,6 +45,10 @@ static void fill(void)
 
 static void handle(const struct httpd_request *req, struct httpd_reply *reply)
 {
+	if (strcmp(req->path, "/ping") == 0) {
+		snprintf(reply->body, sizeof(reply->body), "size_mb=%ld\n", size_mb);
+		return;
+	}
 	if (strcmp(req->path, "/") != 0) {
 		reply->status = 404;
 		snprintf(reply->body, sizeof(reply->body), "not found\n");
