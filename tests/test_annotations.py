@@ -160,6 +160,15 @@ def test_probe_settings(annotations: dict[str, str], detection_off: bool, buffer
     assert (config.disable_probe_detection, config.probe_buffer_size) == (detection_off, buffer)
 
 
+def test_lazy_restore_is_on_unless_a_pod_opts_out() -> None:
+    assert parse_annotations({}).disable_lazy_restore is False
+    key = "zeropod.ctrox.dev/disable-lazy-restore"
+    assert parse_annotations({key: "true"}).disable_lazy_restore is True
+    with pytest.raises(AnnotationError) as info:
+        parse_annotations({key: "sometimes"})
+    assert key in str(info.value) and "true or false" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "problem"),
     [

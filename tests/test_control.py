@@ -156,6 +156,8 @@ def test_register_round_trip() -> None:
         ({"v": 1, "op": "status", "all": True}, "'all'"),
         ({"v": 1, "op": "events", "x": 1}, "'x'"),
         ({"v": 1, "op": "unregister"}, "'id'"),
+        ({"v": 2, "op": "restarted_cold", "id": "c1", "error": "x"}, "'pid'"),
+        ({"v": 2, "op": "restarted_cold", "id": "c1", "pid": 0, "error": "x"}, "'pid'"),
     ],
 )
 def test_other_ops_validation(message: dict[str, Any], needle: str) -> None:

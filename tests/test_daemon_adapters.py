@@ -71,6 +71,35 @@ async def test_checkpoint_and_restore_messages_and_replies(tmp_short: str) -> No
     await server.wait_closed()
 
 
+async def test_lazy_is_asked_only_when_wanted_and_dropped_for_an_older_shim(
+    tmp_short: str,
+) -> None:
+    """An interposer started before lazy restores existed refuses the field by name: the
+    restore is asked again without it (eager), not failed."""
+    path = os.path.join(tmp_short, "shim.sock")
+    seen: list[dict[str, Any]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        message = json.loads(await reader.readline())
+        seen.append(message)
+        if "lazy" in message:
+            error = {"code": "bad_request", "message": "unknown field 'lazy' for op 'restore'"}
+            writer.write(json.dumps({"ok": False, "error": error}).encode() + b"\n")
+        else:
+            writer.write(json.dumps({"ok": True, "pid": 7, "duration_ms": 1}).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(handle, path=path)
+    reply = await ShimClient().restore(container_at(path), "/i")
+    assert reply.pid == 7 and "lazy" not in seen[-1] and len(seen) == 1
+    reply = await ShimClient().restore(container_at(path), "/i", lazy=True)
+    assert reply.pid == 7 and not reply.lazy
+    assert [m.get("lazy") for m in seen[1:]] == [True, None]
+    server.close()
+    await server.wait_closed()
+
+
 async def test_errors_carry_the_shims_code(tmp_short: str) -> None:
     path = os.path.join(tmp_short, "shim.sock")
     app = container_at(path)

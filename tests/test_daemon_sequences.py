@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 from daemon_fakes import PORT, World
 
-from zeropod.config.annotations import CONTAINER_NAMES, DISABLE_CHECKPOINTING
+from zeropod.config.annotations import (
+    CONTAINER_NAMES,
+    DISABLE_CHECKPOINTING,
+    DISABLE_LAZY_RESTORE,
+)
 from zeropod.contract.protocol import CHECKPOINT_FAILED, ControlError
-from zeropod.contract.requests import WakeRequest
+from zeropod.contract.requests import RestartedColdRequest, WakeRequest
 from zeropod.contract.shimops import TaskReply
 from zeropod.daemon.lifecycle.interfaces import ShimError
 from zeropod.daemon.model.phase import Phase
@@ -137,6 +141,36 @@ async def test_failed_restore_cold_start_is_counted_and_total_failure_is_failed(
     world.shim.restore_reply.pop("app")
     await world.wake(KEY, "retry")
     assert app.phase.phase is Phase.RUNNING
+
+
+async def test_restores_are_lazy_unless_the_pod_opts_out() -> None:
+    world = World()
+    world.register()
+    world.register("eager", pod="db-0", annotations={DISABLE_LAZY_RESTORE: "true"})
+    for key in (KEY, PodKey("shop", "db-0")):
+        await world.sleep(key, "forced")
+        await world.wake(key, "test")
+    assert world.shim.lazy == {"app": True, "eager": False}
+
+
+async def test_memory_lost_after_a_lazy_wake_is_counted_and_said() -> None:
+    """The shim killed a lazily restored app whose page server failed and started it cold."""
+    world = World()
+    app = world.register()
+    await world.sleep(KEY, "forced")
+    await world.wake(KEY, "test")
+    request = RestartedColdRequest(app.identity.container_id, 4242, "page server failed: exit 1")
+    assert await world.service.handle(request) == {}
+    assert app.pid == 4242 and app.phase.phase is Phase.RUNNING
+    m = app.measured
+    assert (m.page_fetch_failures, m.restore_errors, m.cold_starts) == (1, 1, 1)
+    assert any(
+        "restored memory lost after the wake" in m and "page server failed" in m
+        for m in world.captured.messages()
+    )
+    with pytest.raises(ControlError) as info:
+        await world.service.handle(RestartedColdRequest("nobody", 1, "x"))
+    assert info.value.code == "not_found"
 
 
 async def test_failed_restore_takes_the_cold_path() -> None:

@@ -186,6 +186,7 @@ async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> N
             "container %s: all its memory is in from the image, %.0f ms after the restore",
             c.id,
             (time.monotonic() - started) * 1000,
+            extra={"CONTAINER_ID": c.id},
         )
         return
     error = f"lazy restore's page server failed: {server.why()}"
@@ -193,7 +194,12 @@ async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> N
         if c.phase is not TaskPhase.RUNNING:  # it ended meanwhile
             server.close()
             return
-        log.error("container %s: %s; killing it and starting it cold", c.id, error)
+        log.error(
+            "container %s: %s; killing it and starting it cold",
+            c.id,
+            error,
+            extra={"CONTAINER_ID": c.id},
+        )
         ctx.tracker.move(c, TaskPhase.RESTORING, "page server failed")
         c.hold_stdio()
         await asyncio.to_thread(leftovers.kill_container_processes, c.id)
