@@ -21,6 +21,7 @@ import os
 import signal
 import time
 
+from zeropod.contract import timeouts
 from zeropod.contract.protocol import BAD_PHASE, CHECKPOINT_FAILED, ControlError
 from zeropod.contract.shimops import Mode, TaskReply
 from zeropod.criulog import first_error
@@ -43,6 +44,10 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
     the clean-up after it (SysV segments, deleting the runc task) runs next, still under
     ``c.lock``, which it releases: a restore waits for it, the daemon's sleep does not.
     """
+    if c.pages is not None and not c.pages.done():
+        # A lazy restore's pages still stream in: dump once they are all in (CRIU would
+        # otherwise read them through the page server, which reads the image just replaced).
+        await asyncio.wait({c.pages}, timeout=timeouts.scaled(sum(c.image_files.values())))
     await c.lock.acquire()
     try:
         reply = await _dump(ctx, c, image_dir, mode)

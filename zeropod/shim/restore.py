@@ -178,6 +178,14 @@ def _write_config(c: TaskRecord, lazy: bool) -> None:
 
 async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
     """Wait for the page server; if it failed, kill the app and start it cold."""
+    try:
+        await _watch_pages_once(ctx, c, server)
+    except Exception:
+        log.exception("container %s: watching its page server failed", c.id)
+        server.close()
+
+
+async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
     started = time.monotonic()
     code = await server.ended()
     if code == 0:
