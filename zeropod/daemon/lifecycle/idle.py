@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zeropod.contract.protocol import SLEEP_FAILED, ControlError
+from zeropod.daemon.adapters.shimexit import ShimExits
 from zeropod.daemon.lifecycle.states import ASLEEP, FAILED, RUNNING
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 POLL_INTERVAL = 1.0
 SHIM_CHECK_POLLS = 10
-"""Every this many polls the loop checks that the pod's shims still listen."""
+"""Every this many polls the loop checks that the pod's shims still listen (asleep: only
+after one ended, or for a shim whose process could not be found)."""
 WAKE_RETRY_BASE = 5.0
 """Seconds: the first retry of a failed wake waits 10 s (base x 2), then doubles."""
 
@@ -104,6 +106,7 @@ class IdleLoops:
         interval: float = POLL_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         on_gone: Callable[[str, str], Awaitable[Any]] | None = None,
+        shim_exits: ShimExits | None = None,
     ) -> None:
         self.pods = pods
         self.journal = journal
@@ -116,6 +119,8 @@ class IdleLoops:
         self.on_gone = on_gone
         """(container id, why) -> forget a container whose shim is gone (the service's
         unregister): its image, socket unit and held ports must not outlive it."""
+        self.shim_exits = shim_exits or ShimExits()
+        """pidfds of sleeping pods' shims: their end wakes the loop (nothing polled)."""
         self._tasks: dict[PodKey, asyncio.Task[None]] = {}
 
     def _excluded_for(self, containers: Sequence[Container]) -> tuple[Any, ...]:
@@ -148,19 +153,39 @@ class IdleLoops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.shim_exits.close()
 
     async def _rest(self, life: PodLife | None) -> None:
         """Wait for the next poll: one interval; while the pod sleeps, until its state changes
-        or its shims are due for a check (nothing is polled every second then)."""
+        or one of its shims ends (a pidfd each: nothing is polled then). A shim whose process
+        cannot be found is checked every SHIM_CHECK_POLLS intervals instead."""
         if life is None or life.state is not ASLEEP:
             await asyncio.sleep(self.interval)
             return
         life.moved.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.interval * SHIM_CHECK_POLLS):
-                await life.moved.wait()
+        paths = sorted({c.identity.shim_socket for c in life.containers()} - {""})
+        unwatched = await asyncio.to_thread(self.shim_exits.watch, paths)
+        moved = asyncio.ensure_future(life.moved.wait())
+        ended = asyncio.ensure_future(self.shim_exits.wait_any(paths))
+        try:
+            await asyncio.wait(
+                {moved, ended},
+                timeout=self.interval * SHIM_CHECK_POLLS if unwatched else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in (moved, ended):
+                task.cancel()
+            await asyncio.gather(moved, ended, return_exceptions=True)
 
     async def _run(self, key: PodKey) -> None:
+        shims: set[str] = set()  # the pod's shims' sockets: their pidfds go with the loop
+        try:
+            await self._loop(key, shims)
+        finally:
+            self.shim_exits.forget(shims)
+
+    async def _loop(self, key: PodKey, shims: set[str]) -> None:
         tracker: Any = None
         last_error = ""
         polls = 0
@@ -172,6 +197,7 @@ class IdleLoops:
             containers = life.containers() if life is not None else []
             if life is None or not containers:
                 return
+            shims.update(c.identity.shim_socket for c in containers)
             polls = SHIM_CHECK_POLLS if asleep_before else polls + 1
             if polls % SHIM_CHECK_POLLS == 0 and await self._forget_orphans(containers):
                 continue
