@@ -38,10 +38,7 @@ class StartError(RuntimeError):
     """The interposer or the runc shim could not be started."""
 
 
-CRIU_DIR = "/opt/zeropod/bin"
-"""Where an installed zeropod keeps its CRIU build (zeropod.install): first on the runc
-shim's PATH, so that runc (which looks CRIU up on its PATH) uses it for zeropod's pods only,
-whatever CRIU the node has."""
+CRIU_DIR = paths.CRIU_DIR
 
 
 def runc_shim_env(events: Path, criu_dir: str = CRIU_DIR) -> dict[str, str]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zeropod.criulog import first_error
+from zeropod.shim.paths import CRIU_DIR
 from zeropod.sockets.pidfd import pidfd_getfd
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,13 @@ class LazyPagesError(Exception):
     """The page server could not be started or did not take up the restored memory."""
 
 
-def find_criu() -> str:
-    """The ``criu`` runc runs (the first on PATH)."""
-    path = shutil.which("criu")
+def find_criu(criu_dir: str = CRIU_DIR) -> str:
+    """The ``criu`` runc runs: zeropod's own when installed (first on the runc shim's PATH,
+    not on ours), else the first on PATH. Restore and page server must be the same CRIU."""
+    search = os.pathsep.join(p for p in (criu_dir, os.environ.get("PATH", "")) if p)
+    path = shutil.which("criu", path=search)
     if path is None:
-        raise LazyPagesError(f"criu not found on PATH ({os.environ.get('PATH', '')})")
+        raise LazyPagesError(f"criu not found in {search}")
     return path
 
 

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SANDBOX_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+CRIU_DIR = "/opt/zeropod/bin"
+"""Where an installed zeropod keeps its CRIU build (zeropod.install): first on the runc
+shim's PATH, so that runc (which looks CRIU up on its PATH) uses it for zeropod's pods only,
+whatever CRIU the node has; the lazy restore's page server is the same CRIU."""
 DEFAULT_DIR = "/run/zeropod/shim"
 SUN_PATH_MAX = 107
 
