@@ -19,8 +19,9 @@ from zeropod.shim.taskphase import TaskPhase
 
 
 def test_the_server_reads_no_default_config_and_reports_ready_on_a_fd() -> None:
-    argv = lazypages.server_argv("/usr/sbin/criu", "/img", 9)
+    argv = lazypages.server_argv("/usr/sbin/criu", "/img", 9, "/run/x.log")
     assert argv[:3] == ["/usr/sbin/criu", "lazy-pages", "--no-default-config"]
+    assert argv[argv.index("--log-file") + 1] == "/run/x.log"  # outside the image
     assert argv[argv.index("--images-dir") + 1] == argv[argv.index("--work-dir") + 1] == "/img"
     assert argv[argv.index("--status-fd") + 1] == "9"
 
@@ -112,7 +113,7 @@ class FakeServer:
         self.config_at_hold = ""
 
     @classmethod
-    async def start(cls, image_dir: str) -> FakeServer:
+    async def start(cls, image_dir: str, log_path: str) -> FakeServer:
         server = cls(image_dir)
         cls.started.append(server)
         return server

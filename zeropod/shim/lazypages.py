@@ -48,7 +48,6 @@ from zeropod.sockets.pidfd import pidfd_getfd
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "lazy-pages.log"
 READY_TIMEOUT = 5.0
 """Seconds for the server to listen (it reads the image's process tree first)."""
 HOLD_TIMEOUT = 2.0
@@ -72,8 +71,9 @@ def find_criu(criu_dir: str = CRIU_DIR) -> str:
     return path
 
 
-def server_argv(criu: str, image_dir: str, status_fd: int) -> list[str]:
-    """The page server's command line for IMAGE_DIR (images, work dir and log all there)."""
+def server_argv(criu: str, image_dir: str, status_fd: int, log_path: str) -> list[str]:
+    """The page server's command line for IMAGE_DIR (images and work dir), logging to
+    LOG_PATH (outside the image, which the daemon deletes while the server still runs)."""
     return [
         criu,
         "lazy-pages",
@@ -83,7 +83,7 @@ def server_argv(criu: str, image_dir: str, status_fd: int) -> list[str]:
         "--work-dir",
         image_dir,
         "--log-file",
-        LOG_NAME,
+        log_path,
         "--status-fd",
         str(status_fd),
     ]
@@ -128,22 +128,19 @@ class PageServer:
     """One ``criu lazy-pages`` for one restore from ``image_dir``."""
 
     image_dir: str
+    log_path: str
     process: subprocess.Popen[bytes]
     held: list[int] = field(default_factory=list)  # our copies of its userfaultfds
 
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.image_dir, LOG_NAME)
-
     @classmethod
-    async def start(cls, image_dir: str) -> PageServer:
+    async def start(cls, image_dir: str, log_path: str) -> PageServer:
         """Start the server for IMAGE_DIR and wait until it listens; LazyPagesError if not."""
         criu = find_criu()
-        Path(image_dir, LOG_NAME).unlink(missing_ok=True)
+        Path(log_path).unlink(missing_ok=True)
         ready_r, ready_w = os.pipe()
         try:
             process = subprocess.Popen(
-                server_argv(criu, image_dir, ready_w),
+                server_argv(criu, image_dir, ready_w, log_path),
                 pass_fds=(ready_w,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -156,7 +153,7 @@ class PageServer:
             os.close(ready_w)
             raise LazyPagesError(f"cannot start {criu} lazy-pages: {err}") from err
         os.close(ready_w)
-        server = cls(image_dir, process)
+        server = cls(image_dir, log_path, process)
         try:
             ready = await asyncio.to_thread(_read_status, ready_r, READY_TIMEOUT)
         finally:
@@ -211,11 +208,14 @@ class PageServer:
         return self.process.wait()
 
     def close(self) -> None:
-        """Close our userfaultfd copies (after a clean exit, or once the app is killed)."""
+        """Close our userfaultfd copies (after a clean exit, or once the app is killed);
+        after a clean exit its log goes too (a failed one's stays until the next restore)."""
         held, self.held = self.held, []
         for fd in held:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if self.process.poll() == 0:
+            Path(self.log_path).unlink(missing_ok=True)
 
     async def stop(self) -> None:
         """Kill the server (its restore failed) and reap it; close our copies."""

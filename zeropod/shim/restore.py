@@ -159,7 +159,8 @@ async def _page_server(c: TaskRecord, image_dir: str) -> PageServer | None:
     if not c.criu_config_set:
         return None
     try:
-        server = await PageServer.start(image_dir)
+        log_path = spec.criu_config_for(c.id).with_suffix(".lazy-pages.log")
+        server = await PageServer.start(image_dir, str(log_path))
     except LazyPagesError as err:
         log.warning("container %s: restoring eagerly, no page server: %s", c.id, err)
         return None

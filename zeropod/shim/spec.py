@@ -52,8 +52,11 @@ def prepare_criu_configs() -> bool:
 
 
 def forget_criu_config(container_id: str) -> None:
-    """Remove CONTAINER_ID's config file (its task is deleted); raises OSError."""
-    criu_config_for(container_id).unlink(missing_ok=True)
+    """Remove CONTAINER_ID's config file and page-server log (its task is deleted); raises
+    OSError."""
+    path = criu_config_for(container_id)
+    path.unlink(missing_ok=True)
+    path.with_suffix(".lazy-pages.log").unlink(missing_ok=True)
 
 
 def write_criu_config(path: Path | None = None, *, lazy: bool = False) -> Path:
