@@ -15,6 +15,7 @@ from zeropod.contract.protocol import CHECKPOINT_FAILED, ControlError
 from zeropod.contract.requests import RestartedColdRequest, WakeRequest
 from zeropod.contract.shimops import TaskReply
 from zeropod.daemon.lifecycle.interfaces import ShimError
+from zeropod.daemon.lifecycle.wake import LAZY_MIN_BYTES
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
 
@@ -143,14 +144,18 @@ async def test_failed_restore_cold_start_is_counted_and_total_failure_is_failed(
     assert app.phase.phase is Phase.RUNNING
 
 
-async def test_restores_are_lazy_unless_the_pod_opts_out() -> None:
+async def test_restores_are_lazy_from_a_size_on_unless_the_pod_opts_out() -> None:
     world = World()
     world.register()
     world.register("eager", pod="db-0", annotations={DISABLE_LAZY_RESTORE: "true"})
-    for key in (KEY, PodKey("shop", "db-0")):
+    world.register("small", pod="cache-0")
+    sizes = {"app": LAZY_MIN_BYTES, "eager": 1 << 30, "small": LAZY_MIN_BYTES - 1}
+    for key in (KEY, PodKey("shop", "db-0"), PodKey("shop", "cache-0")):
         await world.sleep(key, "forced")
+        for c in world.life(key).containers():
+            c.measured.last_image_bytes = sizes[c.identity.container]
         await world.wake(key, "test")
-    assert world.shim.lazy == {"app": True, "eager": False}
+    assert world.shim.lazy == {"app": True, "eager": False, "small": False}
 
 
 async def test_memory_lost_after_a_lazy_wake_is_counted_and_said() -> None:
