@@ -80,3 +80,25 @@ async def test_a_sleeping_pods_loop_rests_until_its_shim_ends(
     proc.kill()
     await asyncio.wait_for(rest, 5)
     await loops.close()
+
+
+async def test_a_shim_that_ended_before_the_rest_is_checked_at_once_then_not_polled(
+    shim: tuple[str, subprocess.Popen[str]],
+) -> None:
+    """The race the fault suite found: the interposer killed right after the sleep, before
+    the loop's first rest could watch it. That rest returns at once (the shim check runs);
+    the next one, for the same unwatchable shim, waits for the timed check."""
+    path, proc = shim
+    world = World()
+    world.register(shim_socket=path)
+    life = world.life(PodKey("shop", "web-1"))
+    await life.sleep("idle")
+    proc.kill()
+    proc.wait()
+    loops = IdleLoops(world.pods, world.journal, tuple, interval=100)
+    await asyncio.wait_for(loops._rest(life), 5)
+    rest = asyncio.create_task(loops._rest(life))
+    await asyncio.sleep(0.1)
+    assert not rest.done()
+    rest.cancel()
+    await loops.close()

@@ -281,6 +281,9 @@ async def test_the_idle_loop_does_not_poll_a_sleeping_pod() -> None:
     await running._rest(life)  # running: one interval, here none
     await life.sleep("idle")
     loops = IdleLoops(world.pods, world.journal, tuple, interval=100)
+    # The fake shim socket has no process behind it: the first rest returns at once (its
+    # check is due), later ones wait (test_daemon_shimexit: a real shim is waited on).
+    await asyncio.wait_for(loops._rest(life), 1)
     rest = asyncio.create_task(loops._rest(life))
     for _ in range(5):
         await asyncio.sleep(0)

@@ -14,10 +14,9 @@ import asyncio
 import contextlib
 import os
 import socket
-import struct
 from collections.abc import Iterable
 
-UCRED = struct.Struct("3i")  # pid, uid, gid
+from zeropod.sockets.peercred import peer_credentials
 
 
 def listener_pidfd(path: str) -> int | None:
@@ -29,7 +28,7 @@ def listener_pidfd(path: str) -> int | None:
             pass  # backlog full: still connected far enough to know the listener
         except OSError:
             return None
-        pid, _, _ = UCRED.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        pid, _, _ = peer_credentials(probe)
     if pid <= 0:
         return None
     try:

@@ -121,6 +121,8 @@ class IdleLoops:
         unregister): its image, socket unit and held ports must not outlive it."""
         self.shim_exits = shim_exits or ShimExits()
         """pidfds of sleeping pods' shims: their end wakes the loop (nothing polled)."""
+        self._unwatched: set[str] = set()
+        """Shim sockets whose process could not be found: checked every SHIM_CHECK_POLLS."""
         self._tasks: dict[PodKey, asyncio.Task[None]] = {}
 
     def _excluded_for(self, containers: Sequence[Container]) -> tuple[Any, ...]:
@@ -164,7 +166,11 @@ class IdleLoops:
             return
         life.moved.clear()
         paths = sorted({c.identity.shim_socket for c in life.containers()} - {""})
-        unwatched = await asyncio.to_thread(self.shim_exits.watch, paths)
+        unwatched = set(await asyncio.to_thread(self.shim_exits.watch, paths))
+        new = unwatched - self._unwatched
+        self._unwatched = (self._unwatched - set(paths)) | unwatched
+        if new:  # ended before it could be watched (or not listening): check at once, once
+            return
         moved = asyncio.ensure_future(life.moved.wait())
         ended = asyncio.ensure_future(self.shim_exits.wait_any(paths))
         try:
