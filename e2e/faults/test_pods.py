@@ -11,6 +11,7 @@ from e2e.faults.conftest import Fault
 from e2e.faults.inject import criu_steps
 from e2e.node import Node
 from e2e.scaling import Daemon, client_get, client_start, counter_pod
+from zeropod._gen.cri.runtime.v1 import api_pb2 as api
 from zeropod.daemon.adapters.images import IMAGE_ROOT
 
 
@@ -109,9 +110,23 @@ def test_interposer_killed_while_asleep(node: Node, cri: Cri, daemon: Daemon, fa
         started = time.monotonic()
         wait_for(lambda: daemon.container(cid) is None, 30, interval=0.2, what="forgotten")
         forgotten = time.monotonic() - started
+        # containerd drops the tasks (the app's and the sandbox's: one interposer served
+        # both) once it sees their shim gone; the pod's clean-up needs that first.
+        wait_for(
+            lambda: (
+                cri.container_state(cid) != "CONTAINER_RUNNING"
+                and cri.pod_status(running.pod).state == api.PodSandboxState.SANDBOX_NOTREADY
+            ),
+            60,
+            interval=0.2,
+            what="containerd dropping the tasks",
+        )
         assert node.run(["test", "-e", f"{IMAGE_ROOT}/{cid}"]).returncode == 1
         units = node.run(["systemctl", "list-units", "--all", "--no-legend", unit[:-8] + ".*"])
         assert not units.stdout.strip(), units.stdout
+        # containerd cleans up after a dead shim in its own time (the sandbox's task too):
+        # until then removing the pod fails, and kubelet retries; so does this test.
+        wait_for(lambda: not cri.cleanup(running.pod, [cid]), 60, interval=0.5, what="pod removed")
     row.seen = f"forgotten {forgotten:.1f} s after the kill; image and unit gone"
     row.not_applicable("the container died with its shim")
 
