@@ -16,13 +16,14 @@
    Wait from containerd now waits on the new task.
 If even the cold start fails, the task ends (exit published, status 255).
 
-Lazy (``lazy``, the daemon's default): the first attempt runs with a ``criu lazy-pages`` page
-server (:mod:`zeropod.shim.lazypages`) and ``lazy-pages`` in the container's CRIU config, so
-the app runs before its memory is copied; only from an intact image (a damaged one would be
-found by the page server after the app runs). The second attempt is an eager one. While
-pages stream in, :func:`_watch_pages` waits for the server: if it fails, the app has not got
-all its memory, so it is killed and started cold (journal, ``restarted_cold`` to the daemon,
-which counts it); the app never runs on a page it did not get.
+Lazy (``lazy``, the daemon's default from 16 MB of image on): the first attempt runs with a
+``criu lazy-pages`` page server (:mod:`zeropod.shim.lazypages`) and ``lazy-pages`` in the
+container's CRIU config, so the app runs before its memory is copied; only from an intact
+image (a damaged one would be found by the page server after the app runs). The second
+attempt is an eager one. While pages stream in, :func:`_watch_pages` waits for the server:
+if it fails, the app has not got all its memory, so it is killed and started cold (journal,
+``restarted_cold`` to the daemon, which counts it); the app never runs on a page it did not
+get.
 
 A restore's Start is bounded (:mod:`zeropod.shim.restorebound`, proportional to the image):
 past the bound its CRIU is killed, the runc shim's Start fails, and the restore is a failed
