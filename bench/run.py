@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import statistics
 import sys
 import time
 import uuid
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from bench import probes, report, wakesteps  # noqa: E402
 from bench.density import density  # noqa: E402
 from bench.soak import soak  # noqa: E402
+from bench.wakes import wake_and_checkpoint  # noqa: E402
 from e2e import http, servers  # noqa: E402
 from e2e.cri import ContainerSpec, Cri, RunningPod, wait_for  # noqa: E402
 from e2e.images import APP_PORT  # noqa: E402
@@ -36,11 +36,6 @@ from zeropod.contract.protocol import ControlError  # noqa: E402
 
 SECTIONS = ("wake", "cold", "resets", "throughput", "storm", "density", "servers", "soak")
 ASLEEP_UNTIL_FORCED = annotations(scaledown_duration="10m")
-EAGER = annotations(scaledown_duration="10m", disable_lazy_restore="true")
-PING = b"GET /ping HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-"""memhog's request that reads none of its memory: a small working set (lazy rows)."""
-STATS_MS = {"dump": ("freezing_time", "frozen_time", "memdump_time", "memwrite_time")}
-STATS_MS["restore"] = ("forking_time", "restore_time")
 
 
 class Bench:
@@ -119,111 +114,6 @@ class Bench:
         return res.results[0].latency_ms
 
     # --- measures ----------------------------------------------------------------------
-
-    def wake_and_checkpoint(self, size: int) -> None:
-        """Lazy restores off: wake (GET /, all memory read), checkpoint, memory freed; then
-        the lazy rows (:meth:`lazy_wake`) on a second pod."""
-        env = {"MEM_MB": str(size)}
-        z_wake, z_dump, z_freed, raw_wake, raw_dump, z_restore = [], [], [], [], [], []
-        z_stats: list[dict] = []
-        raw_stats: list[dict] = []
-        z_steps: list[dict[str, float]] = []
-        with self.pod("memhog", env, pod_ann=EAGER) as (running, cid, url):
-            for rep in range(1, self.reps + 1):
-                app_pid = self.daemon.container(cid)["pid"]
-                before = probes.pss_mb(self.node, app_pid) + sum(
-                    probes.zeropod_pss(self.node, running.pod.id).values()
-                )
-                info = self.sleep(running, cid)
-                z_dump.append(info["last_checkpoint_ms"])
-                z_stats.append(probes.criu_stats(self.node, cid))
-                after = sum(probes.zeropod_pss(self.node, running.pod.id).values())
-                z_freed.append(before - after)
-                z_wake.append(self.wake(cid, url, z_steps))
-                z_restore.append(self.daemon.container(cid)["last_restore_ms"])
-                raw = probes.rawcr(self.node, "cycle", "--image", "memhog", f"--env=MEM_MB={size}")
-                raw_wake.append(raw["restore_answer_ms"])
-                raw_dump.append(raw["checkpoint_ms"])
-                raw_stats.append(raw["criu"])
-                self.step(
-                    f"{size} MB rep {rep}/{self.reps}: wake {z_wake[-1]:.0f} ms vs runc restore "
-                    f"{raw_wake[-1]:.0f} ms; checkpoint {z_dump[-1]:.0f} ms vs runc checkpoint "
-                    f"{raw_dump[-1]:.0f} ms; freed {z_freed[-1]:.1f} MB"
-                )
-        baseline = "runc restore (raw CRIU), until the same request is answered"
-        z_crit, raw_crit = criu_medians(z_stats), criu_medians(raw_stats)
-        self.add(
-            "wake_latency",
-            "ms",
-            z_wake,
-            raw_wake,
-            size,
-            baseline_is=baseline,
-            zeropod_restore_ms=report.summary(z_restore),
-            wake_steps=wakesteps.summaries(z_steps),
-            criu_zeropod=z_crit,
-            criu_baseline=raw_crit,
-        )
-        self.add(
-            "checkpoint_time",
-            "ms",
-            z_dump,
-            raw_dump,
-            size,
-            baseline_is="runc checkpoint",
-            criu_zeropod=z_crit,
-            criu_baseline=raw_crit,
-        )
-        self.add(
-            "memory_freed",
-            "MB",
-            z_freed,
-            (),
-            size,
-            baseline_is="none: app + shims PSS, running minus sleeping",
-        )
-        self.lazy_wake(size)
-
-    def lazy_wake(self, size: int) -> None:
-        """Lazy restores on (the default): the first request reads little of the app's
-        memory (GET /ping), against raw runc restore answering the same request. After
-        each wake GET / must give the checksum from before the sleep: every page came back."""
-        env = {"MEM_MB": str(size)}
-        z_wake, raw_wake, z_restore = [], [], []
-        z_steps: list[dict[str, float]] = []
-        with self.pod("memhog", env) as (running, cid, url):
-            before = client_get(self.node, url, timeout=60).bodies()
-            for rep in range(1, self.reps + 1):
-                self.sleep(running, cid)
-                z_wake.append(self.wake(cid, url.rstrip("/") + "/ping", z_steps))
-                z_restore.append(self.daemon.container(cid)["last_restore_ms"])
-                after = client_get(self.node, url, timeout=60).bodies()
-                if after != before:
-                    raise RuntimeError(f"lazy wake lost memory: {before} before, {after} after")
-                raw = probes.rawcr(
-                    self.node,
-                    "cycle",
-                    "--image",
-                    "memhog",
-                    f"--env=MEM_MB={size}",
-                    f"--send={PING.hex()}",
-                    f"--expect={b'HTTP/1.1 200'.hex()}",
-                )
-                raw_wake.append(raw["restore_answer_ms"])
-                self.step(
-                    f"{size} MB rep {rep}/{self.reps}: lazy wake (GET /ping) {z_wake[-1]:.0f} ms "
-                    f"vs runc restore {raw_wake[-1]:.0f} ms; memory intact"
-                )
-        self.add(
-            "wake_latency_lazy",
-            "ms",
-            z_wake,
-            raw_wake,
-            size,
-            baseline_is="runc restore (raw CRIU, all memory first), until GET /ping is answered",
-            zeropod_restore_ms=report.summary(z_restore),
-            wake_steps=wakesteps.summaries(z_steps),
-        )
 
     def cold_start(self) -> None:
         z_wake, cold = [], []
@@ -542,17 +432,6 @@ def failed(res: http.Results, totals: dict[str, int]) -> int:
     return len(res.errors())
 
 
-def criu_medians(stats: list[dict]) -> dict[str, float]:
-    """Median of each CRIU timing over the runs, in ms (CRIU writes microseconds)."""
-    out = {}
-    for kind, keys in STATS_MS.items():
-        for key in keys:
-            values = [s[kind][key] for s in stats if key in s.get(kind, {})]
-            if values:
-                out[f"{kind}.{key}_ms"] = round(statistics.median(values) / 1000, 1)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 MB, N=2 (what CI runs)")
@@ -594,7 +473,7 @@ def main() -> int:
         bench.step(f"node up (containerd {args.containerd}); N={reps}, sizes {sizes} MB")
         probes.rawcr(node, "cleanup")
         sections = {
-            "wake": lambda: [bench.wake_and_checkpoint(size) for size in sizes],
+            "wake": lambda: [wake_and_checkpoint(bench, size) for size in sizes],
             "cold": bench.cold_start,
             "resets": bench.resets,
             "throughput": bench.throughput_and_footprint,
