@@ -133,6 +133,9 @@ class FakeServer:
     async def stop(self) -> None:
         self.steps.append("stop")
 
+    async def kill(self) -> None:
+        self.steps.append("server killed")
+
     def why(self) -> str:
         return "exit 1; CRIU: cannot read pages (log: lazy-pages.log)"
 
@@ -221,3 +224,21 @@ async def test_a_page_server_that_never_serves_fails_the_first_attempt_only(
     assert [s.steps for s in FakeServer.started] == [["hold", "kill", "stop"]]
     assert woke["lazy"] is False and woke["cold"] is False  # the eager second attempt
     assert "lazy-pages" not in spec.criu_config_for(CID).read_text()
+
+
+async def test_a_page_server_that_never_finishes_is_killed_at_its_bound(
+    lazy_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stuck, not dead: the app would wait on a missing page forever. Past the bound the
+    server is killed (our copies kept), then the app, then the copies closed."""
+    image = await asleep(lazy_rig)
+    monkeypatch.setattr(restore, "_pages_bound", lambda c: 0.05)
+    reported: list[str] = []
+    monkeypatch.setattr(lazy_rig.ctx.daemon, "restarted_cold", lambda c, e: reported.append(e))
+    await lazy_rig.control.handle(lazy_rig.op("restore", image_dir=image, lazy=True))
+    c = lazy_rig.ctx.tracker.get(CID)
+    assert c is not None and c.pages is not None
+    await asyncio.wait_for(c.pages, 5)  # the fake server never ends by itself
+    assert FakeServer.started[-1].steps == ["hold", "server killed", "kill", "close"]
+    assert c.phase is TaskPhase.RUNNING and lazy_rig.runc.created[-1].checkpoint == ""
+    assert reported and "did not finish in 0.05 s" in reported[0]

@@ -22,7 +22,9 @@ for the restore supervises it), in four steps:
 3. :meth:`PageServer.ended` waits for its exit. Exit 0: the copies are closed at once (a
    registered range with no reader would make the app's next fork or unmapped page wait).
    Anything else: the caller kills the container, then :meth:`close`; the app never ran on
-   a page it did not get.
+   a page it did not get. A server still running past the image's bound (stuck reading the
+   image, say) is killed (:meth:`kill`, copies kept) and handled as a failed one: the app
+   waits on a missing page at most that long, never forever.
 4. :meth:`stop` ends a server whose restore failed (it would wait for a restore forever).
 
 A fork after the restore gets its own userfaultfd from the kernel, read by the server; the
@@ -217,11 +219,15 @@ class PageServer:
         if self.process.poll() == 0:
             Path(self.log_path).unlink(missing_ok=True)
 
-    async def stop(self) -> None:
-        """Kill the server (its restore failed) and reap it; close our copies."""
+    async def kill(self) -> None:
+        """Kill the server and reap it; our copies stay open (the app is killed first)."""
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(self.process.wait)
+
+    async def stop(self) -> None:
+        """Kill the server (its restore failed) and reap it; close our copies."""
+        await self.kill()
         self.close()
 
     def why(self) -> str:

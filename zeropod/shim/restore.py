@@ -189,7 +189,12 @@ async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> N
 
 async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
     started = time.monotonic()
-    code = await server.ended()
+    bound = _pages_bound(c)
+    try:
+        code: int | None = await asyncio.wait_for(server.ended(), bound)
+    except TimeoutError:
+        await server.kill()  # our copies stay open until the app is killed below
+        code = None
     if code == 0:
         server.close()
         log.info(
@@ -199,7 +204,10 @@ async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer)
             extra={"CONTAINER_ID": c.id},
         )
         return
-    error = f"lazy restore's page server failed: {server.why()}"
+    if code is None:
+        error = f"lazy restore's page server did not finish in {bound:g} s, killed it"
+    else:
+        error = f"lazy restore's page server failed: {server.why()}"
     async with c.lock:
         if c.phase is not TaskPhase.RUNNING:  # it ended meanwhile
             server.close()
@@ -227,6 +235,12 @@ async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer)
             ctx.exited(c)
             return
         ctx.daemon.restarted_cold(c, error)
+
+
+def _pages_bound(c: TaskRecord) -> float:
+    """Seconds the page server may take to bring every page in: a restore's bound for the
+    image (a healthy one streams 500 MB in well under a second)."""
+    return timeouts.scaled(sum(c.image_files.values()))
 
 
 async def _create_and_start(
