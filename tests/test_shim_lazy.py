@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 from shim_rig import CID, Rig
 
-from zeropod.shim import lazypages, leftovers, restore, spec
+from zeropod.shim import lazypages, leftovers, procfd, restore, spec
 from zeropod.shim.lazypages import LazyPagesError
 from zeropod.shim.taskphase import TaskPhase
 
@@ -52,7 +52,7 @@ def test_serving_waits_for_every_pages_file_then_lists_the_userfaultfds() -> Non
     assert lazypages.serving(files, set()) is None  # no pages file: nothing to wait for
 
 
-def test_pages_files_and_open_files(tmp_path: Path) -> None:
+def test_pages_files_and_the_servers_open_fds(tmp_path: Path) -> None:
     for name in ("pages-1.img", "pages-12.img", "pagemap-1.img", "restore.log"):
         (tmp_path / name).write_bytes(b"x")
     assert lazypages.pages_files(str(tmp_path)) == {
@@ -64,19 +64,23 @@ def test_pages_files_and_open_files(tmp_path: Path) -> None:
     fd_dir.mkdir(parents=True)
     os.symlink(str(tmp_path / "pages-1.img"), fd_dir / "3")
     os.symlink(lazypages.UFFD_LINK, fd_dir / "6")
-    found = lazypages.open_files(42, tmp_path / "proc")
+    found = procfd.open_fds(42, tmp_path / "proc")
     assert found == {3: str(tmp_path / "pages-1.img"), 6: lazypages.UFFD_LINK}
-    assert lazypages.open_files(43, tmp_path / "proc") == {}
+    assert procfd.open_fds(43, tmp_path / "proc") == {}
+    assert procfd.fd_holders([42, 43], lambda t: t == lazypages.UFFD_LINK, tmp_path / "proc") == [
+        42
+    ]
 
 
-def test_ready_is_the_status_byte_not_eof_nor_silence() -> None:
-    for written, closed, ready in ((b"\0", False, True), (b"", True, False), (b"", False, False)):
+async def test_readable_is_data_or_eof_not_silence() -> None:
+    for written, closed, ready in ((b"\0", False, True), (b"", True, True), (b"", False, False)):
         r, w = os.pipe()
         try:
             os.write(w, written) if written else None
             if closed:
                 os.close(w)
-            assert lazypages._read_status(r, 0.05) is ready
+            assert await lazypages._readable(r, 0.05) is ready
+            assert not ready or os.read(r, 1) == written  # EOF reads b"": not the status byte
         finally:
             os.close(r)
             if not closed:
@@ -232,7 +236,7 @@ async def test_a_page_server_that_never_finishes_is_killed_at_its_bound(
     """Stuck, not dead: the app would wait on a missing page forever. Past the bound the
     server is killed (our copies kept), then the app, then the copies closed."""
     image = await asleep(lazy_rig)
-    monkeypatch.setattr(restore, "_pages_bound", lambda c: 0.05)
+    monkeypatch.setattr(restore, "stream_bound", lambda files: 0.05)
     reported: list[str] = []
     monkeypatch.setattr(lazy_rig.ctx.daemon, "restarted_cold", lambda c, e: reported.append(e))
     await lazy_rig.control.handle(lazy_rig.op("restore", image_dir=image, lazy=True))

@@ -21,12 +21,12 @@ import os
 import signal
 import time
 
-from zeropod.contract import timeouts
 from zeropod.contract.protocol import BAD_PHASE, CHECKPOINT_FAILED, ControlError
 from zeropod.contract.shimops import Mode, TaskReply
 from zeropod.criulog import first_error
 from zeropod.shim import imagefiles, restorebound
 from zeropod.shim.context import ShimContext
+from zeropod.shim.lazypages import stream_bound
 from zeropod.shim.spec import read_spec
 from zeropod.shim.sysvipc import release_dumped_segments
 from zeropod.shim.taskphase import TaskPhase
@@ -47,7 +47,7 @@ async def checkpoint(ctx: ShimContext, c: TaskRecord, image_dir: str, mode: Mode
     if c.pages is not None and not c.pages.done():
         # A lazy restore's pages still stream in: dump once they are all in (CRIU would
         # otherwise read them through the page server, which reads the image just replaced).
-        await asyncio.wait({c.pages}, timeout=timeouts.scaled(sum(c.image_files.values())))
+        await asyncio.wait({c.pages}, timeout=stream_bound(c.image_files))
     await c.lock.acquire()
     try:
         reply = await _dump(ctx, c, image_dir, mode)

@@ -153,7 +153,8 @@ async def amain(cfg: Config) -> int:
         notify_ready(cfg.ready_fd, f"error: cannot connect to runc shim: {err}")
         return 1
     try:
-        criu_configs = spec.prepare_criu_configs()
+        spec.prepare_criu_configs()
+        criu_configs = True
     except OSError as err:
         log.error("cannot write CRIU configs (no container of this shim is dumped): %s", err)
         criu_configs = False

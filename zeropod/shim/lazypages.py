@@ -37,14 +37,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zeropod.contract import timeouts
 from zeropod.criulog import first_error
+from zeropod.shim import procfd
 from zeropod.shim.paths import CRIU_DIR
 from zeropod.sockets.pidfd import pidfd_getfd
 
@@ -104,17 +106,10 @@ def pages_files(image_dir: str) -> set[str]:
     }
 
 
-def open_files(pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
-    """fd -> link target of every fd PID has open ({} once it is gone)."""
-    found = {}
-    try:
-        entries = list((proc / str(pid) / "fd").iterdir())
-    except OSError:
-        return {}
-    for entry in entries:
-        with contextlib.suppress(OSError, ValueError):
-            found[int(entry.name)] = os.readlink(entry)
-    return found
+def stream_bound(image_files: Mapping[str, int]) -> float:
+    """Seconds a page server may take to bring every page of an image of these files in:
+    a restore's bound for it (a healthy one streams 500 MB in well under a second)."""
+    return timeouts.scaled(sum(image_files.values()))
 
 
 def serving(files: dict[int, str], pages: set[str]) -> list[int] | None:
@@ -157,10 +152,10 @@ class PageServer:
         os.close(ready_w)
         server = cls(image_dir, log_path, process)
         try:
-            ready = await asyncio.to_thread(_read_status, ready_r, READY_TIMEOUT)
+            ready = await _readable(ready_r, READY_TIMEOUT) and os.read(ready_r, 1) == b"\0"
         finally:
             os.close(ready_r)
-        if not ready:
+        if not ready:  # EOF (it died) or silence
             await server.stop()
             raise LazyPagesError(f"criu lazy-pages did not listen: {server.why()}")
         return server
@@ -170,7 +165,7 @@ class PageServer:
         pages = pages_files(self.image_dir)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOLD_TIMEOUT
-        while (uffds := serving(open_files(self.process.pid), pages)) is None:
+        while (uffds := serving(procfd.open_fds(self.process.pid), pages)) is None:
             if (code := self.process.poll()) == 0:
                 return  # every page is in already (a small app): nothing left to guard
             if code is not None:
@@ -196,15 +191,9 @@ class PageServer:
         """Wait for the server's exit; its status (negative: the signal that ended it)."""
         if (code := self.process.poll()) is not None:
             return code  # reaped already (by hold or stop)
-        loop = asyncio.get_running_loop()
         pidfd = os.pidfd_open(self.process.pid)  # our unreaped child: it cannot be gone
         try:
-            done = loop.create_future()
-            loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
-            try:
-                await done
-            finally:
-                loop.remove_reader(pidfd)
+            await _readable(pidfd, None)  # a pidfd turns readable when its process exits
         finally:
             os.close(pidfd)
         return self.process.wait()
@@ -238,7 +227,15 @@ class PageServer:
         return f"{status}{f'; CRIU: {cause}' if cause else ''} (log: {self.log_path})"
 
 
-def _read_status(fd: int, timeout: float) -> bool:
-    """True once the server wrote its status byte; False on EOF (it died) or timeout."""
-    readable, _, _ = select.select([fd], [], [], timeout)
-    return bool(readable) and os.read(fd, 1) == b"\0"
+async def _readable(fd: int, timeout: float | None) -> bool:
+    """Wait in the event loop until FD is readable; False after TIMEOUT seconds (None: no
+    limit)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
+    try:
+        return await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)

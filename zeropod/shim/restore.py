@@ -48,7 +48,7 @@ from zeropod.contract.shimops import TaskReply
 from zeropod.criulog import first_error
 from zeropod.shim import imagefiles, leftovers, restorebound, spec
 from zeropod.shim.context import ShimContext
-from zeropod.shim.lazypages import LazyPagesError, PageServer
+from zeropod.shim.lazypages import LazyPagesError, PageServer, stream_bound
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
 from zeropod.ttrpc import TtrpcError
@@ -140,8 +140,8 @@ async def _restore_from(
     """Restore from IMAGE_DIR (lazily if asked and the image is intact); a failed attempt
     is tried once more, eagerly, while the image is intact. The pid, and the page server
     of a lazy restore."""
-    intact = await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files)
-    server = await _page_server(c, image_dir) if lazy and intact else None
+    intact = lazy and await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files)
+    server = await _page_server(c, image_dir) if intact else None
     try:
         pid = await _create_and_start(ctx, c, image_dir, server)
         return pid, server
@@ -151,7 +151,7 @@ async def _restore_from(
         log.warning("container %s: restore failed (%s); its image is intact, once more", c.id, err)
     finally:
         if server is not None:
-            await asyncio.to_thread(_write_config, c, False)
+            _write_config(c, False)
     return await _create_and_start(ctx, c, image_dir), None
 
 
@@ -166,7 +166,7 @@ async def _page_server(c: TaskRecord, image_dir: str) -> PageServer | None:
         log.warning("container %s: restoring eagerly, no page server: %s", c.id, err)
         return None
     try:
-        await asyncio.to_thread(_write_config, c, True)
+        _write_config(c, True)
     except OSError as err:
         log.warning("container %s: restoring eagerly, cannot write its CRIU config: %s", c.id, err)
         await server.stop()
@@ -175,6 +175,8 @@ async def _page_server(c: TaskRecord, image_dir: str) -> PageServer | None:
 
 
 def _write_config(c: TaskRecord, lazy: bool) -> None:
+    """C's CRIU config with or without ``lazy-pages`` (a few bytes on /run, written on the
+    loop like the one at Create)."""
     spec.write_criu_config(spec.criu_config_for(c.id), lazy=lazy)
 
 
@@ -189,7 +191,7 @@ async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> N
 
 async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
     started = time.monotonic()
-    bound = _pages_bound(c)
+    bound = stream_bound(c.image_files)
     try:
         code: int | None = await asyncio.wait_for(server.ended(), bound)
     except TimeoutError:
@@ -235,12 +237,6 @@ async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer)
             ctx.exited(c)
             return
         ctx.daemon.restarted_cold(c, error)
-
-
-def _pages_bound(c: TaskRecord) -> float:
-    """Seconds the page server may take to bring every page in: a restore's bound for the
-    image (a healthy one streams 500 MB in well under a second)."""
-    return timeouts.scaled(sum(c.image_files.values()))
 
 
 async def _create_and_start(

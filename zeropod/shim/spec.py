@@ -44,11 +44,9 @@ def criu_config_for(container_id: str) -> Path:
     return base.with_name(f"{base.stem}.d") / f"{container_id}.conf"
 
 
-def prepare_criu_configs() -> bool:
-    """Make the per-container config directory (0700: CRIU runs as root); True when done."""
-    directory = criu_config_for("-").parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return True
+def prepare_criu_configs() -> None:
+    """Make the per-container config directory (0700: CRIU runs as root); raises OSError."""
+    criu_config_for("-").parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def forget_criu_config(container_id: str) -> None:

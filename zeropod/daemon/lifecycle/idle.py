@@ -166,7 +166,7 @@ class IdleLoops:
             return
         life.moved.clear()
         paths = sorted({c.identity.shim_socket for c in life.containers()} - {""})
-        unwatched = set(await asyncio.to_thread(self.shim_exits.watch, paths))
+        unwatched = set(self.shim_exits.watch(paths))  # cached, or one non-blocking connect
         new = unwatched - self._unwatched
         self._unwatched = (self._unwatched - set(paths)) | unwatched
         if new:  # ended before it could be watched (or not listening): check at once, once
