@@ -183,8 +183,8 @@ def control_path(cfg: Config) -> str:
     return cfg.control or cfg.socket.removesuffix(".sock") + ".ctl.sock"
 
 
-def main() -> None:
-    cfg = Config.from_json(sys.argv[1])
+def run(cfg: Config) -> int:
+    """Serve one pod until its runc shim is gone; the exit status."""
     shimlog.setup(debug=cfg.debug, container=cfg.id, namespace=cfg.namespace, group=cfg.group)
     try:
         code = asyncio.run(amain(cfg))
@@ -194,4 +194,8 @@ def main() -> None:
         code = 1
     if code == 0 and not cfg.debug:
         Path(cfg.log).unlink(missing_ok=True)
-    sys.exit(code)
+    return code
+
+
+def main() -> None:
+    sys.exit(run(Config.from_json(sys.argv[1])))

@@ -21,9 +21,10 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import zeropod
-from zeropod.shim import bootstrap, paths
+from zeropod.shim import bootstrap, paths, templateclient
 from zeropod.shim.commandline import ShimArgs
 from zeropod.shim.config import Config
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 RUNC_SHIM = "containerd-shim-runc-v2"
 RUNC_START_TIMEOUT = 30.0
 READY_TIMEOUT = 15.0
+NOT_FORKED = "error: not forked"
 
 
 class StartError(RuntimeError):
@@ -160,41 +162,58 @@ INTERPOSER_MAIN = (
 
 
 def spawn_interposer(cfg: Config, log_path: Path) -> None:
-    """Start the detached daemon and wait until it serves (or says why it cannot)."""
-    ready_r, ready_w = os.pipe()
-    cfg = replace(cfg, ready_fd=ready_w)
+    """Start the detached daemon and wait until it serves (or says why it cannot).
+
+    The node's interposer template forks it when it can (pages shared between pods,
+    :mod:`.template`); else, or if that child fails to start, a fresh process runs it."""
     pkg_root = str(Path(zeropod.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    try:
-        with open(log_path, "ab") as logf:
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    INTERPOSER_MAIN,
-                    cfg.to_json(),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=logf,
-                cwd="/",
-                env=env,
-                pass_fds=(cfg.socket_fd, cfg.events_fd, ready_w),
-                start_new_session=True,
-            )
-    finally:
-        os.close(ready_w)
-    try:
-        ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-        message = os.read(ready_r, 4096).decode(errors="replace").strip() if ready else ""
-    finally:
-        os.close(ready_r)
+    message = _start_and_wait(cfg, log_path, pkg_root, forked=True)
+    if message.startswith("error"):  # it said so and exited: nothing serves the sockets
+        if message != NOT_FORKED:
+            log.warning("forked interposer failed (%s): spawning a fresh one", message)
+        message = _start_and_wait(cfg, log_path, pkg_root, forked=False)
     if message != "ready":
         detail = message or f"no answer within {READY_TIMEOUT}s"
         with contextlib.suppress(OSError):
             detail += "; log: " + log_path.read_text()[-2000:]
         raise StartError(f"interposer did not start: {detail}")
+
+
+def _start_and_wait(cfg: Config, log_path: Path, pkg_root: str, forked: bool) -> str:
+    """Start the interposer (forked by the template, or fresh); what it said on the ready
+    pipe (NOT_FORKED if the template could not fork it)."""
+    ready_r, ready_w = os.pipe()
+    cfg = replace(cfg, ready_fd=ready_w)
+    try:
+        with open(log_path, "ab") as logf:
+            if forked:
+                if templateclient.fork_interposer(cfg, logf.fileno(), pkg_root) is None:
+                    return NOT_FORKED
+            else:
+                _popen_interposer(cfg, logf, pkg_root)
+        os.close(ready_w)
+        ready_w = -1
+        ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+        return os.read(ready_r, 4096).decode(errors="replace").strip() if ready else ""
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+
+
+def _popen_interposer(cfg: Config, logf: BinaryIO, pkg_root: str) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    subprocess.Popen(
+        [sys.executable, "-c", INTERPOSER_MAIN, cfg.to_json()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=logf,
+        cwd="/",
+        env=env,
+        pass_fds=(cfg.socket_fd, cfg.events_fd, cfg.ready_fd),
+        start_new_session=True,
+    )
 
 
 def stop_runc_shim(upstream: bootstrap.Bootstrap, container_id: str) -> None:

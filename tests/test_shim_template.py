@@ -1,0 +1,148 @@
+"""The interposer template: ``start`` has it fork each pod's interposer (no root; the fake
+runc shim and the fixtures are in ``fake_runc.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from fake_runc import run_shim, stop_template, wait_until
+
+from zeropod.shim import bootstrap, template
+from zeropod.shim.taskapi import V2
+
+
+def cmdlines() -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+    return {pid: raw.decode(errors="replace").strip() for pid, raw in found.items()}
+
+
+def interposers(run_dir: Path) -> list[tuple[int, str]]:
+    return [(p, c) for p, c in cmdlines().items() if "zeropod.shim" in c and str(run_dir) in c]
+
+
+def ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def start(env: dict[str, str], tmp: Path, cid: str) -> Path:
+    bundle = tmp / cid
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"annotations": {}}))
+    res = run_shim(env, bundle, cid, "start")
+    assert res.returncode == 0, res.stderr.decode()
+    return Path(bootstrap.unix_path(bootstrap.parse(res.stdout).address))
+
+
+async def state_pid(sock: Path) -> int:
+    from zeropod.ttrpc import Client
+
+    client = await Client.connect(str(sock))
+    try:
+        reply = await client.call(V2.service, "State", b"", timeout=5)
+        return V2.messages.StateResponse.FromString(reply).pid
+    finally:
+        await client.close()
+
+
+async def shutdown(sock: Path) -> None:
+    from zeropod.ttrpc import Client
+
+    client = await Client.connect(str(sock))
+    await client.call(V2.service, "Shutdown", b"", timeout=5)
+    await client.close()
+
+
+async def test_the_template_forks_each_pods_interposer_and_a_crash_stays_there(
+    short_tmp: Path, shim_env: dict[str, str]
+) -> None:
+    run_dir = short_tmp / "run"
+    first = start(shim_env, short_tmp, "web-1")
+    ((pid, title),) = interposers(run_dir)
+    assert title.startswith("zeropod.shim.interposer id=web-1 namespace=k8s.io group=web-1")
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "zeropod-shim"
+    # forked twice: not the template's child, a session of its own
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(str(run_dir / "template.sock"))
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    conn.close()
+    template_pid = int.from_bytes(creds[:4], sys.byteorder)
+    assert "zeropod.shim.template" in cmdlines()[template_pid]
+    assert ppid(pid) != template_pid and os.getsid(pid) == pid
+    assert await state_pid(first) > 0
+
+    # The template dies: the pod's interposer serves on; the next pod gets a new template.
+    os.kill(template_pid, signal.SIGKILL)
+    assert await state_pid(first) > 0
+    second = start(shim_env, short_tmp, "web-2")
+    assert await state_pid(second) > 0
+    assert len(interposers(run_dir)) == 2
+    assert stop_template(run_dir) not in (None, template_pid)
+
+    # A forked interposer crashes alone.
+    os.kill(pid, signal.SIGKILL)
+    assert await state_pid(second) > 0
+    await shutdown(second)
+    assert wait_until(lambda: interposers(run_dir) == [])
+
+
+async def test_off_spawns_a_fresh_interposer(short_tmp: Path, shim_env: dict[str, str]) -> None:
+    shim_env["ZEROPOD_SHIM_TEMPLATE"] = "off"
+    sock = start(shim_env, short_tmp, "db-0")
+    assert not (short_tmp / "run" / "template.sock").exists()
+    ((_, title),) = interposers(short_tmp / "run")
+    assert "from zeropod.shim.interposer import main" in title
+    await shutdown(sock)
+    assert wait_until(lambda: interposers(short_tmp / "run") == [])
+
+
+def test_a_template_whose_code_changed_is_stale(tmp_path: Path, monkeypatch) -> None:
+    pkg = tmp_path / "zeropod"
+    pkg.mkdir()
+    module = pkg / "moved_here.py"
+    module.write_text("X = 1\n")
+    monkeypatch.setitem(sys.modules, "zeropod_moved_here", type(sys)("zeropod_moved_here"))
+    sys.modules["zeropod_moved_here"].__file__ = str(module)
+    code = template.LoadedCode(str(tmp_path))
+    same = template.Request("{}", {}, str(tmp_path), sys.executable)
+    assert code.stale_for(same) is None
+    other = template.Request("{}", {}, "/opt/zeropod/venv/lib", sys.executable)
+    assert "package at /opt/zeropod/venv/lib" in (code.stale_for(other) or "")
+    python = template.Request("{}", {}, str(tmp_path), "/usr/bin/python9")
+    assert "interpreter /usr/bin/python9" in (code.stale_for(python) or "")
+    module.write_text("X = 2  # upgraded\n")
+    assert code.stale_for(same) == f"{module} changed since the template loaded it"
+
+
+def test_the_template_leaves_when_its_last_interposer_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No interposer of its own for LINGER seconds: the template exits (it was waiting on a
+    pidfd per interposer, and on its socket; nothing else)."""
+    monkeypatch.setattr(template, "LINGER", 0.2)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "t.sock"))
+    listener.listen(1)
+    child = subprocess.Popen(["sleep", "0.5"])
+    served = template.Template(listener, template.LoadedCode(str(tmp_path)))
+    served.children[os.pidfd_open(child.pid)] = child.pid
+    ended = threading.Event()
+    runner = threading.Thread(target=lambda: (served.serve(), ended.set()), daemon=True)
+    runner.start()
+    assert not ended.wait(0.3)  # its child lives
+    child.wait()
+    assert ended.wait(5)
+    listener.close()
