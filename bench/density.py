@@ -58,10 +58,12 @@ def density(bench: Bench, pods: int, windows: int) -> None:
             bench.sleep(r, cid)
         per_pod = [sum(probes.zeropod_pss(bench.node, r.pod.id).values()) for r, _, _ in running]
         daemon_mb = probes.daemon_pss(bench.node)
+        template_mb = probes.template_pss(bench.node)
         cpu = idle_cpu_percent(bench, windows)
         bench.step(
             f"density: {pods} asleep, {report.summary(per_pod)} MB per pod, daemon "
-            f"{daemon_mb:.1f} MB and {max(cpu):.3f} % of a core at most"
+            f"{daemon_mb:.1f} MB and {max(cpu):.3f} % of a core at most, interposer "
+            f"template {template_mb:.1f} MB"
         )
         futures = [
             http.start(bench.node, url, netns=CLIENT_NETNS, timeout=120) for _, _, url in running
@@ -105,6 +107,7 @@ def density(bench: Bench, pods: int, windows: int) -> None:
         None,
         pods=pods,
         daemon_mb=round(daemon_mb, 1),
+        template_mb=round(template_mb, 1),
         baseline_is="none: PSS of each sleeping pod's interposer + runc shim",
     )
     bench.add(

@@ -84,6 +84,12 @@ def daemon_pss(node: Node) -> float:
     return sum(pss_mb(node, pid) for pid, args in processes(node) if "zeropod.daemon" in args)
 
 
+def template_pss(node: Node) -> float:
+    """The node's interposer template (shared by all pods, zeropod.shim.template), in MB."""
+    marker = "zeropod.shim.template import"
+    return sum(pss_mb(node, pid) for pid, args in processes(node) if marker in args)
+
+
 def _version(node: Node, argv: list[str]) -> str:
     proc = node.run(argv)
     return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout else "?"

@@ -268,7 +268,9 @@ class Bench:
             None,
             baseline_is="runc shim of a running pod (runc handler)",
             daemon_mb=round(probes.daemon_pss(self.node), 1),
-            note="PSS of interposer + runc shim; the daemon is shared",
+            template_mb=round(probes.template_pss(self.node), 1),
+            note="PSS of interposer + runc shim; the daemon and the interposer template are "
+            "the node's, shared by all pods",
         )
 
     def storm(self, pods: int = 10) -> None:

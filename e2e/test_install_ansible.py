@@ -116,6 +116,12 @@ def leftovers(machine: Node) -> list[str]:
     return [p for p in LEFTOVERS if (machine.root / p.lstrip("/")).exists()]
 
 
+def zeropod_processes(machine: Node) -> list[str]:
+    """Command lines of the node's zeropod processes (daemon, interposers, their template)."""
+    ps = machine.run(["ps", "-eo", "args", "--no-headers"], check=True).stdout
+    return [line for line in ps.splitlines() if "zeropod" in line and "ps -eo" not in line]
+
+
 def test_the_playbook_installs_over_ssh_and_uninstall_takes_it_all_off(
     machine: Node, inventory: Path
 ) -> None:
@@ -155,6 +161,8 @@ def test_the_playbook_installs_over_ssh_and_uninstall_takes_it_all_off(
         assert counts["changed"] == 1, out[-3000:]
         assert config.read_bytes() == original
         assert leftovers(machine) == []
+        # The pod's interposer ends with its runc shim; the template was stopped.
+        wait_for(lambda: zeropod_processes(machine) == [], 30, what="no zeropod process left")
         units = machine.run(["systemctl", "list-units", "--all", "--no-legend", "zeropod*"])
         assert units.stdout.strip() == ""
         # The runc pod ran on through two containerd restarts: same process.

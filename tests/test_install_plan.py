@@ -152,6 +152,7 @@ def test_uninstall_restores_the_config_to_the_byte(node, package) -> None:
         assert not host.exists(path), path
     assert done[-1] == "systemctl restart containerd.service"
     assert not fake.enabled and not fake.active
+    assert ["pkill", "-f", "zeropod.shim.template import main"] in fake.calls
     assert plan.plan_uninstall(host) == []  # nothing left to take off
 
 

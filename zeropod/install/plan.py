@@ -36,6 +36,7 @@ UNITS = ("zeropod.service", "zeropod@.service")
 STATE_DIRS = ("/var/lib/zeropod", "/run/zeropod")
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 UNIT_PYTHON = "ExecStart=/usr/bin/python3 "
+TEMPLATE_MARKER = "zeropod.shim.template import main"
 
 
 @dataclass
@@ -222,6 +223,9 @@ def plan_uninstall(host: Host, config: str = CONTAINERD_CONFIG) -> list[Action]:
 def _stop_all(host: Host) -> None:
     host.systemctl("disable", "--now", "zeropod.service", check=False)
     host.systemctl("stop", "zeropod@*.socket", "zeropod@*.service", check=False)
+    # The interposer template (containerd started it with the first pod, zeropod.shim.template)
+    # would linger a minute after the last pod; it forks nothing more once the shim is gone.
+    host.run(["pkill", "-f", TEMPLATE_MARKER], check=False)
 
 
 def apply(host: Host, actions: list[Action]) -> list[str]:
