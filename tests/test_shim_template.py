@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_runc import run_shim, stop_template, wait_until
+from fake_runc import REPO, run_shim, stop_template, wait_until
 
 from zeropod.shim import bootstrap, template
 from zeropod.shim.taskapi import V2
@@ -36,6 +37,14 @@ def interposers(run_dir: Path) -> list[tuple[int, str]]:
 
 def ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def template_pid(run_dir: Path) -> int:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(str(run_dir / "template.sock"))
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    conn.close()
+    return int.from_bytes(creds[:4], sys.byteorder)
 
 
 def start(env: dict[str, str], tmp: Path, cid: str) -> Path:
@@ -75,22 +84,18 @@ async def test_the_template_forks_each_pods_interposer_and_a_crash_stays_there(
     assert title.startswith("zeropod.shim.interposer id=web-1 namespace=k8s.io group=web-1")
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "zeropod-shim"
     # forked twice: not the template's child, a session of its own
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.connect(str(run_dir / "template.sock"))
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    conn.close()
-    template_pid = int.from_bytes(creds[:4], sys.byteorder)
-    assert "zeropod.shim.template" in cmdlines()[template_pid]
-    assert ppid(pid) != template_pid and os.getsid(pid) == pid
+    forker = template_pid(run_dir)
+    assert "zeropod.shim.template" in cmdlines()[forker]
+    assert ppid(pid) != forker and os.getsid(pid) == pid
     assert await state_pid(first) > 0
 
     # The template dies: the pod's interposer serves on; the next pod gets a new template.
-    os.kill(template_pid, signal.SIGKILL)
+    os.kill(forker, signal.SIGKILL)
     assert await state_pid(first) > 0
     second = start(shim_env, short_tmp, "web-2")
     assert await state_pid(second) > 0
     assert len(interposers(run_dir)) == 2
-    assert stop_template(run_dir) not in (None, template_pid)
+    assert stop_template(run_dir) not in (None, forker)
 
     # A forked interposer crashes alone.
     os.kill(pid, signal.SIGKILL)
@@ -145,4 +150,50 @@ def test_the_template_leaves_when_its_last_interposer_has(
     assert not ended.wait(0.3)  # its child lives
     child.wait()
     assert ended.wait(5)
+    listener.close()
+
+
+async def test_an_upgrade_replaces_the_template(short_tmp: Path, shim_env: dict[str, str]) -> None:
+    """A module the template loaded changed on disk: it says so and exits, and the start
+    that found out starts a new template, which forks the interposer."""
+    copy = short_tmp / "pkg"
+    shutil.copytree(REPO / "zeropod", copy / "zeropod", ignore=shutil.ignore_patterns("*.pyc"))
+    shim_env["PYTHONPATH"] = str(copy)
+    run_dir = short_tmp / "run"
+    first = start(shim_env, short_tmp, "web-1")
+    old = template_pid(run_dir)
+    os.utime(copy / "zeropod/shim/tasks.py", ns=(1, 1))  # an upgrade
+    second = start(shim_env, short_tmp, "web-2")
+    assert template_pid(run_dir) != old
+    assert wait_until(lambda: not Path(f"/proc/{old}").exists())
+    titles = [title for _, title in interposers(run_dir)]
+    assert sorted(t.split()[1] for t in titles) == ["id=web-1", "id=web-2"], titles
+    for sock in (first, second):
+        await shutdown(sock)
+
+
+async def test_a_template_that_drops_the_request_leaves_one_fresh_interposer(
+    short_tmp: Path, shim_env: dict[str, str]
+) -> None:
+    """Whatever the template did, start knows from the ready pipe whether a forked
+    interposer runs: here none does, and exactly one fresh interposer serves."""
+    run_dir = short_tmp / "run"
+    run_dir.mkdir(mode=0o711)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(run_dir / "template.sock"))
+    listener.listen(4)
+
+    def drop() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()  # received fds are closed with the message
+
+    dropper = threading.Thread(target=drop, daemon=True)
+    dropper.start()
+    sock = start(shim_env, short_tmp, "queue-0")
+    dropper.join(5)
+    ((_, title),) = interposers(run_dir)
+    assert "from zeropod.shim.interposer import main" in title
+    assert await state_pid(sock) > 0
+    await shutdown(sock)
     listener.close()

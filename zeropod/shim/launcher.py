@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RUNC_SHIM = "containerd-shim-runc-v2"
 RUNC_START_TIMEOUT = 30.0
 READY_TIMEOUT = 15.0
-NOT_FORKED = "error: not forked"
+NOBODY = "nobody runs it"
 
 
 class StartError(RuntimeError):
@@ -165,11 +165,14 @@ def spawn_interposer(cfg: Config, log_path: Path) -> None:
     """Start the detached daemon and wait until it serves (or says why it cannot).
 
     The node's interposer template forks it when it can (pages shared between pods,
-    :mod:`.template`); else, or if that child fails to start, a fresh process runs it."""
+    :mod:`.template`); else, or if that child fails to start, a fresh process runs it.
+    Whether a forked one runs is told by the ready pipe, not by the template's answer: when
+    every copy of its write end is closed with no word, nobody runs the interposer, and a
+    fresh one cannot end up serving the sockets next to a forked one."""
     pkg_root = str(Path(zeropod.__file__).resolve().parent.parent)
     message = _start_and_wait(cfg, log_path, pkg_root, forked=True)
-    if message.startswith("error"):  # it said so and exited: nothing serves the sockets
-        if message != NOT_FORKED:
+    if message == NOBODY or message.startswith("error"):  # nothing serves the sockets
+        if message != NOBODY:
             log.warning("forked interposer failed (%s): spawning a fresh one", message)
         message = _start_and_wait(cfg, log_path, pkg_root, forked=False)
     if message != "ready":
@@ -181,20 +184,21 @@ def spawn_interposer(cfg: Config, log_path: Path) -> None:
 
 def _start_and_wait(cfg: Config, log_path: Path, pkg_root: str, forked: bool) -> str:
     """Start the interposer (forked by the template, or fresh); what it said on the ready
-    pipe (NOT_FORKED if the template could not fork it)."""
+    pipe: NOBODY if no process held the pipe any more, "" if none spoke in time."""
     ready_r, ready_w = os.pipe()
     cfg = replace(cfg, ready_fd=ready_w)
     try:
         with open(log_path, "ab") as logf:
             if forked:
-                if templateclient.fork_interposer(cfg, logf.fileno(), pkg_root) is None:
-                    return NOT_FORKED
+                templateclient.fork_interposer(cfg, logf.fileno(), pkg_root)
             else:
                 _popen_interposer(cfg, logf, pkg_root)
         os.close(ready_w)
         ready_w = -1
         ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-        return os.read(ready_r, 4096).decode(errors="replace").strip() if ready else ""
+        if not ready:
+            return ""
+        return os.read(ready_r, 4096).decode(errors="replace").strip() or NOBODY
     finally:
         os.close(ready_r)
         if ready_w >= 0:

@@ -131,6 +131,14 @@ class Template:
         self.listener = listener
         self.code = code
         self.children: dict[int, int] = {}  # pidfd -> pid of each interposer we forked
+        self.path = listener.getsockname()
+        self.inode = os.stat(self.path).st_ino if self.path else 0
+
+    def release_path(self) -> None:
+        """Unlink our socket's path, unless a successor's socket is there by now."""
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
 
     def serve(self) -> None:
         poller = select.poll()
@@ -167,6 +175,7 @@ class Template:
                 stale = self.code.stale_for(request)
                 if stale:
                     log.info("template is stale (%s): exiting", stale)
+                    self.release_path()  # first: the next start must not connect to us
                     conn.sendall(json.dumps({"error": f"stale: {stale}"}).encode())
                     return False
                 pid = self.fork(request, fds, conn)
@@ -264,17 +273,14 @@ def main() -> None:
     code = LoadedCode(package_root())
     listener = socket.socket(fileno=listener_fd)
     listener.listen(64)  # here, so that SO_PEERCRED names the template (stop_template)
-    path = listener.getsockname()
-    ours = os.stat(path).st_ino
+    template = Template(listener, code)
     gc.freeze()
     with contextlib.suppress(OSError):
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
-    log.info("interposer template serving %s", path)
+    log.info("interposer template serving %s", template.path)
     try:
-        Template(listener, code).serve()
+        template.serve()
     finally:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == ours:  # not a successor's socket
-                os.unlink(path)
+        template.release_path()
         listener.close()
