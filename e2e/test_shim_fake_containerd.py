@@ -28,7 +28,7 @@ import pytest
 
 from zeropod._gen.containerd.api.events import task_pb2 as events_task
 from zeropod._gen.containerd.api.services.ttrpc.events.v1 import events_pb2
-from zeropod.shim import bootstrap
+from zeropod.shim import bootstrap, templateclient
 from zeropod.shim.taskapi import V2, V3, TaskAPI
 from zeropod.ttrpc import Call, Client, ConnectionClosed, Server, TtrpcError
 from zeropod.ttrpc.status import Code
@@ -206,6 +206,7 @@ def cleanup(e: Env) -> None:
     for pid in processes_mentioning(e.namespace):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    templateclient.stop_template(e.shim_dir / "template.sock")
     shutil.rmtree(e.shim_dir, ignore_errors=True)
 
 
@@ -229,6 +230,11 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+def group_files(shim_dir: Path) -> list[Path]:
+    """The pods' files in SHIM_DIR (the interposer template's are the node's)."""
+    return [p for p in shim_dir.iterdir() if not p.name.startswith("template.")]
 
 
 def interposer_pids(sock: Path) -> list[int]:
@@ -326,7 +332,7 @@ async def test_pod_lifecycle_through_interposer(env: Env) -> None:
         await task_call(client, api, "Shutdown", m.ShutdownRequest(id=pod), None)
     assert await poll(lambda: not interposer_pids(sock)), "interposer still running"
     assert await client.wait_closed()
-    assert list(env.shim_dir.iterdir()) == []
+    assert group_files(env.shim_dir) == []
     await client.close()
 
 
@@ -345,13 +351,13 @@ async def test_runc_shim_crash_then_delete_action(env: Env) -> None:
     conn = await task_call(client, api, "Connect", m.ConnectRequest(id="lonely"), "ConnectResponse")
 
     # the runc shim dies: the interposer closes containerd's connection and goes away
-    (ipid,) = interposer_pids(sock)
-    cfg = json.loads((Path("/proc") / str(ipid) / "cmdline").read_bytes().split(b"\0")[-2])
+    (runc_answer,) = env.shim_dir.glob("*.runc")  # the runc shim's start answer
+    upstream = bootstrap.unix_path(bootstrap.parse(runc_answer.read_text()).address)
     os.kill(conn.shim_pid, signal.SIGKILL)
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(wait, 10)
     assert await poll(lambda: not interposer_pids(sock)), "interposer still running"
-    assert list(env.shim_dir.iterdir()) == []
+    assert group_files(env.shim_dir) == []
 
     # containerd's cleanup for a dead shim: the delete action, whose stdout is a DeleteResponse
     res = env.shim("lonely", b, "delete")
@@ -359,7 +365,7 @@ async def test_runc_shim_crash_then_delete_action(env: Env) -> None:
     resp = api.messages.DeleteResponse.FromString(res.stdout)
     assert resp.exit_status == 137
     await client.close()
-    Path(cfg["upstream"]).unlink(missing_ok=True)  # a killed runc shim leaves its socket
+    Path(upstream).unlink(missing_ok=True)  # a killed runc shim leaves its socket
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,12 @@ start. ``ZEROPOD_SHIM_TEMPLATE=off`` in containerd's environment turns it off.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SWITCH_ENV = "ZEROPOD_SHIM_TEMPLATE"
 READY_TIMEOUT = 15.0
 ANSWER_TIMEOUT = 10.0
+STOP_TIMEOUT = 2.0
 
 
 def template_socket() -> Path:
@@ -135,6 +136,16 @@ def stop_template(path: Path | None = None) -> int | None:
     with conn:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     pid = int.from_bytes(creds[:4], sys.byteorder)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 15)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return pid
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
     return pid
