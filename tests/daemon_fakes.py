@@ -117,7 +117,9 @@ class FakeNetView:
     async def snapshot(self, ports: Sequence[int]) -> Any:
         raise OSError("no snapshots in the fake")
 
-    async def connections(self, ports: Sequence[int], states: Any) -> list[Any]:
+    async def connections(
+        self, ports: Sequence[int], states: Any, families: Any = (2, 10)
+    ) -> list[Any]:
         return list(self.queue)
 
     async def wait_listening(self, ports: Sequence[int], count: int, timeout: float) -> int:

@@ -145,9 +145,11 @@ class FakeDump:
     def __init__(self, msgs: list[FakeMsg]) -> None:
         self.msgs = msgs
         self.states: list[int] = []
+        self.asked: list[tuple[int, int]] = []  # (family, extensions) per request
 
     def get_sock_stats(self, family: int, states: int, extensions: int) -> list[FakeMsg]:
         self.states.append(states)
+        self.asked.append((family, extensions))
         return [m for m in self.msgs if m["idiag_family"] == family]
 
     def close(self) -> None:
@@ -332,3 +334,14 @@ def test_excluded_sources_called_rereads_a_stale_list() -> None:
     assert exc() == (*sources.LOOPBACK, bridge) and exc.error is not None  # the last good one
     node.fail, node.networks = False, []
     assert exc.refresh() == sources.LOOPBACK and exc.error is None  # at once, whatever the age
+
+
+def test_a_dump_walks_only_the_families_asked_for_and_skips_tcp_info() -> None:
+    """The probe check knows its held listeners' family: one hash walk, no tcp_info."""
+    dump = FakeDump([FakeMsg(INFO, idiag_family=socket.AF_INET), FakeMsg(INFO)])
+    pod = fake_pod_sockets(dump, FakeEvents([]))
+    assert len(pod.dump(sockdiag.SS_ALL, {socket.AF_INET6}, info=False)) == 1
+    assert dump.asked == [(socket.AF_INET6, 0)]
+    assert len(pod.dump()) == 2
+    both = [(socket.AF_INET, sockdiag.EXT_INFO), (socket.AF_INET6, sockdiag.EXT_INFO)]
+    assert dump.asked[1:] == both

@@ -15,7 +15,7 @@ import pytest
 from daemon_fakes import World
 
 from zeropod.activity.sockdiag import Connection, TcpState
-from zeropod.activity.sources import LOOPBACK
+from zeropod.activity.sources import LOOPBACK, may_be_local
 from zeropod.daemon.adapters.heldcopies import HeldSockets, accept_nowait
 from zeropod.daemon.lifecycle.probes import OK_RESPONSE
 from zeropod.daemon.model.phase import Phase
@@ -257,22 +257,58 @@ def test_the_hand_over_moves_the_queue_to_the_app_s_listener() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr
 
 
+class NewBridgeSources:
+    """The node's addresses: the cache has no bridge yet, a read finds it."""
+
+    bridge = ipaddress.ip_network("10.1.2.0/24")
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __call__(self) -> tuple:
+        return LOOPBACK
+
+    def cached(self) -> tuple:
+        return LOOPBACK
+
+    def refresh(self) -> tuple:
+        self.reads += 1
+        return (*LOOPBACK, self.bridge)
+
+
 async def test_a_node_address_newer_than_the_cache_is_still_a_probe_source() -> None:
-    """The node's addresses are read again for every check (the CNI bridge appears after
-    the daemon starts): a probe from a new node address does not wake the pod."""
+    """The CNI bridge appears after the daemon starts: a source the cached addresses do not
+    know but that binds on the node makes the check read the addresses again, and a probe
+    from the new bridge does not wake the pod."""
     world, key, held = await asleep_with_copies()
-    new_bridge = ipaddress.ip_network("10.1.2.0/24")
-
-    class Sources:
-        def __call__(self) -> tuple:
-            return LOOPBACK  # the cache: no bridge yet
-
-        def refresh(self) -> tuple:
-            return (*LOOPBACK, new_bridge)
-
-    world.watch.node_networks = Sources()
+    sources = NewBridgeSources()
+    world.watch.node_networks = sources
+    world.watch.may_be_local = lambda addr: addr in sources.bridge
     world.net.queue = [queued_from("10.1.2.1", world.life(key).ports.ports[0].port)]
     probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
     assert await asyncio.to_thread(client, held.getsockname()[1], probe) == OK_RESPONSE
     assert "restore" not in world.rec.names()
+    assert sources.reads >= 1
     world.network.close()
+
+
+async def test_a_client_from_elsewhere_wakes_without_reading_the_node_addresses() -> None:
+    """The wake path's probe check reads no netlink for a source that cannot be the node's
+    (it does not bind here): the cached addresses decide."""
+    world, key, held = await asleep_with_copies()
+    sources = NewBridgeSources()
+    world.watch.node_networks = sources
+    world.watch.may_be_local = lambda addr: addr in sources.bridge
+    app = world.life(key).containers()[0]
+    world.net.queue = [queued_from("10.244.7.9", world.life(key).ports.ports[0].port)]
+    real = socket.create_connection(("127.0.0.1", held.getsockname()[1]))
+    await wait_until(lambda: app.phase.phase is Phase.RUNNING, "the wake")
+    assert sources.reads == 0
+    real.close()
+    world.network.close()
+
+
+def test_may_be_local_asks_the_kernel() -> None:
+    assert may_be_local(ipaddress.ip_address("127.0.0.1"))
+    assert may_be_local(ipaddress.ip_address("::ffff:127.0.0.1"))
+    assert not may_be_local(ipaddress.ip_address("192.0.2.1"))  # TEST-NET-1: nobody's

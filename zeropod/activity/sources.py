@@ -12,7 +12,9 @@ idle loops, probe answers and wakes use it as well as ``zeropod.activity``);
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -55,6 +57,22 @@ def node_networks() -> tuple[Network, ...]:
     with IPRoute() as ipr:
         addrs = [msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()]
     return tuple(ipaddress.ip_network(a) for a in addrs if a)
+
+
+def may_be_local(addr: IPAddress) -> bool:
+    """Whether ADDR may be one of the caller's netns's own addresses: a socket can bind it
+    (a few microseconds, no netlink). False only when the kernel says it is not local
+    (EADDRNOTAVAIL); any other answer (a link-local address without its scope, a nonlocal
+    bind allowed by sysctl) says True, so that the caller reads the addresses instead."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(addr), 0))
+    except OSError as err:
+        return err.errno != errno.EADDRNOTAVAIL
+    return True
 
 
 def _in(addr: IPAddress, networks: Iterable[Network]) -> bool:
@@ -100,6 +118,10 @@ class ExcludedSources:
         else:
             self.error = None
             self._node = tuple(n for n in found if n not in self.fixed)
+        return self.fixed + self._node
+
+    def cached(self) -> tuple[Network, ...]:
+        """The networks as last read, never reading (the wake path: see ``may_be_local``)."""
         return self.fixed + self._node
 
     def _stale(self) -> bool:

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
-from zeropod.activity.podsockets import PodSockets
+from zeropod.activity.podsockets import BOTH_FAMILIES, PodSockets
 from zeropod.activity.sockdiag import Connection, Snapshot, TcpState, split
 
 T = TypeVar("T")
@@ -47,10 +47,14 @@ class PodNetView:
         return await self._call(lambda s: s.snapshot(ports))
 
     async def connections(
-        self, ports: Sequence[int], states: Collection[TcpState]
+        self,
+        ports: Sequence[int],
+        states: Collection[TcpState],
+        families: Collection[int] = BOTH_FAMILIES,
     ) -> list[Connection]:
+        """The connections on ``ports`` in ``states`` (addresses only, no ``tcp_info``)."""
         mask = sum(1 << state.value for state in set(states))
-        return await self._call(lambda s: list(split(s.dump(mask), ports)[1]))
+        return await self._call(lambda s: list(split(s.dump(mask, families, info=False), ports)[1]))
 
     async def listeners_per_port(self, ports: Sequence[int]) -> list[int]:
         """How many sockets listen on each of ``ports`` (a LISTEN-only dump)."""

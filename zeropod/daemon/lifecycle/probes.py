@@ -35,7 +35,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from zeropod.activity.sockdiag import Connection, TcpState
+from zeropod.activity.sockdiag import Connection, IPAddress, TcpState
 from zeropod.activity.sources import Network, excluded
 
 PROBE_READ_TIMEOUT = 2.0
@@ -67,6 +67,8 @@ class Decision:
 
     verdict: Verdict
     reason: str
+    source: IPAddress | None = None
+    """The address of the connection that decided a WAKE."""
 
 
 def queued(connections: Iterable[Connection], ports: Iterable[int]) -> list[Connection]:
@@ -87,7 +89,7 @@ def decide(
     networks = tuple(node)
     for conn in waiting:
         if not excluded(conn.remote_addr, networks) and conn.remote_addr != conn.local_addr:
-            return Decision(Verdict.WAKE, f"connection {conn.describe()}")
+            return Decision(Verdict.WAKE, f"connection {conn.describe()}", conn.remote_addr)
     if waiting:
         return Decision(Verdict.PROBES, f"{len(waiting)} connection(s) from the node")
     return Decision(Verdict.EMPTY, "nothing queued")

@@ -17,8 +17,8 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from zeropod.activity.sockdiag import normalise
-from zeropod.activity.sources import Network, excluded
+from zeropod.activity.sockdiag import IPAddress, normalise
+from zeropod.activity.sources import Network, excluded, may_be_local
 from zeropod.contract.protocol import ControlError
 from zeropod.daemon.adapters import relay
 from zeropod.daemon.adapters.heldcopies import accept_nowait
@@ -51,6 +51,8 @@ class HeldPortWatch:
         self.journal = journal
         self.node_networks = node_networks
         """Loopback and the node's addresses now (an ExcludedSources, or a fake)."""
+        self.may_be_local: Callable[[IPAddress], bool] = may_be_local
+        """Whether an address may be the node's own (bind test; a fake in tests)."""
         self._tasks: dict[PodKey, asyncio.Task[None]] = {}
 
     def watch(self, life: PodLife) -> None:
@@ -99,13 +101,24 @@ class HeldPortWatch:
             return False
         ports = [p.port for p in life.ports.ports] or [listener.getsockname()[1]]
         with timer.step("probe_check"):
-            # Who is queued, and the node's addresses now (one newer than the cache would
-            # make a probe look like a client): read at once, each in a thread of its own.
-            refresh = getattr(self.node_networks, "refresh", None)
-            reading = asyncio.ensure_future(asyncio.to_thread(refresh)) if refresh else None
-            connections = await life.net.connections(ports, probes.QUEUED_STATES)
-            node = await reading if reading is not None else self.node_networks()
+            # Who is queued (only the held listeners' families: one hash walk each), judged
+            # by the node's addresses as last read. A node address newer than that list
+            # would make a probe look like a client: if the deciding source binds here, read
+            # the addresses now and judge again (the common wake reads nothing).
+            families = held_families(life, listener)
+            connections = await life.net.connections(ports, probes.QUEUED_STATES, families)
+            cached = getattr(self.node_networks, "cached", None)
+            node = cached() if cached is not None else self.node_networks()
             decision = probes.decide(connections, ports, node)
+            refresh = getattr(self.node_networks, "refresh", None)
+            if (
+                decision.verdict is probes.Verdict.WAKE
+                and decision.source is not None
+                and refresh is not None
+                and self.may_be_local(decision.source)
+            ):
+                node = await asyncio.to_thread(refresh)
+                decision = probes.decide(connections, ports, node)
         if decision.verdict is probes.Verdict.WAKE:
             await self._wake(life, decision.reason, seen, timer)
             return False
@@ -159,3 +172,11 @@ class HeldPortWatch:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def held_families(life: PodLife, listener: socket.socket) -> set[int]:
+    """The address families of the pod's held listeners (a dual-stack IPv6 listener's
+    IPv4 clients are IPv6 sockets, v4-mapped)."""
+    copies = life.ports.copies
+    sockets = copies.sockets if copies is not None else [listener]
+    return {s.family for s in sockets} | {listener.family}
