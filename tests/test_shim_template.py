@@ -197,3 +197,30 @@ async def test_a_template_that_drops_the_request_leaves_one_fresh_interposer(
     assert await state_pid(sock) > 0
     await shutdown(sock)
     listener.close()
+
+
+async def test_a_hung_template_is_ended_and_the_pod_starts_anyway(
+    short_tmp: Path, shim_env: dict[str, str]
+) -> None:
+    """A stopped template holds the request (and its fds) without answering: start kills
+    it after ANSWER_TIMEOUT, spawns a fresh interposer, and the next start forks again."""
+    run_dir = short_tmp / "run"
+    first = start(shim_env, short_tmp, "web-1")
+    hung = template_pid(run_dir)
+    os.kill(hung, signal.SIGSTOP)
+    second = start(shim_env, short_tmp, "web-2")
+    assert wait_until(lambda: not Path(f"/proc/{hung}").exists() or _zombie(hung))
+    fresh = [title for _, title in interposers(run_dir) if "web-2" in title]
+    assert len(fresh) == 1 and "from zeropod.shim.interposer import main" in fresh[0]
+    third = start(shim_env, short_tmp, "web-3")
+    assert template_pid(run_dir) != hung
+    assert any(t.startswith("zeropod.shim.interposer id=web-3") for _, t in interposers(run_dir))
+    for sock in (first, second, third):
+        await shutdown(sock)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True

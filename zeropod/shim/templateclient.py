@@ -1,9 +1,11 @@
 """``start``'s side of the interposer template (:mod:`.template`): ask it to fork a pod's
 interposer, starting the template first when none serves.
 
-Anything that goes wrong here returns False and ``start`` spawns a fresh interposer, as it
+Anything that goes wrong here returns None and ``start`` spawns a fresh interposer, as it
 did before the template existed: the template saves memory, it is never why a pod cannot
-start. ``ZEROPOD_SHIM_TEMPLATE=off`` in containerd's environment turns it off.
+start. A template that takes the request and does not answer within ``ANSWER_TIMEOUT`` is
+killed (hung or stopped, it would hold the request's fds). ``ZEROPOD_SHIM_TEMPLATE=off`` in
+containerd's environment turns it off.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SWITCH_ENV = "ZEROPOD_SHIM_TEMPLATE"
 READY_TIMEOUT = 15.0
-ANSWER_TIMEOUT = 10.0
+ANSWER_TIMEOUT = 5.0
 STOP_TIMEOUT = 2.0
 
 
@@ -54,14 +56,26 @@ def fork_interposer(cfg: Config, log_fd: int, pkg_root: str) -> int | None:
         except OSError as err:
             log.warning("no interposer template (%s): spawning a fresh interposer", err)
             return None
-        try:
-            with conn:
+        with conn:
+            pidfd = template_pidfd(conn)
+            try:
                 conn.settimeout(ANSWER_TIMEOUT)
                 socket.send_fds(conn, [request], fds)
                 answer = json.loads(conn.recv(65536) or b"{}")
-        except (OSError, ValueError) as err:
-            log.warning("interposer template failed (%s): spawning a fresh interposer", err)
-            return None
+            except (OSError, ValueError) as err:
+                # Our fds may sit in its queue, the ready pipe's write end among them: the
+                # caller learns from that pipe whether an interposer runs only once no
+                # process but the interposer holds it. A template that does not answer is
+                # broken (hung, stopped): kill it, which frees what it holds.
+                log.warning(
+                    "interposer template failed (%s): ending it, spawning a fresh interposer",
+                    err,
+                )
+                kill(pidfd)
+                return None
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
         if isinstance(answer.get("pid"), int):
             return int(answer["pid"])
         error = str(answer.get("error", "no answer"))
@@ -70,6 +84,25 @@ def fork_interposer(cfg: Config, log_fd: int, pkg_root: str) -> int | None:
             return None
         log.info("interposer template %s; starting a new one", error)
     return None
+
+
+def template_pidfd(conn: socket.socket) -> int | None:
+    """A pidfd of the template at the other end of CONN (it called listen()), or None."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    try:
+        return os.pidfd_open(int.from_bytes(creds[:4], sys.byteorder))
+    except OSError:
+        return None
+
+
+def kill(pidfd: int | None) -> None:
+    if pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], STOP_TIMEOUT)  # gone, with its sockets' queues
+    except ProcessLookupError:
+        pass
 
 
 def connect(path: Path | None = None) -> socket.socket | None:
@@ -135,17 +168,15 @@ def stop_template(path: Path | None = None) -> int | None:
         return None
     with conn:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    pid = int.from_bytes(creds[:4], sys.byteorder)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return pid
+        pidfd = template_pidfd(conn)
+    if pidfd is None:
+        return None
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGTERM)
         if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            kill(pidfd)
     except ProcessLookupError:
         pass
     finally:
         os.close(pidfd)
-    return pid
+    return int.from_bytes(creds[:4], sys.byteorder)
