@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_runc import run_shim, wait_until
+from fake_runc import gone, run_shim, wait_until
 
 from zeropod.shim import bootstrap
 from zeropod.shim.taskapi import V2, V3
@@ -124,15 +124,8 @@ async def test_delete_after_the_interposer_died_shuts_its_runc_shim_down(
     deleted = run_shim(shim_env, bundle, "c1", "delete")
     assert deleted.returncode == 0, deleted.stderr.decode()
     runc_pid = int((short_tmp / "state" / "serve.pid").read_text())
-    assert wait_until(lambda: not os.path.exists(f"/proc/{runc_pid}") or _zombie(runc_pid))
+    assert wait_until(lambda: gone(runc_pid))
     assert [p.suffix for p in group_files(short_tmp / "run") if p.suffix != ".log"] == [".lock"]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def group_files(run_dir: Path) -> list[Path]:

@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_runc import REPO, run_shim, stop_template, wait_until
+from fake_runc import REPO, gone, run_shim, stop_template, wait_until
 
 from zeropod.shim import bootstrap, template
 from zeropod.shim.taskapi import V2
+from zeropod.sockets.peercred import peer_credentials
 
 
 def cmdlines() -> dict[int, str]:
@@ -40,11 +41,9 @@ def ppid(pid: int) -> int:
 
 
 def template_pid(run_dir: Path) -> int:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.connect(str(run_dir / "template.sock"))
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    conn.close()
-    return int.from_bytes(creds[:4], sys.byteorder)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.connect(str(run_dir / "template.sock"))
+        return peer_credentials(conn)[0]
 
 
 def start(env: dict[str, str], tmp: Path, cid: str) -> Path:
@@ -209,7 +208,7 @@ async def test_a_hung_template_is_ended_and_the_pod_starts_anyway(
     hung = template_pid(run_dir)
     os.kill(hung, signal.SIGSTOP)
     second = start(shim_env, short_tmp, "web-2")
-    assert wait_until(lambda: not Path(f"/proc/{hung}").exists() or _zombie(hung))
+    assert wait_until(lambda: gone(hung))
     fresh = [title for _, title in interposers(run_dir) if "web-2" in title]
     assert len(fresh) == 1 and "from zeropod.shim.interposer import main" in fresh[0]
     third = start(shim_env, short_tmp, "web-3")
@@ -217,10 +216,3 @@ async def test_a_hung_template_is_ended_and_the_pod_starts_anyway(
     assert any(t.startswith("zeropod.shim.interposer id=web-3") for _, t in interposers(run_dir))
     for sock in (first, second, third):
         await shutdown(sock)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True

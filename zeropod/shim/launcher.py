@@ -14,17 +14,15 @@ import contextlib
 import fcntl
 import logging
 import os
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
 import zeropod
-from zeropod.shim import bootstrap, paths, templateclient
+from zeropod.shim import bootstrap, detached, paths, templateclient
 from zeropod.shim.commandline import ShimArgs
 from zeropod.shim.config import Config
 
@@ -153,12 +151,7 @@ def run_runc_start(runc: str, args: ShimArgs, bundle: Path, events: Path) -> boo
     return bootstrap.parse(stdout)
 
 
-INTERPOSER_MAIN = (
-    # asyncio imports ssl when it can, and OpenSSL's initialisation alone costs a sleeping
-    # pod ~3.5 MB PSS (measured on Debian 12); the interposer speaks ttrpc over unix sockets
-    # only, so it runs without ssl.
-    "import sys; sys.modules['ssl'] = None; from zeropod.shim.interposer import main; main()"
-)
+INTERPOSER_MAIN = detached.WITHOUT_SSL + "from zeropod.shim.interposer import main; main()"
 
 
 def spawn_interposer(cfg: Config, log_path: Path) -> None:
@@ -192,32 +185,16 @@ def _start_and_wait(cfg: Config, log_path: Path, pkg_root: str, forked: bool) ->
             if forked:
                 templateclient.fork_interposer(cfg, logf.fileno(), pkg_root)
             else:
-                _popen_interposer(cfg, logf, pkg_root)
+                fds = (cfg.socket_fd, cfg.events_fd, cfg.ready_fd)
+                detached.spawn(INTERPOSER_MAIN, [cfg.to_json()], fds, logf, pkg_root)
         os.close(ready_w)
         ready_w = -1
-        ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-        if not ready:
-            return ""
-        return os.read(ready_r, 4096).decode(errors="replace").strip() or NOBODY
+        word = detached.read_word(ready_r, READY_TIMEOUT)
+        return "" if word is None else word or NOBODY
     finally:
         os.close(ready_r)
         if ready_w >= 0:
             os.close(ready_w)
-
-
-def _popen_interposer(cfg: Config, logf: BinaryIO, pkg_root: str) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    subprocess.Popen(
-        [sys.executable, "-c", INTERPOSER_MAIN, cfg.to_json()],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=logf,
-        cwd="/",
-        env=env,
-        pass_fds=(cfg.socket_fd, cfg.events_fd, cfg.ready_fd),
-        start_new_session=True,
-    )
 
 
 def stop_runc_shim(upstream: bootstrap.Bootstrap, container_id: str) -> None:

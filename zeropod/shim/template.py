@@ -31,10 +31,12 @@ import logging
 import os
 import select
 import socket
-import struct
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from zeropod.shim import detached
+from zeropod.sockets.peercred import peer_credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,7 @@ LINGER = 60.0
 MAX_REQUEST = 256 * 1024
 REQUEST_FDS = 4  # task socket, events socket, ready pipe, log file
 REQUEST_TIMEOUT = 5.0
-MAIN = (
-    # as launcher.INTERPOSER_MAIN: the interposer runs without ssl (OpenSSL's ~3.5 MB)
-    "import sys; sys.modules['ssl'] = None; from zeropod.shim.template import main; main()"
-)
+MAIN = detached.WITHOUT_SSL + "from zeropod.shim.template import main; main()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +120,6 @@ def preload() -> None:
     shimlog.setup(debug=False, group="template")  # imports the journal binding, if any
 
 
-def peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
 class Template:
     def __init__(self, listener: socket.socket, code: LoadedCode) -> None:
         self.listener = listener
@@ -166,7 +160,7 @@ class Template:
             conn.settimeout(REQUEST_TIMEOUT)
             fds: list[int] = []
             try:
-                if peer_uid(conn) != os.getuid():
+                if peer_credentials(conn)[1] != os.getuid():
                     raise ValueError("peer is not of the template's uid")
                 data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, REQUEST_FDS)
                 if len(fds) != REQUEST_FDS:

@@ -17,13 +17,13 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
-from zeropod.shim import paths, proctitle
+from zeropod.shim import detached, paths, proctitle
 from zeropod.shim.config import Config
 from zeropod.shim.template import MAIN, Request
+from zeropod.sockets.peercred import peer_credentials
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,8 @@ def fork_interposer(cfg: Config, log_fd: int, pkg_root: str) -> int | None:
 
 def template_pidfd(conn: socket.socket) -> int | None:
     """A pidfd of the template at the other end of CONN (it called listen()), or None."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     try:
-        return os.pidfd_open(int.from_bytes(creds[:4], sys.byteorder))
+        return os.pidfd_open(peer_credentials(conn)[0])
     except OSError:
         return None
 
@@ -135,8 +134,7 @@ def start_template(pkg_root: str) -> socket.socket:
             listener.close()
             os.close(ready_w)
         try:
-            ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-            message = os.read(ready_r, 64).decode(errors="replace").strip() if ready else ""
+            message = detached.read_word(ready_r, READY_TIMEOUT) or ""
         finally:
             os.close(ready_r)
         if message != "ready":
@@ -150,15 +148,9 @@ def start_template(pkg_root: str) -> socket.socket:
 
 
 def spawn(listener_fd: int, ready_fd: int, pkg_root: str, log_path: Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     with open(log_path, "ab") as logf:
-        subprocess.Popen(
-            [sys.executable, "-c", MAIN, str(listener_fd), str(ready_fd),
-             proctitle.PADDING],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
-            cwd="/", env=env, pass_fds=(listener_fd, ready_fd), start_new_session=True,
-        )  # fmt: skip
+        args = [str(listener_fd), str(ready_fd), proctitle.PADDING]
+        detached.spawn(MAIN, args, (listener_fd, ready_fd), logf, pkg_root)
 
 
 def stop_template(path: Path | None = None) -> int | None:
@@ -167,7 +159,7 @@ def stop_template(path: Path | None = None) -> int | None:
     if conn is None:
         return None
     with conn:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid = peer_credentials(conn)[0]
         pidfd = template_pidfd(conn)
     if pidfd is None:
         return None
@@ -179,4 +171,4 @@ def stop_template(path: Path | None = None) -> int | None:
         pass
     finally:
         os.close(pidfd)
-    return int.from_bytes(creds[:4], sys.byteorder)
+    return pid
