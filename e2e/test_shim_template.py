@@ -50,13 +50,13 @@ def shared_kb(node: Node, pid: int) -> int:
 def test_pods_interposers_are_forked_and_survive_their_template(
     node: Node, cri: Cri, daemon: Daemon
 ) -> None:
-    ensure_client_netns(node)
     suffix = uuid.uuid4().hex[:5]
     spec = ContainerSpec("web-1", "counter")
     with (
         cri.pod(f"shop-{suffix}", [spec], namespace="retail", annotations=NEVER_ON_ITS_OWN) as a,
         cri.pod(f"cart-{suffix}", [spec], namespace="retail", annotations=NEVER_ON_ITS_OWN) as b,
     ):
+        ensure_client_netns(node)  # after the first pod: it joins the pods' bridge
         first, second = interposer_of(node, a.pod.id), interposer_of(node, b.pod.id)
         (template,) = templates(node)
         for pid in (first, second):
