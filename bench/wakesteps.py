@@ -14,7 +14,9 @@ entries line up. The marks, in order:
 
 The daemon's own timings from its "woke in" entry are given in parentheses: the probe check
 before ``restoring`` (``STEP_PROBE_CHECK_MS``), and the two steps inside
-``shim_restored``→``running`` (``STEP_LISTENING_MS``, ``STEP_RELEASE_MS``). The client's
+``shim_restored``→``running`` (``STEP_LISTENING_MS``, ``STEP_RELEASE_MS``); so are the
+shim's from its "restored in" entry, inside ``shim_restoring``→``shim_restored``
+(:data:`SHIM_STEPS`). The client's
 own latency (connect to first byte) minus ``restoring``→``woke`` is what lies outside the
 journal: the SYN queued and the daemon's epoll waking, the probe check, and the app answering
 after the release.
@@ -23,10 +25,13 @@ after the release.
 from __future__ import annotations
 
 import itertools
+import re
 import statistics
 from collections.abc import Iterable
 from typing import Any
 
+RESTORED = re.compile(r" restored( lazily| cold)? in ")
+"""The shim's "restored in" entry, whichever way it restored."""
 MARKS = (
     "restoring",
     "shim_restoring",
@@ -42,7 +47,7 @@ def _mark(entry: dict[str, Any], pod: str, container_id: str) -> str | None:
         return "restoring"
     if container_id in message and "scaled_down -> restoring" in message:
         return "shim_restoring"
-    if container_id in message and " restored in " in message:
+    if container_id in message and RESTORED.search(message):
         return "shim_restored"
     if f"/{pod}/" in message and "RESTORING -> RUNNING" in message:
         return "running"
@@ -61,19 +66,28 @@ def marks(entries: Iterable[dict[str, Any]], pod: str, container_id: str) -> dic
     return found
 
 
+DAEMON_STEPS = ("probe_check", "listening", "release")
+"""The daemon's own steps, from its "woke in" entry."""
+SHIM_STEPS = ("page_server", "create", "start", "hold")
+"""The shim's, inside shim_restoring->shim_restored, from its "restored in" entry: a lazy
+restore's page server start (alongside create), the runc shim's Create and Start (runc
+restore, CRIU's included), and the wait until the page server serves the image."""
+
+
 def daemon_steps(
     entries: Iterable[dict[str, Any]], pod: str, container_id: str
 ) -> dict[str, float]:
-    """The daemon's own timings from its "woke in" entry: ``(probe_check)`` before
-    ``restoring``, ``(listening)`` and ``(release)`` inside shim_restored->running."""
+    """The daemon's and the shim's own timings, named in parentheses: ``(probe_check)``
+    before ``restoring``, ``(listening)`` and ``(release)`` inside shim_restored->running,
+    ``(create)``, ``(start)`` … inside shim_restoring->shim_restored."""
+    wanted = {"woke": DAEMON_STEPS, "shim_restored": SHIM_STEPS}
+    found: dict[str, float] = {}
     for entry in entries:
-        if _mark(entry, pod, container_id) == "woke":
-            return {
-                f"({name})": float(entry[f"STEP_{name.upper()}_MS"])
-                for name in ("probe_check", "listening", "release")
-                if f"STEP_{name.upper()}_MS" in entry
-            }
-    return {}
+        names = wanted.pop(_mark(entry, pod, container_id) or "", ())
+        for name in names:
+            if f"STEP_{name.upper()}_MS" in entry:
+                found[f"({name})"] = float(entry[f"STEP_{name.upper()}_MS"])
+    return found
 
 
 def steps(found: dict[str, float]) -> dict[str, float]:

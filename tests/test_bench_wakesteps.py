@@ -15,7 +15,11 @@ JOURNAL = [
     entry(1000.0, "default/web-10/app: SCALED_DOWN -> RESTORING (another pod)"),
     entry(1006.0, "default/web-1/app: SCALED_DOWN -> RESTORING (connection 10.88.255.254:1 ...)"),
     entry(1007.0, f"container {CID}: scaled_down -> restoring (from /var/lib/zeropod/images)"),
-    entry(1060.0, f"container {CID} restored in 53 ms, pid 1830"),
+    {
+        **entry(1060.0, f"container {CID} restored in 53 ms, pid 1830"),
+        "STEP_CREATE_MS": "9.0",
+        "STEP_START_MS": "43.5",
+    },
     entry(1071.0, "default/web-1/app: RESTORING -> RUNNING (woken (connection ...))"),
     {
         **entry(1079.0, "default/web-1/app: woke in 73.0 ms (restore 53 ms)"),
@@ -23,6 +27,7 @@ JOURNAL = [
         "STEP_LISTENING_MS": "6.5",
         "STEP_RELEASE_MS": "4.0",
     },
+    entry(1990.0, f"container {CID} restored lazily in 40 ms, pid 1900"),
     entry(2000.0, "default/web-1/app: woke in 80.0 ms (a later wake: not this one)"),
 ]
 
@@ -40,13 +45,22 @@ def test_the_marks_of_one_wake_and_the_steps_between_them() -> None:
     }
 
 
-def test_the_daemons_own_timings_inside_the_release() -> None:
+def test_the_daemons_and_the_shims_own_timings_inside_the_steps() -> None:
     assert wakesteps.daemon_steps(JOURNAL, "web-1", CID) == {
+        "(create)": 9.0,
+        "(start)": 43.5,
         "(probe_check)": 3.5,
         "(listening)": 6.5,
         "(release)": 4.0,
     }
     assert wakesteps.daemon_steps(JOURNAL[:3], "web-1", CID) == {}
+    # only the first entry of each kind is this wake's
+    assert (
+        wakesteps.daemon_steps([*JOURNAL, {**JOURNAL[3], "STEP_START_MS": "1"}], "web-1", CID)[
+            "(start)"
+        ]
+        == 43.5
+    )
 
 
 def test_missing_marks_are_skipped_not_invented() -> None:
@@ -71,3 +85,9 @@ def test_steps_over_several_wakes_and_their_table() -> None:
     text = report.wake_steps(doc)
     assert "| restoring->shim_restoring | 5 (4-6) |" in text
     assert "| total | 80 (70-90) |" in text
+
+
+def test_a_lazy_or_cold_restore_is_the_shims_mark_too() -> None:
+    for how in ("lazily ", "cold ", ""):
+        message = f"container {CID} restored {how}in 40 ms, pid 1900"
+        assert wakesteps.marks([entry(5.0, message)], "web-1", CID) == {"shim_restored": 5.0}

@@ -51,6 +51,7 @@ from zeropod.shim.context import ShimContext
 from zeropod.shim.lazypages import LazyPagesError, PageServer, stream_bound
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
+from zeropod.steptimer import StepTimer
 from zeropod.ttrpc import TtrpcError
 from zeropod.ttrpc.status import Code
 
@@ -84,13 +85,14 @@ async def restore(
         if c.phase is not TaskPhase.SCALED_DOWN:
             raise ControlError(BAD_PHASE, f"container {c.id} is {c.phase.value}, not scaled down")
         started = time.monotonic()
+        timer = StepTimer()
         ctx.tracker.move(c, TaskPhase.RESTORING, f"from {image_dir}" if image_dir else "cold")
         result: dict[str, Any] = {"cold": image_dir is None}
         pid = 0
         server: PageServer | None = None
         if image_dir is not None:
             try:
-                pid, server = await _restore_from(ctx, c, image_dir, lazy)
+                pid, server = await _restore_from(ctx, c, image_dir, lazy, timer)
             except (TtrpcError, ConnectionError, RestoreTimeout) as err:
                 log_path = os.path.join(image_dir, "restore.log")
                 cause = first_error(log_path)
@@ -127,7 +129,11 @@ async def restore(
             how,
             duration_ms,
             pid,
-            extra={"RESTORE_MS": duration_ms, "CONTAINER_ID": c.id},
+            extra={
+                "RESTORE_MS": duration_ms,
+                "CONTAINER_ID": c.id,
+                **{name.upper(): ms for name, ms in timer.fields().items()},
+            },
         )
         return TaskReply(
             pid, duration_ms, cold=result["cold"], error=result.get("error"), lazy=bool(server)
@@ -135,33 +141,38 @@ async def restore(
 
 
 async def _restore_from(
-    ctx: ShimContext, c: TaskRecord, image_dir: str, lazy: bool
+    ctx: ShimContext, c: TaskRecord, image_dir: str, lazy: bool, timer: StepTimer
 ) -> tuple[int, PageServer | None]:
     """Restore from IMAGE_DIR (lazily if asked and the image is intact); a failed attempt
     is tried once more, eagerly, while the image is intact. The pid, and the page server
-    of a lazy restore."""
+    of a lazy restore.
+
+    A lazy restore's page server starts while the runc shim creates the task (Create runs
+    no CRIU; only Start reads the CRIU config that names the server): its start (~8 ms,
+    CRIU's own) is off the wake's path."""
     intact = lazy and await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files)
-    server = await _page_server(c, image_dir) if intact else None
+    serving = asyncio.ensure_future(_page_server(c, image_dir, timer)) if intact else None
     try:
-        pid = await _create_and_start(ctx, c, image_dir, server)
-        return pid, server
+        pid = await _create_and_start(ctx, c, image_dir, serving, timer)
+        return pid, serving.result() if serving is not None else None
     except (TtrpcError, ConnectionError, RestoreTimeout, LazyPagesError) as err:
         if not await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files):
             raise
         log.warning("container %s: restore failed (%s); its image is intact, once more", c.id, err)
     finally:
-        if server is not None:
+        if serving is not None:
             _write_config(c, False)
-    return await _create_and_start(ctx, c, image_dir), None
+    return await _create_and_start(ctx, c, image_dir, timer=timer), None
 
 
-async def _page_server(c: TaskRecord, image_dir: str) -> PageServer | None:
+async def _page_server(c: TaskRecord, image_dir: str, timer: StepTimer) -> PageServer | None:
     """A started page server with ``lazy-pages`` in C's CRIU config; None (eager) if not."""
     if not c.criu_config_set:
         return None
     try:
         log_path = spec.criu_config_for(c.id).with_suffix(".lazy-pages.log")
-        server = await PageServer.start(image_dir, str(log_path))
+        with timer.step("page_server"):
+            server = await PageServer.start(image_dir, str(log_path))
     except LazyPagesError as err:
         log.warning("container %s: restoring eagerly, no page server: %s", c.id, err)
         return None
@@ -240,35 +251,46 @@ async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer)
 
 
 async def _create_and_start(
-    ctx: ShimContext, c: TaskRecord, image_dir: str | None, server: PageServer | None = None
+    ctx: ShimContext,
+    c: TaskRecord,
+    image_dir: str | None,
+    serving: asyncio.Future[PageServer | None] | None = None,
+    timer: StepTimer | None = None,
 ) -> int:
     """Create + Start; on failure the half-made runc task is deleted again, after whatever
-    a failed restore left running in the container's cgroup is killed (and SERVER, a lazy
-    restore's page server, ended).
+    a failed restore left running in the container's cgroup is killed (and the page server
+    SERVING starts, a lazy restore's, ended).
 
     A runc task left over from the checkpoint (its Delete failed) is deleted first.
     """
+    timer = timer or StepTimer()
     try:
-        try:
-            await ctx.upstream.create(c, image_dir)
-        except TtrpcError as err:
-            if err.code != Code.ALREADY_EXISTS:
-                raise
-            log.info("container %s: deleting the runc task left from the checkpoint", c.id)
-            await ctx.upstream.delete(c)
-            await ctx.upstream.create(c, image_dir)
+        with timer.step("create"):
+            try:
+                await ctx.upstream.create(c, image_dir)
+            except TtrpcError as err:
+                if err.code != Code.ALREADY_EXISTS:
+                    raise
+                log.info("container %s: deleting the runc task left from the checkpoint", c.id)
+                await ctx.upstream.delete(c)
+                await ctx.upstream.create(c, image_dir)
         if image_dir is None:
             return await ctx.upstream.start(c)
-        pid = await _bounded_start(ctx, c, image_dir)
+        server = await serving if serving is not None else None
+        with timer.step("start"):
+            pid = await _bounded_start(ctx, c, image_dir)
         if server is not None:
-            await server.hold()
+            with timer.step("hold"):
+                await server.hold()
         return pid
     except (TtrpcError, ConnectionError, RestoreTimeout, LazyPagesError):
         if image_dir is not None:
             await asyncio.to_thread(leftovers.kill_container_processes, c.id)
             await asyncio.to_thread(restorebound.release_cgyards, image_dir)
-        if server is not None:  # after the kill, as in _watch_pages
-            await server.stop()
+        if serving is not None:  # after the kill, as in _watch_pages
+            server = await serving
+            if server is not None:
+                await server.stop()
         with contextlib.suppress(TtrpcError, ConnectionError):
             await ctx.upstream.delete(c)
         raise

@@ -16,12 +16,12 @@ from zeropod.daemon.lifecycle.idle import scaledown_after
 from zeropod.daemon.lifecycle.interfaces import Images, NetView, Shim
 from zeropod.daemon.lifecycle.ports import PortHold
 from zeropod.daemon.lifecycle.sleep import sleep_pod
-from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.lifecycle.wake import wake_pod
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container, Registry
 from zeropod.journal import Journal
+from zeropod.steptimer import StepTimer
 
 
 class PodLife:

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from zeropod.daemon.adapters.heldcopies import accept_nowait
 from zeropod.daemon.lifecycle.interfaces import HeldCopies, Network, SocketUnits
-from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.pod import HeldPort, PodKey
 from zeropod.daemon.model.registry import Container
+from zeropod.steptimer import StepTimer
 
 
 class PortHold:

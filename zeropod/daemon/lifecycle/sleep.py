@@ -25,9 +25,9 @@ from zeropod.contract.protocol import CHECKPOINT_FAILED, IMAGE_DIR_FAILED
 from zeropod.contract.shimops import Mode
 from zeropod.daemon.adapters import footprint
 from zeropod.daemon.lifecycle.interfaces import ShimError
-from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.registry import Container
+from zeropod.steptimer import StepTimer
 
 if TYPE_CHECKING:
     from zeropod.daemon.lifecycle.podlife import PodLife

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from zeropod.contract.protocol import CONFLICT, ControlError
-from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.phase import Phase
+from zeropod.steptimer import StepTimer
 
 if TYPE_CHECKING:
     from zeropod.daemon.lifecycle.podlife import PodLife

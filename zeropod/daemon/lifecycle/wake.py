@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 from zeropod.contract.protocol import RESTORE_FAILED
 from zeropod.daemon.adapters import relay
 from zeropod.daemon.lifecycle.interfaces import ShimError
-from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.phase import Phase
 from zeropod.daemon.model.registry import Container
+from zeropod.steptimer import StepTimer
 
 if TYPE_CHECKING:
     from zeropod.daemon.lifecycle.podlife import PodLife

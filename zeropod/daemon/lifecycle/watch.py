@@ -25,10 +25,10 @@ from zeropod.daemon.adapters.heldcopies import accept_nowait
 from zeropod.daemon.lifecycle import probes
 from zeropod.daemon.lifecycle.podlife import PodLife
 from zeropod.daemon.lifecycle.pods import Pods
-from zeropod.daemon.lifecycle.timing import StepTimer
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container
 from zeropod.journal import Journal
+from zeropod.steptimer import StepTimer
 
 
 def probe_settings(containers: Sequence[Container]) -> tuple[bool, int]:

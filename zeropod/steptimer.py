@@ -1,4 +1,4 @@
-"""Each step of a sleep or a wake, timed; the timings become journal fields."""
+"""Each step of a sleep or a wake (daemon and shim), timed; the timings become journal fields."""
 
 from __future__ import annotations
 
