@@ -83,6 +83,17 @@ def checkpoint(node: Node, cid: str, image_dir: str) -> dict[str, Any]:
     return answer
 
 
+def assert_freezer_polled_fast(node: Node, cid: str, image_dir: str) -> None:
+    """The node's CRIU is zeropod's build: the container's CRIU config asks for
+    freeze-poll-fast, and the dump saw the cgroup frozen at once or polled within the step."""
+    config = node.host_path(f"/run/zeropod/criu.d/{cid}.conf").read_text().splitlines()
+    assert "freeze-poll-fast" in config, config
+    log = node.host_path(f"{image_dir}/dump.log").read_text()
+    assert "(freeze-poll-fast)" in log or "freezing processes: 0 attempts done" in log, [
+        line for line in log.splitlines() if "freez" in line
+    ]
+
+
 def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> None:
     with cri.pod(_name("ckpt"), [ContainerSpec("app", "counter")]) as running:
         cid = running.containers["app"]
@@ -94,6 +105,8 @@ def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> N
             image_dir = f"{IMAGES}/{uuid.uuid4().hex}"
             slept = checkpoint(node, cid, image_dir)
             assert not alive(node, slept["pid"]), "the dumped process still runs"
+            if cycle == 0:
+                assert_freezer_polled_fast(node, cid, image_dir)
             assert_running_for_cri(cri, cid)
             stats = cri.call("ContainerStats", api.ContainerStatsRequest(container_id=cid))
             assert stats.stats.memory.working_set_bytes.value == 0, stats

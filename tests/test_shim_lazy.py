@@ -26,22 +26,6 @@ def test_the_server_reads_no_default_config_and_reports_ready_on_a_fd() -> None:
     assert argv[argv.index("--status-fd") + 1] == "9"
 
 
-def test_the_page_server_is_zeropods_criu_when_installed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ours, theirs = tmp_path / "opt", tmp_path / "usr"
-    for d in (ours, theirs):
-        d.mkdir()
-        (d / "criu").write_text("#!/bin/sh\n")
-        (d / "criu").chmod(0o755)
-    monkeypatch.setenv("PATH", str(theirs))
-    assert lazypages.find_criu(str(ours)) == str(ours / "criu")
-    assert lazypages.find_criu(str(tmp_path / "none")) == str(theirs / "criu")
-    monkeypatch.setenv("PATH", str(tmp_path / "none"))
-    with pytest.raises(LazyPagesError, match="criu not found"):
-        lazypages.find_criu(str(tmp_path / "none"))
-
-
 def test_serving_waits_for_every_pages_file_then_lists_the_userfaultfds() -> None:
     pages = {"/img/pages-1.img", "/img/pages-2.img"}
     files = {0: "/dev/null", 3: "/img/pages-1.img", 5: lazypages.UFFD_LINK}

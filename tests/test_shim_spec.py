@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zeropod.shim import spec
+from zeropod.shim import criubinary, spec
 
 
 def bundle(tmp_path: Path, content: dict) -> Path:
@@ -17,7 +17,8 @@ def bundle(tmp_path: Path, content: dict) -> Path:
     return tmp_path
 
 
-def test_criu_config_written_once(tmp_path: Path) -> None:
+def test_criu_config_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(criubinary, "zeropod_options", lambda: ())  # whatever criu this host has
     path = spec.write_criu_config(tmp_path / "sub" / "criu.conf")
     lines = [x for x in path.read_text().splitlines() if not x.startswith("#")]
     assert lines == ["skip-in-flight", "network-lock skip"]

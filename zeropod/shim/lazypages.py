@@ -10,7 +10,7 @@ every page is in (or the app ended), non-zero when it could not serve one.
 One :class:`PageServer` per lazy restore, a child of the interposer (the process that asked
 for the restore supervises it), in four steps:
 
-1. :meth:`PageServer.start` before the restore's Create: the server is ready when it writes
+1. :meth:`PageServer.start` while the restore's Create runs: the server is ready when it writes
    its status byte (``--status-fd``), i.e. its socket listens. No config file but our flags
    (``--no-default-config``: a node's ``/etc/criu/default.conf`` can name action scripts).
 2. :meth:`PageServer.hold` after the restore's Start: wait (bounded) until the server has
@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -47,7 +46,7 @@ from pathlib import Path
 from zeropod.contract import timeouts
 from zeropod.criulog import first_error
 from zeropod.shim import procfd
-from zeropod.shim.paths import CRIU_DIR
+from zeropod.shim.criubinary import find_criu
 from zeropod.sockets.pidfd import pidfd_getfd
 
 log = logging.getLogger(__name__)
@@ -63,16 +62,6 @@ PAGES_PREFIX, PAGES_SUFFIX = "pages-", ".img"
 
 class LazyPagesError(Exception):
     """The page server could not be started or did not take up the restored memory."""
-
-
-def find_criu(criu_dir: str = CRIU_DIR) -> str:
-    """The ``criu`` runc runs: zeropod's own when installed (first on the runc shim's PATH,
-    not on ours), else the first on PATH. Restore and page server must be the same CRIU."""
-    search = os.pathsep.join(p for p in (criu_dir, os.environ.get("PATH", "")) if p)
-    path = shutil.which("criu", path=search)
-    if path is None:
-        raise LazyPagesError(f"criu not found in {search}")
-    return path
 
 
 def server_argv(criu: str, image_dir: str, status_fd: int, log_path: str) -> list[str]:
@@ -132,7 +121,10 @@ class PageServer:
     @classmethod
     async def start(cls, image_dir: str, log_path: str) -> PageServer:
         """Start the server for IMAGE_DIR and wait until it listens; LazyPagesError if not."""
-        criu = find_criu()
+        try:
+            criu = find_criu()
+        except FileNotFoundError as err:
+            raise LazyPagesError(str(err)) from err
         Path(log_path).unlink(missing_ok=True)
         ready_r, ready_w = os.pipe()
         try:

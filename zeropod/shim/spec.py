@@ -15,6 +15,10 @@ file per container (:func:`criu_config_for`), so one restore can ask for more th
   without it as soon as the restore returns, because runc reads the same file for the next
   dump, where ``lazy-pages`` would ask for a page-server dump instead.
 
+- ``freeze-poll-fast``, zeropod's own, when the ``criu`` runc runs has it
+  (:func:`zeropod.shim.criubinary.zeropod_options`): a dump sees the frozen cgroup within
+  milliseconds, not after CRIU's 100 ms step.
+
 Not ``tcp-established``: an open connection means the app is not idle; restoring one
 without a network lock would hand the peer a socket whose state moved on (resets). The
 daemon sleeps only without open connections and retries a dump refused for one.
@@ -26,6 +30,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from zeropod.shim import criubinary
 
 CRIU_ANNOTATION = "org.criu.config"
 DEFAULT_CRIU_CONFIG = "/run/zeropod/criu.conf"
@@ -61,7 +67,8 @@ def write_criu_config(path: Path | None = None, *, lazy: bool = False) -> Path:
     """Write zeropod's CRIU config file (atomically, only when its content differs)."""
     path = path or criu_config_path()
     text = "# written by containerd-shim-zeropod-v2; see zeropod/shim/spec.py\n"
-    text += "".join(f"{option}\n" for option in (*CRIU_OPTIONS, *([LAZY_OPTION] if lazy else [])))
+    options = (*CRIU_OPTIONS, *criubinary.zeropod_options(), *([LAZY_OPTION] if lazy else []))
+    text += "".join(f"{option}\n" for option in options)
     try:
         if path.read_text() == text:
             return path
