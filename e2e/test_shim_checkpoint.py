@@ -83,15 +83,22 @@ def checkpoint(node: Node, cid: str, image_dir: str) -> dict[str, Any]:
     return answer
 
 
-def assert_freezer_polled_fast(node: Node, cid: str, image_dir: str) -> None:
-    """The node's CRIU is zeropod's build: the container's CRIU config asks for
-    freeze-poll-fast, and the dump saw the cgroup frozen at once or polled within the step."""
+def assert_zeropods_criu_options(node: Node, cid: str, image_dir: str) -> None:
+    """The node's CRIU is zeropod's build: the container's CRIU config asks for its options;
+    the dump saw the cgroup frozen at once or polled it within the step (freeze-poll-fast),
+    and its tmpfs mounts are plain tarballs (tmpfs-no-gzip), which the restore then reads."""
     config = node.host_path(f"/run/zeropod/criu.d/{cid}.conf").read_text().splitlines()
-    assert "freeze-poll-fast" in config, config
-    log = node.host_path(f"{image_dir}/dump.log").read_text()
+    assert {"freeze-poll-fast", "tmpfs-no-gzip"} <= set(config), config
+    images = node.host_path(image_dir)
+    log = (images / "dump.log").read_text()
     assert "(freeze-poll-fast)" in log or "freezing processes: 0 attempts done" in log, [
         line for line in log.splitlines() if "freez" in line
     ]
+    tarballs = sorted(images.glob("tmpfs-dev-*.img"))
+    assert tarballs, sorted(p.name for p in images.iterdir())  # /dev at least
+    for tarball in tarballs:
+        head = tarball.read_bytes()[:512]
+        assert head[257:262] == b"ustar", f"{tarball.name}: not a plain tarball: {head[:4]!r}"
 
 
 def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> None:
@@ -106,7 +113,7 @@ def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> N
             slept = checkpoint(node, cid, image_dir)
             assert not alive(node, slept["pid"]), "the dumped process still runs"
             if cycle == 0:
-                assert_freezer_polled_fast(node, cid, image_dir)
+                assert_zeropods_criu_options(node, cid, image_dir)
             assert_running_for_cri(cri, cid)
             stats = cri.call("ContainerStats", api.ContainerStatsRequest(container_id=cid))
             assert stats.stats.memory.working_set_bytes.value == 0, stats

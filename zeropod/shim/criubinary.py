@@ -1,15 +1,21 @@
 """Which ``criu`` runc runs for zeropod's containers, and which of zeropod's options it has.
 
-zeropod's CRIU build (``scripts/setup-host``, ``scripts/criu-patches/freeze-poll-fast.patch``)
-adds ``freeze-poll-fast``, off unless a config file asks for it, so any other user of the same
-binary (a plain ``runc checkpoint``) gets upstream's behaviour. Upstream freezes the cgroup,
-sees it FREEZING and sleeps a whole 100 ms step before it looks again, so every dump spent
-~101 ms (``freezing_time``) waiting for a freeze that takes about one. With the option, CRIU
-reads the freezer's state after 1 ms, then after twice as long each time within the step.
+zeropod's CRIU build (``scripts/setup-host``, ``scripts/criu-patches/``) adds two options, off
+unless a config file asks for them, so any other user of the same binary (a plain ``runc
+checkpoint``) gets upstream's behaviour:
 
-A binary without it (a node's own CRIU 4.2 from elsewhere) would refuse the unknown option,
-and every dump with it, so :func:`zeropod_options` reads the binary for the option's name
-(once per binary: cached by path, size and mtime) and gives only what it has.
+- ``freeze-poll-fast``: upstream freezes the cgroup, sees it FREEZING and sleeps a whole
+  100 ms step before it looks again, so every dump spent ~101 ms (``freezing_time``) waiting
+  for a freeze that takes about one. With the option CRIU reads the freezer's state after
+  1 ms, then after twice as long each time within the step.
+- ``tmpfs-no-gzip``: the tmpfs mounts of a container (runc's ``/dev``, ``/sys/fs/cgroup``:
+  a few hundred bytes of names) are dumped as plain tarballs. Upstream pipes them through
+  gzip, a second exec (~1.4 ms) per mount at every dump and every restore. The restore
+  reads either kind (gzip's magic decides), so images from before the option still restore.
+
+A binary without them (a node's own CRIU 4.2 from elsewhere) would refuse an unknown option,
+and every dump with it, so :func:`zeropod_options` reads the binary for the options' names
+(once per binary: cached by path, size and mtime) and gives only those it has.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import shutil
 
 from zeropod.shim.paths import CRIU_DIR
 
-ZEROPOD_OPTIONS = ("freeze-poll-fast",)
+ZEROPOD_OPTIONS = ("freeze-poll-fast", "tmpfs-no-gzip")
 
 
 def find_criu(criu_dir: str = CRIU_DIR) -> str:

@@ -15,9 +15,10 @@ file per container (:func:`criu_config_for`), so one restore can ask for more th
   without it as soon as the restore returns, because runc reads the same file for the next
   dump, where ``lazy-pages`` would ask for a page-server dump instead.
 
-- ``freeze-poll-fast``, zeropod's own, when the ``criu`` runc runs has it
-  (:func:`zeropod.shim.criubinary.zeropod_options`): a dump sees the frozen cgroup within
-  milliseconds, not after CRIU's 100 ms step.
+- zeropod's own, when the ``criu`` runc runs has them
+  (:func:`zeropod.shim.criubinary.zeropod_options`): ``freeze-poll-fast`` (a dump sees the
+  frozen cgroup within milliseconds, not after CRIU's 100 ms step) and ``tmpfs-no-gzip``
+  (no gzip exec per tmpfs mount at a dump and at a restore).
 
 Not ``tcp-established``: an open connection means the app is not idle; restoring one
 without a network lock would hand the peer a socket whose state moved on (resets). The
