@@ -229,17 +229,19 @@ def compare(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
 
 def wake_steps(doc: Mapping[str, Any]) -> str:
     """Where a wake's time goes (bench.wakesteps), per size: median (min-max) ms per step."""
-    wakes = [m for m in doc["measures"] if m["name"] == "wake_latency" and m.get("wake_steps")]
+    kinds = {"wake_latency": "", "wake_latency_lazy": " lazy"}
+    wakes = [m for m in doc["measures"] if m["name"] in kinds and m.get("wake_steps")]
     if not wakes:
         return ""
-    sizes = [m.get("size_mb", "") for m in wakes]
+    wakes.sort(key=lambda m: (m["name"] != "wake_latency", m.get("size_mb", 0)))
+    columns = [f"{m.get('size_mb', '')} MB{kinds[m['name']]}" for m in wakes]
     rows = [
         "Where a wake goes (ms, from the node's journal; `outside_journal`: the client's "
         "latency minus `total`, i.e. the SYN reaching the daemon's copy of the held socket, "
         "the probe check, and the app's answer after the release)",
         "",
-        "| step | " + " | ".join(f"{s} MB" for s in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
+        "| step | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     names = list(dict.fromkeys(n for m in wakes for n in m["wake_steps"]))
     for name in names:

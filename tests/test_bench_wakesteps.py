@@ -81,10 +81,18 @@ def test_steps_over_several_wakes_and_their_table() -> None:
     summary = wakesteps.summaries(runs)
     assert summary["restoring->shim_restoring"] == {"median": 5.0, "min": 4.0, "max": 6.0, "n": 2}
     assert summary["total"]["median"] == 80.0 and summary["outside_journal"]["n"] == 3
-    doc = {"measures": [{"name": "wake_latency", "size_mb": 5, "wake_steps": summary}]}
+    lazy = {"total": {"median": 60.0, "min": 55.0, "max": 66.0, "n": 3}}
+    doc = {
+        "measures": [
+            {"name": "wake_latency_lazy", "size_mb": 100, "wake_steps": lazy},
+            {"name": "wake_latency", "size_mb": 100, "wake_steps": summary},
+            {"name": "wake_latency", "size_mb": 5, "wake_steps": summary},
+        ]
+    }
     text = report.wake_steps(doc)
-    assert "| restoring->shim_restoring | 5 (4-6) |" in text
-    assert "| total | 80 (70-90) |" in text
+    assert "| step | 5 MB | 100 MB | 100 MB lazy |" in text  # eager by size, then lazy
+    assert "| restoring->shim_restoring | 5 (4-6) | 5 (4-6) | - |" in text
+    assert "| total | 80 (70-90) | 80 (70-90) | 60 (55-66) |" in text
 
 
 def test_a_lazy_or_cold_restore_is_the_shims_mark_too() -> None:
