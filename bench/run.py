@@ -81,6 +81,7 @@ class Bench:
         pod asleep since its scale-down. A wake right after a sleep would wait for it (the
         breakdown's restoring->shim_restoring), which raw runc restore never does: its
         checkpoint returns after the delete."""
+        probes.quiet_disk(self.node, cid)
         cursor = probes.journal_cursor(self.node)
         self.daemon.sleep(running.pod.name, running.pod.namespace)
         info = self.daemon.wait_state(cid, "SCALED_DOWN", timeout=120)
