@@ -2,7 +2,7 @@
 
 Stock CRIU 4.2.1 reads each task's rlimits with prlimit64, which needs CAP_SYS_RESOURCE for
 another uid's process: `Can't get rlimit 0: Operation not permitted`, and no non-root pod
-could sleep here. The one patch (scripts/criu-patches) reads /proc/PID/limits instead when
+could sleep here. The rlimits patch (scripts/criu-patches) reads /proc/PID/limits instead when
 prlimit64 answers EPERM. Checked with the host's build of it, without the node: the dump
 succeeds and the image holds the limits the process really has.
 """
