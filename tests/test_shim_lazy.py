@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 from shim_rig import CID, Rig
 
-from zeropod.shim import lazypages, leftovers, procfd, restore, spec
+from zeropod.shim import lazypages, leftovers, pagewatch, procfd, restore, spec
 from zeropod.shim.lazypages import LazyPagesError
 from zeropod.shim.taskphase import TaskPhase
 
@@ -220,7 +220,7 @@ async def test_a_page_server_that_never_finishes_is_killed_at_its_bound(
     """Stuck, not dead: the app would wait on a missing page forever. Past the bound the
     server is killed (our copies kept), then the app, then the copies closed."""
     image = await asleep(lazy_rig)
-    monkeypatch.setattr(restore, "stream_bound", lambda files: 0.05)
+    monkeypatch.setattr(pagewatch, "stream_bound", lambda files: 0.05)
     reported: list[str] = []
     monkeypatch.setattr(lazy_rig.ctx.daemon, "restarted_cold", lambda c, e: reported.append(e))
     await lazy_rig.control.handle(lazy_rig.op("restore", image_dir=image, lazy=True))

@@ -20,10 +20,10 @@ Lazy (``lazy``, the daemon's default from 16 MB of image on): the first attempt 
 ``criu lazy-pages`` page server (:mod:`zeropod.shim.lazypages`) and ``lazy-pages`` in the
 container's CRIU config, so the app runs before its memory is copied; only from an intact
 image (a damaged one would be found by the page server after the app runs). The second
-attempt is an eager one. While pages stream in, :func:`_watch_pages` waits for the server:
-if it fails, the app has not got all its memory, so it is killed and started cold (journal,
-``restarted_cold`` to the daemon, which counts it); the app never runs on a page it did not
-get.
+attempt is an eager one. While pages stream in, :mod:`zeropod.shim.pagewatch` waits for the
+server: if it fails, the app has not got all its memory, so it is killed and started cold
+(journal, ``restarted_cold`` to the daemon, which counts it); the app never runs on a page it
+did not get. Creating, starting and ending the runc task: :mod:`zeropod.shim.runctask`.
 
 A restore's Start is bounded (:mod:`zeropod.shim.restorebound`, proportional to the image):
 past the bound its CRIU is killed, the runc shim's Start fails, and the restore is a failed
@@ -35,33 +35,25 @@ one (``restore_failed`` naming the timeout and CRIU's log, or the cold fallback)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
-from zeropod.contract import timeouts
 from zeropod.contract.protocol import BAD_PHASE, RESTORE_FAILED, ControlError
 from zeropod.contract.shimops import TaskReply
 from zeropod.criulog import first_error
-from zeropod.shim import imagefiles, leftovers, restorebound, spec
+from zeropod.shim import imagefiles, spec
 from zeropod.shim.context import ShimContext
-from zeropod.shim.lazypages import LazyPagesError, PageServer, stream_bound
+from zeropod.shim.lazypages import LazyPagesError, PageServer
+from zeropod.shim.pagewatch import watch_pages
+from zeropod.shim.runctask import FAILED_WAKE_STATUS, RestoreTimeout, create_and_start, end_task
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.tasks import TaskRecord
 from zeropod.steptimer import StepTimer
 from zeropod.ttrpc import TtrpcError
-from zeropod.ttrpc.status import Code
 
 log = logging.getLogger(__name__)
-
-FAILED_WAKE_STATUS = 255
-
-
-class RestoreTimeout(Exception):
-    """A restore's CRIU ran past its bound and was killed."""
 
 
 async def restore(
@@ -108,9 +100,9 @@ async def restore(
                 log.warning("container %s: %s; starting it cold", c.id, result["error"])
         if result["cold"]:
             try:
-                pid = await _create_and_start(ctx, c, None)
+                pid = await create_and_start(ctx, c, None)
             except (TtrpcError, ConnectionError) as err:
-                _end(ctx, c, FAILED_WAKE_STATUS, f"cold start failed: {err}")
+                end_task(ctx, c, FAILED_WAKE_STATUS, f"cold start failed: {err}")
                 raise ControlError(
                     RESTORE_FAILED, f"{c.id}: {result.get('error', 'no image')}; cold start: {err}"
                 ) from err
@@ -118,7 +110,7 @@ async def restore(
         ctx.tracker.move(c, TaskPhase.RUNNING, f"pid {pid}{' (cold)' if result['cold'] else ''}")
         c.release_stdio()
         if server is not None:
-            c.pages = asyncio.create_task(_watch_pages(ctx, c, server), name=f"pages-{c.id}")
+            c.pages = asyncio.create_task(watch_pages(ctx, c, server), name=f"pages-{c.id}")
         if ctx.relay.release_real_exit(c):  # it died right after the restore
             ctx.exited(c)
         duration_ms = round((time.monotonic() - started) * 1000)
@@ -153,7 +145,7 @@ async def _restore_from(
     intact = lazy and await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files)
     serving = asyncio.ensure_future(_page_server(c, image_dir, timer)) if intact else None
     try:
-        pid = await _create_and_start(ctx, c, image_dir, serving, timer)
+        pid = await create_and_start(ctx, c, image_dir, serving, timer)
         return pid, serving.result() if serving is not None else None
     except (TtrpcError, ConnectionError, RestoreTimeout, LazyPagesError) as err:
         if not await asyncio.to_thread(imagefiles.intact, image_dir, c.image_files):
@@ -162,7 +154,7 @@ async def _restore_from(
     finally:
         if serving is not None:
             _write_config(c, False)
-    return await _create_and_start(ctx, c, image_dir, timer=timer), None
+    return await create_and_start(ctx, c, image_dir, timer=timer), None
 
 
 async def _page_server(c: TaskRecord, image_dir: str, timer: StepTimer) -> PageServer | None:
@@ -191,148 +183,8 @@ def _write_config(c: TaskRecord, lazy: bool) -> None:
     spec.write_criu_config(spec.criu_config_for(c.id), lazy=lazy)
 
 
-async def _watch_pages(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
-    """Wait for the page server; if it failed, kill the app and start it cold."""
-    try:
-        await _watch_pages_once(ctx, c, server)
-    except Exception:
-        log.exception("container %s: watching its page server failed", c.id)
-        server.close()
-
-
-async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer) -> None:
-    started = time.monotonic()
-    bound = stream_bound(c.image_files)
-    try:
-        code: int | None = await asyncio.wait_for(server.ended(), bound)
-    except TimeoutError:
-        await server.kill()  # our copies stay open until the app is killed below
-        code = None
-    if code == 0:
-        server.close()
-        log.info(
-            "container %s: all its memory is in from the image, %.0f ms after the restore",
-            c.id,
-            (time.monotonic() - started) * 1000,
-            extra={"CONTAINER_ID": c.id},
-        )
-        return
-    if code is None:
-        error = f"lazy restore's page server did not finish in {bound:g} s, killed it"
-    else:
-        error = f"lazy restore's page server failed: {server.why()}"
-    async with c.lock:
-        if c.phase is not TaskPhase.RUNNING:  # it ended meanwhile
-            server.close()
-            return
-        log.error(
-            "container %s: %s; killing it and starting it cold",
-            c.id,
-            error,
-            extra={"CONTAINER_ID": c.id},
-        )
-        ctx.tracker.move(c, TaskPhase.RESTORING, "page server failed")
-        c.hold_stdio()
-        await asyncio.to_thread(leftovers.kill_container_processes, c.id)
-        server.close()  # after the kill: no fault was ever served a zero page
-        with contextlib.suppress(TtrpcError, ConnectionError):
-            await ctx.upstream.delete(c)
-        try:
-            c.pid = await _create_and_start(ctx, c, None)
-        except (TtrpcError, ConnectionError) as err:
-            _end(ctx, c, FAILED_WAKE_STATUS, f"{error}; cold start failed: {err}")
-            return
-        ctx.tracker.move(c, TaskPhase.RUNNING, f"pid {c.pid} (cold, page server failed)")
-        c.release_stdio()
-        if ctx.relay.release_real_exit(c):
-            ctx.exited(c)
-            return
-        ctx.daemon.restarted_cold(c, error)
-
-
-async def _create_and_start(
-    ctx: ShimContext,
-    c: TaskRecord,
-    image_dir: str | None,
-    serving: asyncio.Future[PageServer | None] | None = None,
-    timer: StepTimer | None = None,
-) -> int:
-    """Create + Start; on failure the half-made runc task is deleted again, after whatever
-    a failed restore left running in the container's cgroup is killed (and the page server
-    SERVING starts, a lazy restore's, ended).
-
-    A runc task left over from the checkpoint (its Delete failed) is deleted first.
-    """
-    timer = timer or StepTimer()
-    try:
-        with timer.step("create"):
-            try:
-                await ctx.upstream.create(c, image_dir)
-            except TtrpcError as err:
-                if err.code != Code.ALREADY_EXISTS:
-                    raise
-                log.info("container %s: deleting the runc task left from the checkpoint", c.id)
-                await ctx.upstream.delete(c)
-                await ctx.upstream.create(c, image_dir)
-        if image_dir is None:
-            return await ctx.upstream.start(c)
-        server = await serving if serving is not None else None
-        with timer.step("start"):
-            pid = await _bounded_start(ctx, c, image_dir)
-        if server is not None:
-            with timer.step("hold"):
-                await server.hold()
-        return pid
-    except (TtrpcError, ConnectionError, RestoreTimeout, LazyPagesError):
-        if image_dir is not None:
-            await asyncio.to_thread(leftovers.kill_container_processes, c.id)
-            await asyncio.to_thread(restorebound.release_cgyards, image_dir)
-        if serving is not None:  # after the kill, as in _watch_pages
-            server = await serving
-            if server is not None:
-                await server.stop()
-        with contextlib.suppress(TtrpcError, ConnectionError):
-            await ctx.upstream.delete(c)
-        raise
-
-
-async def _bounded_start(ctx: ShimContext, c: TaskRecord, image_dir: str) -> int:
-    """The restore's Start; past the image's bound its CRIU is killed (RestoreTimeout)."""
-    bound = restorebound.bound_for(image_dir)
-    start = asyncio.ensure_future(ctx.upstream.start(c))
-    done, _ = await asyncio.wait({start}, timeout=bound)
-    if start in done:
-        return start.result()
-    killed = await asyncio.to_thread(restorebound.kill_restore_criu, c.id)
-    log_size = restorebound.cap_log(os.path.join(image_dir, "restore.log"))
-    why = (
-        f"CRIU did not finish in {bound:g} s (timeout), killed its processes {killed}, "
-        f"its log cut from {log_size} bytes"
-    )
-    try:
-        async with asyncio.timeout(timeouts.AFTER_KILL):
-            return await start  # it finished just now after all
-    except (TtrpcError, ConnectionError) as err:
-        raise RestoreTimeout(f"{why}; Start: {err}") from err
-    except TimeoutError as err:
-        raise RestoreTimeout(f"{why}; Start did not return either") from err
-    finally:
-        restorebound.release_cgyards(image_dir)
-
-
 async def end_asleep(ctx: ShimContext, c: TaskRecord, signal: int) -> None:
     """containerd's Kill while scaled down: the task ends with 128 + signal, not restored."""
     async with c.lock:
         if c.phase is TaskPhase.SCALED_DOWN:
-            _end(ctx, c, 128 + signal, f"killed with signal {signal} while scaled down")
-
-
-def _end(ctx: ShimContext, c: TaskRecord, status: int, why: str) -> None:
-    """The task ends without a process: publish its exit, free everything it held."""
-    c.end(status)
-    ctx.tracker.move(c, TaskPhase.ENDED, why)
-    c.release_stdio()  # containerd's log readers see EOF and finish
-    ctx.relay.publish_exit(c)
-    ctx.daemon.unregister(c, "killed while scaled down")
-    if c.image_dir:
-        shutil.rmtree(c.image_dir, ignore_errors=True)
+            end_task(ctx, c, 128 + signal, f"killed with signal {signal} while scaled down")
