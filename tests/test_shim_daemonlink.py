@@ -95,6 +95,26 @@ async def test_older_daemon_and_no_daemon(tmp_path: Path) -> None:
     await gone.close()
 
 
+async def test_wake_over_asks_for_a_wake_and_never_fails(tmp_path: Path) -> None:
+    """Before a cold restart the shim waits for the daemon's wake of the pod to end: a wake
+    request, served after it. No daemon, or an unregistered container: no wait, no error."""
+    fake = FakeDaemon()
+    server = await asyncio.start_unix_server(fake.serve, path=str(tmp_path / "d.sock"))
+    link = DaemonLink("/s.ctl.sock", path=str(tmp_path / "d.sock"))
+    c = container(tmp_path)
+    await link.wake_over(c)  # not registered yet: nothing sent
+    assert fake.got == []
+    link.register(c)
+    await until(lambda: c.registered)
+    await link.wake_over(c)
+    assert fake.got[-1] == {"v": 2, "op": "wake", "id": "c1"}
+    server.close()
+    await link.close()
+    gone = DaemonLink("/s.ctl.sock", path=str(tmp_path / "none.sock"))
+    await gone.wake_over(c)  # logged, not raised: the cold start goes on
+    await gone.close()
+
+
 async def test_pause_container_is_not_registered(tmp_path: Path) -> None:
     c = container(tmp_path)
     spec = {"annotations": {**ANNOTATIONS, "io.kubernetes.cri.container-type": "sandbox"}}

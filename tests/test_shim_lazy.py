@@ -178,6 +178,12 @@ async def test_a_failed_page_server_kills_the_app_then_starts_it_cold(
     monkeypatch.setattr(
         lazy_rig.ctx.daemon, "restarted_cold", lambda c, e: reported.append((c.id, c.pid, e))
     )
+    wake_over_at: list[list[str]] = []  # runc's calls when the shim waited for the daemon
+
+    async def wake_over(c: object) -> None:
+        wake_over_at.append(list(lazy_rig.runc.calls[calls:]))
+
+    monkeypatch.setattr(lazy_rig.ctx.daemon, "wake_over", wake_over)
     woke = await lazy_rig.control.handle(lazy_rig.op("restore", image_dir=image, lazy=True))
     c = lazy_rig.ctx.tracker.get(CID)
     assert c is not None and c.pages is not None
@@ -188,6 +194,8 @@ async def test_a_failed_page_server_kills_the_app_then_starts_it_cold(
     # killed first, our userfaultfd copies closed only after: no fault ever got a zero page
     assert server.steps == ["hold", "kill", "close"]
     assert lazy_rig.runc.calls[calls:] == ["Delete", "Create", "Start"]
+    # the cold app binds its ports afresh: created only once the daemon's wake released them
+    assert wake_over_at == [["Delete"]]
     assert lazy_rig.runc.created[-1].checkpoint == ""  # cold
     assert c.phase is TaskPhase.RUNNING and c.pid not in (0, woke["pid"])
     assert reported and reported[0][:2] == (CID, c.pid) and "page server failed" in reported[0][2]

@@ -145,6 +145,20 @@ class DaemonLink:
             return False
         return True
 
+    async def wake_over(self, c: TaskRecord) -> None:
+        """Wait (bounded) until no wake of ``c``'s pod runs in the daemon: a wake ends by
+        releasing the pod's held ports, which a container started cold must bind. A wake
+        request does it: the daemon serves it under the pod's lock, after the wake in
+        progress, and for a pod that runs it does nothing. A daemon that cannot answer is
+        logged and not waited for (it holds no wake then, or will release at its restart)."""
+        if not c.registered:
+            return
+        message = WakeRequest(container_id=c.id).to_message()
+        try:
+            await asyncio.to_thread(self._send, message, timeouts.wake_wait(0))
+        except ControlError as err:
+            log.warning("container %s: the daemon's wake not seen over (%s)", c.id, err)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -1,6 +1,11 @@
 """A lazy restore's page server watched until every page is in; if it fails, the app (which
 has not got all its memory) is killed and started cold, never left running on a page it did
 not get. The journal says so and the daemon is told (``restarted_cold``), which counts it.
+
+The page server can fail while the daemon's wake of the pod still holds its ports (the
+wake releases them once the restored app listens, or after its listening bound when the app
+was killed first). A cold app binds its ports without SO_REUSEPORT, so it would fail with
+EADDRINUSE: the cold start waits until that wake is over (:meth:`DaemonLink.wake_over`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ async def _watch_pages_once(ctx: ShimContext, c: TaskRecord, server: PageServer)
         server.close()  # after the kill: no fault was ever served a zero page
         with contextlib.suppress(TtrpcError, ConnectionError):
             await ctx.upstream.delete(c)
+        # A cold app binds its ports afresh: the daemon's wake must have released them.
+        await ctx.daemon.wake_over(c)
         try:
             c.pid = await create_and_start(ctx, c, None)
         except (TtrpcError, ConnectionError) as err:
