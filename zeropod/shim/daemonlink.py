@@ -135,12 +135,10 @@ class DaemonLink:
 
     async def wake(self, c: TaskRecord) -> bool:
         """Ask the daemon to wake ``c``'s pod; False if it could not (restore locally then)."""
-        message = WakeRequest(container_id=c.id).to_message()
         # The daemon restores the whole pod: wait as long as the policy lets it wait.
         image = await asyncio.to_thread(timeouts.pages_bytes, c.image_dir) if c.image_dir else 0
-        try:
-            await asyncio.to_thread(self._send, message, timeouts.wake_wait(image))
-        except ControlError as err:
+        err = await self._ask_wake(c, timeouts.wake_wait(image))
+        if err is not None:
             log.warning("container %s: daemon did not wake it (%s); restoring here", c.id, err)
             return False
         return True
@@ -151,13 +149,18 @@ class DaemonLink:
         request does it: the daemon serves it under the pod's lock, after the wake in
         progress, and for a pod that runs it does nothing. A daemon that cannot answer is
         logged and not waited for (it holds no wake then, or will release at its restart)."""
-        if not c.registered:
-            return
-        message = WakeRequest(container_id=c.id).to_message()
-        try:
-            await asyncio.to_thread(self._send, message, timeouts.wake_wait(0))
-        except ControlError as err:
+        if c.registered and (err := await self._ask_wake(c, timeouts.wake_wait(0))) is not None:
             log.warning("container %s: the daemon's wake not seen over (%s)", c.id, err)
+
+    async def _ask_wake(self, c: TaskRecord, timeout: float) -> ControlError | None:
+        """Send the daemon a wake of ``c``'s pod and wait up to TIMEOUT; its error, if any."""
+        try:
+            await asyncio.to_thread(
+                self._send, WakeRequest(container_id=c.id).to_message(), timeout
+            )
+        except ControlError as err:
+            return err
+        return None
 
     async def close(self) -> None:
         for task in list(self._tasks):
