@@ -27,6 +27,7 @@ def test_hyphenated_container_sleeps_and_wakes_ten_times(
         cid = running.containers["web-1"]
         daemon.wait_state(cid, "RUNNING")
         url = http.url(cri.pod_ip(running.pod), APP_PORT)
+        reasons = []
         for cycle in range(10):
             daemon.wait_state(cid, "SCALED_DOWN", timeout=20)
             # Even cycles: a client in another pod's place; odd: the node itself (relayed).
@@ -35,7 +36,12 @@ def test_hyphenated_container_sleeps_and_wakes_ten_times(
             else:
                 res = http.get(node, url, timeout=10)
             assert res.bodies() == [f"count={cycle + 1}\n"], (cycle, res.describe())
-            daemon.wait_state(cid, "RUNNING", timeout=20)
+            woken = daemon.wait_state(cid, "RUNNING", timeout=20)
+            reasons.append(woken["history"][-1]["reason"])
+        # The kernel's SYN record proved each client from another pod (no walk of the TCP
+        # hash); the node's own requests were accepted as possible probes first.
+        assert all("a SYN from 10." in r for r in reasons[0::2]), reasons
+        assert all("request from the node" in r for r in reasons[1::2]), reasons
         woke = [
             e
             for e in journal(node, f"POD={name}", "CONTAINER=web-1")

@@ -81,6 +81,7 @@ class FakeNetwork:
         self.fail_migrate: Exception | None = None
         self.fail_copies: Exception | None = None
         self.listeners: list[socket.socket] = []
+        self.syn_log: Any = None  # given to the copies taken next (None: sock_diag only)
 
     async def enable_migrate(self, netns: str) -> None:
         self.rec.calls.append(("migrate", netns))
@@ -99,7 +100,7 @@ class FakeNetwork:
         held.bind(("127.0.0.1", 0))
         held.listen(16)
         self.listeners.append(held)
-        return HeldSockets([held.dup()])
+        return HeldSockets([held.dup()], self.syn_log)
 
     def close(self) -> None:
         for sock in self.listeners:
@@ -113,6 +114,7 @@ class FakeNetView:
         self.rec = rec
         self.queue: list[Any] = []
         self.closed = 0
+        self.dumps = 0  # connections() calls: the probe check's walks of the TCP hash
 
     async def snapshot(self, ports: Sequence[int]) -> Any:
         raise OSError("no snapshots in the fake")
@@ -120,6 +122,7 @@ class FakeNetView:
     async def connections(
         self, ports: Sequence[int], states: Any, families: Any = (2, 10)
     ) -> list[Any]:
+        self.dumps += 1
         return list(self.queue)
 
     async def wait_listening(self, ports: Sequence[int], count: int, timeout: float) -> int:

@@ -46,6 +46,7 @@ from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Registry
 from zeropod.daemon.restart import reclaim_images, reconcile_units, reload, watch_held
 from zeropod.journal import Journal, open_journal
+from zeropod.sockets import synlog
 from zeropod.version import version
 
 CONTROL_FD = "control"
@@ -61,6 +62,12 @@ def _build(
     excluded = ExcludedSources(refresh_seconds=5.0)  # the node's addresses, re-read
     if excluded.error is not None:
         journal.warning(f"cannot list the node's addresses yet: {excluded.error}")
+    no_syn_record = synlog.unavailable()
+    if no_syn_record is not None:
+        journal.warning(
+            "the kernel cannot record SYNs for the held ports here "
+            f"({no_syn_record}): every wake's probe check walks the TCP hash with sock_diag"
+        )
     registry = Registry()
     shim, network, units, images = ShimClient(), HostNetwork(), SystemdUnits(), ImageStore()
 

@@ -9,6 +9,11 @@ stays active once triggered, so systemd neither re-triggers nor flushes the sock
 
 At the wake the daemon hands the queue over with ``shutdown()`` on its copy
 (:meth:`HeldSockets.hand_over`), then stops the unit.
+
+The copies also carry the pod's SYN record (:mod:`zeropod.sockets.synlog`), attached when
+they are taken: a wake's probe check reads who knocked from it instead of walking the
+kernel's TCP hash. Where the kernel refuses it (no bpf(2) here), ``syn_log`` is None and
+every check uses sock_diag.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zeropod.daemon.model.pod import HeldPort
+from zeropod.sockets.synlog import SynLog
 
 SERVICE_MANAGER_PID = 1
 """systemd, which holds the socket units' sockets (the daemon runs in its pid namespace)."""
@@ -57,8 +63,10 @@ class HeldSockets:
     swallows or removes that socket's reader, so the connection is never served.)
     """
 
-    def __init__(self, sockets: list[socket.socket]) -> None:
+    def __init__(self, sockets: list[socket.socket], syn_log: SynLog | None = None) -> None:
         self.sockets = sockets
+        self.syn_log = syn_log
+        """The SYNs these sockets received, recorded by the kernel (None: not available)."""
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watched: dict[int, asyncio.Future[None]] = {}
@@ -88,6 +96,8 @@ class HeldSockets:
                 waiter.set_result(None)
         for sock in self.sockets:
             sock.close()
+        if self.syn_log is not None:
+            self.syn_log.close()
 
     def _watch(self, fd: int, waiter: asyncio.Future[None]) -> None:
         self._loop = asyncio.get_running_loop()
@@ -148,4 +158,20 @@ def take_copies(
         raise CopiesError(
             0, f"pid {pid} listens on {len(copies)} of the {len(ports)} held addresses ({held})"
         )
-    return HeldSockets(copies)
+    return HeldSockets(copies, record_syns(copies))
+
+
+def record_syns(sockets: Sequence[socket.socket]) -> SynLog | None:
+    """A SYN record attached to each of ``sockets``, or None where the kernel refuses one
+    (the daemon said why at its start: :func:`zeropod.sockets.synlog.unavailable`)."""
+    try:
+        syn_log = SynLog()
+    except OSError:
+        return None
+    try:
+        for sock in sockets:
+            syn_log.attach(sock)
+    except OSError:
+        syn_log.close()
+        return None
+    return syn_log

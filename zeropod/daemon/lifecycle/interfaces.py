@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from zeropod.contract.shimops import Mode, TaskReply, TaskStatus
 from zeropod.daemon.model.pod import HeldPort, PodKey
 from zeropod.daemon.model.registry import Container, ContainerIdentity
+from zeropod.sockets.synlog import Syn
 
 
 class ShimError(Exception):
@@ -128,11 +129,21 @@ class Images(Protocol):
         ...
 
 
+class SynRecord(Protocol):
+    """The SYNs a pod's held sockets received (:class:`zeropod.sockets.synlog.SynLog`)."""
+
+    def syns(self) -> list[Syn]:
+        """The last SYN per (source, destination, port); raises OSError if unreadable."""
+        ...
+
+
 class HeldCopies(Protocol):
     """The daemon's copies of the listening sockets systemd holds for a sleeping pod."""
 
     sockets: list[socket.socket]
     closed: bool
+    syn_log: SynRecord | None
+    """Who knocked, recorded by the kernel; None where it cannot record (sock_diag then)."""
 
     def close(self) -> None:
         """Close the daemon's copies (a pending :meth:`readable` returns None)."""

@@ -3,6 +3,9 @@
 While a pod sleeps, the daemon holds the listening sockets the activated service handed over.
 When one of them is readable:
 
+- :func:`recent_client` is the fast way: the kernel recorded each SYN the held sockets got
+  (:mod:`zeropod.sockets.synlog`); one from outside the node in the last seconds is a
+  client waiting, and the pod wakes without any walk. Anything else goes to :func:`decide`.
 - :func:`decide` looks at the *sources* of the connections waiting in the accept queues
   without accepting them: the pod netns is read with sock_diag (``zeropod.activity``), and
   every connection on a held port that is ESTABLISHED or CLOSE_WAIT is one still queued (the
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 
 from zeropod.activity.sockdiag import Connection, IPAddress, TcpState
 from zeropod.activity.sources import Network, excluded
+from zeropod.sockets.synlog import Syn
 
 PROBE_READ_TIMEOUT = 2.0
 """Seconds an accepted node connection may take to send its request or hang up."""
@@ -48,6 +52,10 @@ OK_RESPONSE = (
 KUBE_PROBE = "kube-probe/"
 QUEUED_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 """The states of a connection waiting in an accept queue (an un-accepted child: measured)."""
+RECENT_SYN_NS = 5_000_000_000
+"""How old a recorded SYN may be to prove a client waits: a handshake completes within a
+second or two of its SYN (a lost SYN-ACK is sent again after 1 s); an older one may be a
+port scan's, which never queued anything."""
 _METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"OPTIONS ", b"DELETE ", b"PATCH ")
 
 
@@ -93,6 +101,20 @@ def decide(
     if waiting:
         return Decision(Verdict.PROBES, f"{len(waiting)} connection(s) from the node")
     return Decision(Verdict.EMPTY, "nothing queued")
+
+
+def recent_client(
+    syns: Iterable[Syn], node: Iterable[Network], now_ns: int, window_ns: int = RECENT_SYN_NS
+) -> Decision | None:
+    """WAKE for the newest SYN of the last ``window_ns`` from outside ``node`` (as
+    :func:`decide` judges a source); None when there is none: then :func:`decide` looks."""
+    networks = tuple(node)
+    for syn in sorted(syns, key=lambda s: s.at_ns, reverse=True):
+        if now_ns - syn.at_ns > window_ns:
+            break
+        if not excluded(syn.source, networks) and syn.source != syn.destination:
+            return Decision(Verdict.WAKE, syn.describe(), syn.source)
+    return None
 
 
 class Kind(enum.Enum):

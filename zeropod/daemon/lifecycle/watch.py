@@ -2,11 +2,12 @@
 
 Once a sleep holds the pod's ports (and after a daemon restart, for every pod still asleep),
 :class:`HeldPortWatch` waits for one of the daemon's copies of the held sockets
-(:mod:`zeropod.daemon.adapters.heldcopies`) to turn readable, reads who is queued through the
-pod's one netns view, and lets :mod:`.probes` decide: probes from the node are accepted and
-answered, anything else wakes the pod. The probe check is the wake's first timed step
-(``probe_check``). Nothing runs while no client comes: the copies sit in the event loop's
-epoll set.
+(:mod:`zeropod.daemon.adapters.heldcopies`) to turn readable, and lets :mod:`.probes` decide:
+probes from the node are accepted and answered, anything else wakes the pod. The probe check
+is the wake's first timed step (``probe_check``): a recent SYN from outside the node in the
+kernel's record of the held sockets wakes at once; otherwise it reads who is queued through
+the pod's one netns view (sock_diag). Nothing runs while no client comes: the copies sit in
+the event loop's epoll set.
 """
 
 from __future__ import annotations
@@ -101,24 +102,11 @@ class HeldPortWatch:
             return False
         ports = [p.port for p in life.ports.ports] or [listener.getsockname()[1]]
         with timer.step("probe_check"):
-            # Who is queued (only the held listeners' families: one hash walk each), judged
-            # by the node's addresses as last read. A node address newer than that list
-            # would make a probe look like a client: if the deciding source binds here, read
-            # the addresses now and judge again (the common wake reads nothing).
-            families = held_families(life, listener)
-            connections = await life.net.connections(ports, probes.QUEUED_STATES, families)
             cached = getattr(self.node_networks, "cached", None)
             node = cached() if cached is not None else self.node_networks()
-            decision = probes.decide(connections, ports, node)
-            refresh = getattr(self.node_networks, "refresh", None)
-            if (
-                decision.verdict is probes.Verdict.WAKE
-                and decision.source is not None
-                and refresh is not None
-                and self.may_be_local(decision.source)
-            ):
-                node = await asyncio.to_thread(refresh)
-                decision = probes.decide(connections, ports, node)
+            decision = self._recent_client(life, node)
+            if decision is None:
+                decision, node = await self._queued(life, listener, ports, node)
         if decision.verdict is probes.Verdict.WAKE:
             await self._wake(life, decision.reason, seen, timer)
             return False
@@ -144,6 +132,46 @@ class HeldPortWatch:
             probe=kind.name,
         )
         return True
+
+    def _recent_client(self, life: PodLife, node: Sequence[Network]) -> probes.Decision | None:
+        """A WAKE from the kernel's SYN record of the held sockets, when it proves a client
+        knocked (no walk of the TCP hash); None leaves the verdict to :meth:`_queued`, and
+        so does a source that may be a node address the cached list does not know yet."""
+        copies = life.ports.copies
+        record = copies.syn_log if copies is not None else None
+        if record is None:
+            return None
+        try:
+            syns = record.syns()
+        except OSError as err:
+            self.journal.warning(f"{life.key.label}: reading the SYN record failed: {err}")
+            return None
+        decision = probes.recent_client(syns, node, time.monotonic_ns())
+        if decision is None or decision.source is None or self.may_be_local(decision.source):
+            return None
+        return decision
+
+    async def _queued(
+        self, life: PodLife, listener: socket.socket, ports: list[int], node: Sequence[Network]
+    ) -> tuple[probes.Decision, Sequence[Network]]:
+        """The verdict on who is queued (one sock_diag dump of the held listeners' families),
+        judged by the node's addresses as last read. A node address newer than that list
+        would make a probe look like a client: if the deciding source binds here, read the
+        addresses now and judge again (the common wake reads nothing). Returns the verdict
+        and the addresses it used."""
+        families = held_families(life, listener)
+        connections = await life.net.connections(ports, probes.QUEUED_STATES, families)
+        decision = probes.decide(connections, ports, node)
+        refresh = getattr(self.node_networks, "refresh", None)
+        if (
+            decision.verdict is probes.Verdict.WAKE
+            and decision.source is not None
+            and refresh is not None
+            and self.may_be_local(decision.source)
+        ):
+            node = await asyncio.to_thread(refresh)
+            decision = probes.decide(connections, ports, node)
+        return decision, node
 
     async def _wake_and_relay(
         self, life: PodLife, conn: socket.socket, data: bytes, why: str, seen: float
