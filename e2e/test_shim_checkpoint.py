@@ -88,7 +88,7 @@ def assert_zeropods_criu_options(node: Node, cid: str, image_dir: str) -> None:
     the dump saw the cgroup frozen at once or polled it within the step (freeze-poll-fast),
     and its tmpfs mounts are plain tarballs (tmpfs-no-gzip), which the restore then reads."""
     config = node.host_path(f"/run/zeropod/criu.d/{cid}.conf").read_text().splitlines()
-    assert {"freeze-poll-fast", "tmpfs-no-gzip"} <= set(config), config
+    assert {"freeze-poll-fast", "tmpfs-no-gzip", "tmpfs-untar-inline"} <= set(config), config
     images = node.host_path(image_dir)
     log = (images / "dump.log").read_text()
     assert "(freeze-poll-fast)" in log or "freezing processes: 0 attempts done" in log, [
@@ -101,6 +101,29 @@ def assert_zeropods_criu_options(node: Node, cid: str, image_dir: str) -> None:
         assert head[257:262] == b"ustar", f"{tarball.name}: not a plain tarball: {head[:4]!r}"
 
 
+DEV_LISTING = """
+import os, sys
+root = sys.argv[1]
+top = os.lstat(root).st_dev
+for base, dirs, files in os.walk(root):
+    dirs[:] = [d for d in dirs if os.lstat(os.path.join(base, d)).st_dev == top]
+    for name in ["", *dirs, *files]:
+        path = os.path.join(base, name)
+        st = os.lstat(path)
+        link = os.readlink(path) if os.path.islink(path) else ""
+        rdev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if st.st_rdev else ""
+        print(os.path.relpath(path, root), oct(st.st_mode), st.st_uid, st.st_gid,
+              int(st.st_mtime), link, rdev)
+"""
+
+
+def dev_listing(node: Node, pid: int) -> list[str]:
+    """The container's /dev tmpfs as tar restores it: names, types and modes, owners,
+    whole-second times, link targets, device numbers (not what other mounts hold)."""
+    out = node.run(["python3", "-c", DEV_LISTING, f"/proc/{pid}/root/dev"], check=True).stdout
+    return sorted(out.splitlines())
+
+
 def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> None:
     with cri.pod(_name("ckpt"), [ContainerSpec("app", "counter")]) as running:
         cid = running.containers["app"]
@@ -110,6 +133,7 @@ def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> N
         expected = 2
         for cycle in range(3):
             image_dir = f"{IMAGES}/{uuid.uuid4().hex}"
+            dev_before = dev_listing(node, shim_status(node, cid)["pid"])
             slept = checkpoint(node, cid, image_dir)
             assert not alive(node, slept["pid"]), "the dumped process still runs"
             if cycle == 0:
@@ -119,6 +143,13 @@ def test_counter_survives_three_cycles_and_logs_go_on(node: Node, cri: Cri) -> N
             assert stats.stats.memory.working_set_bytes.value == 0, stats
             woke = control(node, cid, "restore", image_dir=image_dir)
             assert woke["ok"] and woke["cold"] is False, woke
+            # /dev and /sys/fs/cgroup came back from CRIU's own extraction
+            # (tmpfs-untar-inline), as tar would have restored them.
+            restore_log = node.host_path(f"{image_dir}/restore.log").read_text()
+            assert restore_log.count("entries extracted in process") >= 2, [
+                line for line in restore_log.splitlines() if "tmpfs" in line
+            ]
+            assert dev_listing(node, woke["pid"]) == dev_before
             assert shim_status(node, cid) | {"pid": woke["pid"]} == shim_status(node, cid)
             assert http_get(node, ip) == f"count={expected}\n"
             expected += 1

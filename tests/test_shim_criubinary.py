@@ -40,6 +40,9 @@ def test_only_the_options_the_binary_has(tmp_path: Path, monkeypatch: pytest.Mon
     fake_criu(ours, b"\0tmpfs-no-gzip\0freeze-poll-fast\0tcp-close\0")
     os.utime(ours / "criu", ns=(2, 2))  # a new binary: another size or mtime, read again
     assert criubinary.zeropod_options(str(ours)) == ("freeze-poll-fast", "tmpfs-no-gzip")
+    fake_criu(ours, b"\0tmpfs-untar-inline\0tmpfs-no-gzip\0freeze-poll-fast\0")
+    os.utime(ours / "criu", ns=(3, 3))
+    assert criubinary.zeropod_options(str(ours)) == criubinary.ZEROPOD_OPTIONS
     # upstream's criu, or a longer name that only starts like ours
     fake_criu(ours, b"\0skip-in-flight\0freeze-poll-fastest\0")
     os.utime(ours / "criu", ns=(1, 1))  # a new binary: another size or mtime, read again
@@ -57,4 +60,10 @@ def test_the_container_config_carries_them_only_when_criu_has_them(
     assert plain == ["skip-in-flight", "network-lock skip"]
     monkeypatch.setattr(criubinary, "zeropod_options", lambda: criubinary.ZEROPOD_OPTIONS)
     lines = spec.write_criu_config(config, lazy=True).read_text().splitlines()[1:]
-    assert lines == [*plain, "freeze-poll-fast", "tmpfs-no-gzip", "lazy-pages"]
+    assert lines == [
+        *plain,
+        "freeze-poll-fast",
+        "tmpfs-no-gzip",
+        "tmpfs-untar-inline",
+        "lazy-pages",
+    ]

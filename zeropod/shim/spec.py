@@ -17,8 +17,9 @@ file per container (:func:`criu_config_for`), so one restore can ask for more th
 
 - zeropod's own, when the ``criu`` runc runs has them
   (:func:`zeropod.shim.criubinary.zeropod_options`): ``freeze-poll-fast`` (a dump sees the
-  frozen cgroup within milliseconds, not after CRIU's 100 ms step) and ``tmpfs-no-gzip``
-  (no gzip exec per tmpfs mount at a dump and at a restore).
+  frozen cgroup within milliseconds, not after CRIU's 100 ms step), ``tmpfs-no-gzip``
+  (no gzip exec per tmpfs mount at a dump and at a restore) and ``tmpfs-untar-inline`` (no
+  tar exec either at a restore: CRIU extracts the tarball itself).
 
 Not ``tcp-established``: an open connection means the app is not idle; restoring one
 without a network lock would hand the peer a socket whose state moved on (resets). The
