@@ -4,10 +4,13 @@ images) that record calls, and a World wiring them like zeropod.daemon.main does
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from zeropod.activity.sockdiag import Connection, TcpState
 from zeropod.contract.protocol import RESTORE_FAILED
 from zeropod.contract.requests import RegisterRequest, SleepRequest
 from zeropod.contract.shimops import TaskReply
@@ -26,6 +29,32 @@ from zeropod.daemon.model.registry import Container, Registry
 from zeropod.journal import Journal
 
 PORT = HeldPort(socket.AF_INET, "0.0.0.0", 8080, False)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Poll PREDICATE on the loop until it holds, or fail naming WHAT."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def queued_from(address: str, port: int) -> Connection:
+    """What sock_diag shows for a connection from ADDRESS waiting on a held PORT."""
+    here = ipaddress.ip_address("127.0.0.1")
+    return Connection(TcpState.ESTABLISHED, here, port, ipaddress.ip_address(address), 1, 1)
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """Send REQUEST to 127.0.0.1:PORT, half-close, and read the answer to its end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        return data
 
 
 class Recorder:

@@ -9,12 +9,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
-from daemon_fakes import World
+from daemon_fakes import World, exchange, queued_from, wait_until
 
-from zeropod.activity.sockdiag import Connection, TcpState
 from zeropod.activity.sources import LOOPBACK, may_be_local
 from zeropod.daemon.adapters.heldcopies import HeldSockets, accept_nowait
 from zeropod.daemon.lifecycle.probes import OK_RESPONSE
@@ -23,29 +21,6 @@ from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.restart import watch_held
 from zeropod.sockets.listeners import sockets_by_inode
 from zeropod.sockets.pidfd import ProcessGoneError
-
-
-async def wait_until(predicate, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def queued_from(address: str, port: int) -> Connection:
-    here = ipaddress.ip_address("127.0.0.1")
-    return Connection(TcpState.ESTABLISHED, here, port, ipaddress.ip_address(address), 1, 1)
-
-
-def client(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(request)
-        conn.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-        return data
 
 
 def test_a_process_s_sockets_are_found_by_inode() -> None:
@@ -84,7 +59,7 @@ async def test_probes_are_answered_asleep_and_a_real_client_wakes() -> None:
 
     probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
     for _ in range(3):
-        assert await asyncio.to_thread(client, port, probe) == OK_RESPONSE
+        assert await asyncio.to_thread(exchange, port, probe) == OK_RESPONSE
     assert app.phase.phase is Phase.SCALED_DOWN
     assert "restore" not in world.rec.names()
     assert sum("answered a http probe" in m for m in world.captured.messages()) == 3
@@ -286,7 +261,7 @@ async def test_a_node_address_newer_than_the_cache_is_still_a_probe_source() -> 
     world.watch.may_be_local = lambda addr: addr in sources.bridge
     world.net.queue = [queued_from("10.1.2.1", world.life(key).ports.ports[0].port)]
     probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
-    assert await asyncio.to_thread(client, held.getsockname()[1], probe) == OK_RESPONSE
+    assert await asyncio.to_thread(exchange, held.getsockname()[1], probe) == OK_RESPONSE
     assert "restore" not in world.rec.names()
     assert sources.reads >= 1
     world.network.close()

@@ -10,9 +10,8 @@ import ipaddress
 import socket
 import time
 
-from daemon_fakes import World
+from daemon_fakes import World, exchange, queued_from, wait_until
 
-from zeropod.activity.sockdiag import Connection, TcpState
 from zeropod.activity.sources import LOOPBACK
 from zeropod.daemon.lifecycle import probes
 from zeropod.daemon.lifecycle.probes import OK_RESPONSE, Verdict
@@ -47,14 +46,6 @@ class FakeSynRecord:
         self.closed = True
 
 
-async def wait_until(predicate, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def asleep_with(record: FakeSynRecord) -> tuple[World, PodKey, int]:
     world = World()
     world.watch.node_networks = lambda: NODE
@@ -65,11 +56,6 @@ async def asleep_with(record: FakeSynRecord) -> tuple[World, PodKey, int]:
     await world.sleep(key, "forced")
     world.life(key).ports.ports = ()  # checked on the listener's own port
     return world, key, world.network.listeners[-1].getsockname()[1]
-
-
-def queued_from(address: str, port: int) -> Connection:
-    here = ipaddress.ip_address("127.0.0.1")
-    return Connection(TcpState.ESTABLISHED, here, port, ipaddress.ip_address(address), 1, 1)
 
 
 def test_a_recent_syn_from_outside_the_node_is_a_client() -> None:
@@ -116,7 +102,7 @@ async def test_probes_still_go_through_the_queue_and_stay_asleep() -> None:
     world, key, port = await asleep_with(record)
     world.net.queue = [queued_from("127.0.0.1", port)]
     probe = b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n"
-    assert await asyncio.to_thread(http_exchange, port, probe) == OK_RESPONSE
+    assert await asyncio.to_thread(exchange, port, probe) == OK_RESPONSE
     app = world.life(key).containers()[0]
     assert app.phase.phase is Phase.SCALED_DOWN
     assert world.net.dumps >= 1 and record.reads >= 1
@@ -151,13 +137,3 @@ async def test_a_source_that_may_be_the_node_s_is_judged_by_the_queue() -> None:
     assert "connection 10.244.3.9:1" in app.phase.history[-1].reason
     real.close()
     world.network.close()
-
-
-def http_exchange(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(request)
-        conn.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-        return data
