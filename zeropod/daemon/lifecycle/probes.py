@@ -89,6 +89,12 @@ def queued(connections: Iterable[Connection], ports: Iterable[int]) -> list[Conn
     ]
 
 
+def is_client(source: IPAddress, destination: IPAddress, networks: tuple[Network, ...]) -> bool:
+    """Whether a connection from ``source`` to the pod's ``destination`` is a client's: not
+    from the node's ``networks`` (nor loopback), nor the pod calling its own address."""
+    return not excluded(source, networks) and source != destination
+
+
 def decide(
     connections: Iterable[Connection], ports: Iterable[int], node: Iterable[Network]
 ) -> Decision:
@@ -96,7 +102,7 @@ def decide(
     waiting = queued(connections, ports)
     networks = tuple(node)
     for conn in waiting:
-        if not excluded(conn.remote_addr, networks) and conn.remote_addr != conn.local_addr:
+        if is_client(conn.remote_addr, conn.local_addr, networks):
             return Decision(Verdict.WAKE, f"connection {conn.describe()}", conn.remote_addr)
     if waiting:
         return Decision(Verdict.PROBES, f"{len(waiting)} connection(s) from the node")
@@ -112,7 +118,7 @@ def recent_client(
     for syn in sorted(syns, key=lambda s: s.at_ns, reverse=True):
         if now_ns - syn.at_ns > window_ns:
             break
-        if not excluded(syn.source, networks) and syn.source != syn.destination:
+        if is_client(syn.source, syn.destination, networks):
             return Decision(Verdict.WAKE, syn.describe(), syn.source)
     return None
 
