@@ -7,7 +7,8 @@
 - the daemon's CPU while nothing happens, in windows of ``WINDOW`` seconds (percent of one
   core, from the nanoseconds each of its threads ran, /proc/PID/task/*/schedstat: utime
   and stime count 10 ms ticks, one tick per 5 s window being 0.2 % already);
-- every pod woken at the same moment by one client each (from the client netns), against
+- every pod woken at the same moment by one client each (`Bench.wake_all`: one process in
+  the client netns, its threads past one barrier), against
   N raw ``runc restore``s of N checkpointed containers started at once (rawcr ``storm``).
 """
 
@@ -18,8 +19,6 @@ import time
 from typing import TYPE_CHECKING
 
 from bench import probes, report
-from e2e import http
-from e2e.scaling import CLIENT_NETNS
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -65,11 +64,7 @@ def density(bench: Bench, pods: int, windows: int) -> None:
             f"{daemon_mb:.1f} MB and {max(cpu):.3f} % of a core at most, interposer "
             f"template {template_mb:.1f} MB"
         )
-        futures = [
-            http.start(bench.node, url, netns=CLIENT_NETNS, timeout=120) for _, _, url in running
-        ]
-        results = [f.result(600) for f in futures]
-        lat = [r.results[0].latency_ms for r in results if r.ok]
+        lat = bench.wake_all([url for _, _, url in running])
         for _, cid, _ in running:
             bench.daemon.wait_state(cid, "RUNNING", timeout=300)
     raw = probes.rawcr(

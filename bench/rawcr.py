@@ -10,6 +10,7 @@ runc root of its own. Every command prints one JSON object.
                                                                # restore until answered
     rawcr.py clients --slot 0 --clients 50     # checkpoint, then 50 clients during the restore
     rawcr.py storm --slots 10                  # checkpoint SLOTS containers, restore all at once
+    rawcr.py wakeall --netns NS URL...         # one GET to each URL at the same moment
     rawcr.py stats DIR                         # CRIU's stats-dump / stats-restore in DIR
     rawcr.py cleanup                           # delete every bench container and netns
 """
@@ -28,7 +29,9 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 ARCHIVES = Path("/opt/zeropod/src/build/images")
@@ -350,6 +353,44 @@ def cmd_storm(args: argparse.Namespace) -> dict:
     return {"latency_ms": latencies}
 
 
+def first_answer(host: str, port: int, timeout: float) -> float:
+    """One GET / to HOST: ms from connect to the first answer byte; raises OSError unless
+    the whole answer is a 200."""
+    t0 = time.monotonic()
+    with socket.create_connection((host, port), timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(REQUEST)
+        data = sock.recv(65536)
+        latency = (time.monotonic() - t0) * 1000
+        while chunk := sock.recv(65536):
+            data += chunk
+    if not data.startswith(b"HTTP/1.1 200"):
+        raise OSError(f"unexpected reply {data[:80]!r}")
+    return round(latency, 3)
+
+
+def cmd_wakeall(args: argparse.Namespace) -> dict:
+    """From netns NETNS, one GET to each URL, all at the same moment (one thread each, past
+    a barrier): each one's ms from connect to first byte, or its error."""
+    enter_netns(args.netns)  # before any thread: they inherit it
+    targets = [urllib.parse.urlsplit(url) for url in args.urls]
+    barrier = threading.Barrier(len(targets))
+
+    def one(target: urllib.parse.SplitResult) -> float | str:
+        barrier.wait()
+        try:
+            return first_answer(target.hostname or "", target.port or 80, args.timeout)
+        except OSError as err:
+            return f"{type(err).__name__}: {err}"
+
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+        outcomes = list(pool.map(one, targets))
+    return {
+        "latency_ms": [o if isinstance(o, float) else None for o in outcomes],
+        "errors": [o for o in outcomes if isinstance(o, str)],
+    }
+
+
 def cmd_poll(args: argparse.Namespace) -> dict:
     """Poll URL from netns NETNS until it answers; the wall-clock time of the answer."""
     enter_netns(args.netns)
@@ -436,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("url")
     p.add_argument("--netns", required=True)
     p.add_argument("--timeout", type=float, default=60)
+    p = sub.add_parser("wakeall")
+    p.add_argument("urls", nargs="+")
+    p.add_argument("--netns", required=True)
+    p.add_argument("--timeout", type=float, default=120)
     sub.add_parser("cleanup")
     args = parser.parse_args(argv)
     global HELLO
@@ -448,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "storm": cmd_storm,
         "stats": cmd_stats,
         "poll": cmd_poll,
+        "wakeall": cmd_wakeall,
         "cleanup": cmd_cleanup,
     }
     json.dump(handlers[args.cmd](args), sys.stdout)

@@ -296,10 +296,7 @@ class Bench:
             ]
             for r, cid, _ in running:
                 self.sleep(r, cid)
-            urls = [url for _, _, url in running]
-            futures = [http.start(self.node, u, netns=CLIENT_NETNS, timeout=60) for u in urls]
-            results = [f.result(300) for f in futures]
-            lat = [r.results[0].latency_ms for r in results if r.ok]
+            lat = self.wake_all([url for _, _, url in running])
             for _, cid, _ in running:
                 self.daemon.wait_state(cid, "RUNNING", timeout=120)
         raw = probes.rawcr(
@@ -322,6 +319,15 @@ class Bench:
             p99_vs_single=self.p99_vs_single(lat),
             baseline_is=f"{pods} runc restores at once",
         )
+
+    def wake_all(self, urls: list[str]) -> list[float]:
+        """One client per URL from the client netns, all in one process and past one barrier,
+        so that every wake starts at the same moment (as rawcr ``storm`` starts its restores);
+        the latencies (connect to first byte) of those answered."""
+        answers = probes.rawcr(self.node, "wakeall", "--netns", CLIENT_NETNS, *urls, timeout=600)
+        for error in answers["errors"]:
+            self.step(f"a simultaneous wake failed: {error}")
+        return [x for x in answers["latency_ms"] if x is not None]
 
     def p99_vs_single(self, latencies: list[float]) -> float | None:
         """The p99 of LATENCIES over the median wake of one 5 MB pod alone (this run's)."""
