@@ -96,8 +96,8 @@ class ContainerSpec:
     run_as_user: int | None = None
     """securityContext.runAsUser (and runAsGroup, the same id); None: the image's user."""
     privileged: bool = False
-    mounts: Sequence[tuple[str, str]] = ()
-    """(host path, container path) pairs, like hostPath volumes."""
+    mounts: Sequence[tuple[str, ...]] = ()
+    """(host path, container path[, mountPropagation]) like hostPath volumes (cri_config.mount)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +284,7 @@ class Cri:
         timeout: float = 60.0,
         run_as_user: int | None = None,
         privileged: bool = False,
-        mounts: Sequence[tuple[str, str]] = (),
+        mounts: Sequence[tuple[str, ...]] = (),
     ) -> str:
         """CreateContainer in POD from IMAGE (test image name or full reference); return its id."""
         host_pid = pod.config.linux.security_context.namespace_options.pid == api.NODE

@@ -86,11 +86,12 @@ def container_config(
     log_path: str | None = None,
     run_as_user: int | None = None,
     privileged: bool = False,
-    mounts: Sequence[tuple[str, str]] = (),
+    mounts: Sequence[tuple[str, ...]] = (),
     host_pid: bool = False,
 ) -> api.ContainerConfig:
     """A ContainerConfig like kubelet's; LOG_PATH is relative to the pod's log directory.
-    RUN_AS_USER is the pod spec's securityContext.runAsUser (group: the same id)."""
+    RUN_AS_USER is the pod spec's securityContext.runAsUser (group: the same id); MOUNTS are
+    :func:`mount`'s arguments."""
     security = api.LinuxContainerSecurityContext(
         namespace_options=_pod_namespaces(host_pid), privileged=privileged
     )
@@ -106,6 +107,21 @@ def container_config(
         labels={"io.kubernetes.container.name": name},
         annotations=dict(annotations or {}),
         log_path=log_path if log_path is not None else container_log_path(name),
-        mounts=[api.Mount(host_path=h, container_path=c) for h, c in mounts],
+        mounts=[mount(*m) for m in mounts],
         linux=api.LinuxContainerConfig(security_context=security),
+    )
+
+
+PROPAGATION = {
+    "None": api.PROPAGATION_PRIVATE,
+    "HostToContainer": api.PROPAGATION_HOST_TO_CONTAINER,
+    "Bidirectional": api.PROPAGATION_BIDIRECTIONAL,
+}
+
+
+def mount(host_path: str, container_path: str, propagation: str = "None") -> api.Mount:
+    """A hostPath volume mount, with the pod spec's mountPropagation (None, HostToContainer,
+    Bidirectional)."""
+    return api.Mount(
+        host_path=host_path, container_path=container_path, propagation=PROPAGATION[propagation]
     )

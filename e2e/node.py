@@ -124,3 +124,15 @@ class Node:
     def containerd_socket(self) -> Path:
         """containerd's gRPC socket, reachable from the host."""
         return self.host_path("/run/containerd/containerd.sock")
+
+
+def runc_shim_pid(node: Node, pod_id: str) -> int:
+    """The pid of the runc shim serving pod POD_ID (not the ``unshare`` that started it)."""
+    lines = node.run(["ps", "-eo", "pid,args", "--no-headers"], check=True).stdout.splitlines()
+    found = [
+        int(line.split()[0])
+        for line in lines
+        if "containerd-shim-runc-v2" in line and pod_id in line and "unshare" not in line
+    ]
+    assert len(found) == 1, lines
+    return found[0]

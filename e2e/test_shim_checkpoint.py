@@ -15,7 +15,7 @@ from typing import Any
 
 from e2e.cri import ContainerSpec, Cri, CriError, wait_for
 from e2e.images import APP_PORT
-from e2e.node import Node
+from e2e.node import Node, runc_shim_pid
 from zeropod._gen.cri.runtime.v1 import api_pb2 as api
 
 IMAGES = "/var/lib/zeropod/images/e2e"
@@ -168,6 +168,7 @@ def test_stop_and_remove_while_scaled_down(node: Node, cri: Cri) -> None:
         pod_id = running.pod.id
         image_dir = f"{IMAGES}/{uuid.uuid4().hex}"
         slept = checkpoint(node, cid, image_dir)
+        runc_shim = runc_shim_pid(node, pod_id)
         cri.stop_container(cid, grace=5)
         status = cri.wait_container_state(cid, "CONTAINER_EXITED", timeout=30)
         assert status.exit_code == 128 + 15  # SIGTERM, the first signal StopContainer sends
@@ -183,9 +184,10 @@ def test_stop_and_remove_while_scaled_down(node: Node, cri: Cri) -> None:
                 procs.append(f"app pid {slept['pid']}")
             found = {
                 "processes": procs,
-                "mounts": [
+                "mounts": [  # the node's, and the runc shim's own (zeropod.shim.mountns)
                     m
-                    for m in node.run(["cat", "/proc/self/mountinfo"]).stdout.splitlines()
+                    for table in ("self", runc_shim)
+                    for m in node.run(["cat", f"/proc/{table}/mountinfo"]).stdout.splitlines()
                     if cid in m
                 ],
                 "cgroups": node.run(["find", "/sys/fs/cgroup", "-name", f"*{cid}*"]).stdout.split(),

@@ -31,6 +31,7 @@ from zeropod.ttrpc import Call, Client, Server, TtrpcError
 from zeropod.ttrpc.status import Code
 
 RUNNING, STOPPED = 2, 3
+FAKE_SHIM_PID = 4_194_305  # above any pid_max: no process of this namespace has it
 CID = "app"
 
 
@@ -76,6 +77,8 @@ class FakeRunc:
             self.tasks[req.id] = task
             self.created.append(task)
             return m.CreateTaskResponse(pid=0 if req.checkpoint else 1).SerializeToString()
+        if name == "Connect":  # as runc's: the shim's pid, whichever task is asked about
+            return m.ConnectResponse(shim_pid=FAKE_SHIM_PID).SerializeToString()
         decode = {"Checkpoint": "CheckpointTaskRequest", "Exec": "ExecProcessRequest"}
         req = api.decode(decode.get(name, f"{name}Request"), call.payload)
         task = self.tasks.get(req.id)
@@ -201,7 +204,7 @@ async def rig(
     )
     ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
     relay_task = asyncio.create_task(relay.run())
-    proxy = ScalingProxy(ctx, True, str(tmp_path / "runc.sock"))
+    proxy = ScalingProxy(ctx, True)
     server = Server(proxy.handlers(), fallback=proxy.forward, name="task")
     await server.listen(str(tmp_path / "task.sock"))
     client = await Client.connect(str(tmp_path / "task.sock"))

@@ -164,7 +164,7 @@ async def amain(cfg: Config) -> int:
         cfg.containerd_events, tracker, cfg.namespace, lambda c, ev: ctx.exited(c, ev)
     )
     ctx = ShimContext(tracker, Upstream(upstream), relay, daemon)
-    proxy = ScalingProxy(ctx, criu_configs, cfg.upstream)
+    proxy = ScalingProxy(ctx, criu_configs)
     control = ShimControl(control_path(cfg), ctx)
 
     def bundles() -> list[str]:

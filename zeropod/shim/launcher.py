@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import zeropod
-from zeropod.shim import bootstrap, detached, paths, templateclient
+from zeropod.shim import bootstrap, detached, mountns, paths, templateclient
 from zeropod.shim.commandline import ShimArgs
 from zeropod.shim.config import Config
 
@@ -121,7 +121,8 @@ def start_group(
 
 
 def run_runc_start(runc: str, args: ShimArgs, bundle: Path, events: Path) -> bootstrap.Bootstrap:
-    """Run the runc shim's ``start`` with our events socket; parse what it prints.
+    """Run the runc shim's ``start`` with our events socket, in a mount namespace of its own
+    (:mod:`zeropod.shim.mountns`); parse what it prints.
 
     Output goes to files, not pipes: a daemon that inherits a pipe would hold it open and
     make reading until EOF hang.
@@ -130,7 +131,7 @@ def run_runc_start(runc: str, args: ShimArgs, bundle: Path, events: Path) -> boo
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.run(
-                [runc, *args.argv],
+                mountns.wrap([runc, *args.argv], env),
                 cwd=bundle,
                 env=env,
                 stdout=out,

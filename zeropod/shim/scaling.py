@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 from google.protobuf import any_pb2
 
 from zeropod._gen.containerd.api.types.task import task_pb2 as task_types
 from zeropod._gen.ttrpc import request_pb2
-from zeropod.shim import spec
+from zeropod.shim import mountns, spec
 from zeropod.shim.context import ShimContext
 from zeropod.shim.restore import end_asleep, restore
 from zeropod.shim.taskphase import TaskPhase
 from zeropod.shim.taskproxy import TaskProxy
 from zeropod.shim.tasks import TaskRecord
-from zeropod.sockets.peercred import peer_credentials
 from zeropod.ttrpc import Call, RawResponse, TtrpcError
 from zeropod.ttrpc.status import Code
 
@@ -61,11 +59,10 @@ def stats_type_url() -> str:
 class ScalingProxy(TaskProxy):
     """TaskProxy that answers for sleeping containers."""
 
-    def __init__(self, ctx: ShimContext, criu_configs: bool, upstream_path: str) -> None:
+    def __init__(self, ctx: ShimContext, criu_configs: bool) -> None:
         super().__init__(ctx.upstream.client)
         self.ctx = ctx
         self.criu_configs = criu_configs  # False: the config dir cannot be written, never dump
-        self.upstream_path = upstream_path
         self._stats_url: str | None = None
         self._shim_pid: int | None = None
 
@@ -79,6 +76,7 @@ class ScalingProxy(TaskProxy):
     async def Create(self, call: Call) -> RawResponse:
         api = self.api(call)
         req = api.decode("CreateTaskRequest", call.payload)
+        await self._refuse_shared_propagation(call, req.id, req.bundle)
         criu_config_set = False
         try:
             if self.criu_configs:
@@ -101,6 +99,22 @@ class ScalingProxy(TaskProxy):
             c.pid = api.decode("CreateTaskResponse", payload).pid
             self.ctx.tracker.add(c)
         return reply
+
+    async def _refuse_shared_propagation(self, call: Call, container_id: str, bundle: str) -> None:
+        """A mount that must propagate back to the node cannot from the runc shim's mount
+        namespace (:mod:`zeropod.shim.mountns`): refuse the container, saying why."""
+        try:
+            shared = mountns.shared_propagation(spec.read_spec(bundle))
+        except (OSError, ValueError):
+            return  # runc reads it too, and says what is wrong with it
+        if shared and mountns.separate(await self.runc_shim_pid(call, container_id)):
+            raise TtrpcError(
+                Code.FAILED_PRECONDITION,
+                f"container {container_id}: {', '.join(shared)}: Bidirectional mount "
+                "propagation cannot reach the node from a zeropod pod (its runc shim has a "
+                f"mount namespace of its own; {mountns.MODE_ENV}=node in containerd's "
+                "environment shares the node's)",
+            )
 
     async def Start(self, call: Call) -> RawResponse:
         c = self._container(call, "StartRequest")
@@ -178,19 +192,25 @@ class ScalingProxy(TaskProxy):
         c = self._container(call, "ConnectRequest")
         if c is None or not (c.hidden or c.phase is TaskPhase.ENDED):
             return await self.forward(call)
-        resp = self.api(call).messages.ConnectResponse(shim_pid=self.shim_pid(), task_pid=c.pid)
+        shim_pid = await self.runc_shim_pid(call, c.id) or os.getpid()
+        resp = self.api(call).messages.ConnectResponse(shim_pid=shim_pid, task_pid=c.pid)
         return resp.SerializeToString()
 
-    def shim_pid(self) -> int:
-        """The runc shim's pid (the peer of its task socket), looked up once."""
+    async def runc_shim_pid(self, call: Call, container_id: str) -> int:
+        """The runc shim's pid as its own Connect answers it (asked once; 0 when it does not
+        answer). Not the peer of its socket: that was its ``start``, which made the socket,
+        handed it to the runc shim and exited."""
         if self._shim_pid is None:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(2)
-                try:
-                    s.connect(self.upstream_path)
-                    self._shim_pid = peer_credentials(s)[0]
-                except OSError:
-                    return os.getpid()
+            api = self.api(call)
+            request = api.messages.ConnectRequest(id=container_id).SerializeToString()
+            try:
+                payload = await self.ctx.upstream.client.call(
+                    api.service, "Connect", request, timeout=5, metadata=call.metadata()
+                )
+            except (TtrpcError, OSError) as err:
+                log.warning("the runc shim does not say its pid: %s", err)
+                return 0
+            self._shim_pid = int(api.decode("ConnectResponse", payload).shim_pid)
         return self._shim_pid
 
     async def Kill(self, call: Call) -> RawResponse | bytes:
