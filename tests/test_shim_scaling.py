@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
-from shim_rig import CID, RUNNING, STOPPED, Rig
+from shim_rig import CID, FAKE_SHIM_PID, RUNNING, STOPPED, Rig
 
 from zeropod._gen.containerd.api.events import task_pb2 as ev
 from zeropod._gen.containerd.runc.options import oci_pb2
@@ -46,7 +45,7 @@ async def test_wait_pending_and_state_running_across_cycles(rig: Rig) -> None:
         zero = await rig.call("Stats", "StatsResponse", id=CID)
         assert (zero.stats.type_url, zero.stats.value) == (stats.stats.type_url, b"")
         connect = await rig.call("Connect", "ConnectResponse", id=CID)
-        assert connect.task_pid == pid and connect.shim_pid == os.getpid()
+        assert connect.task_pid == pid and connect.shim_pid == FAKE_SHIM_PID
         woke = await rig.control.handle(rig.op("restore", image_dir=image, fallback=True))
         assert woke["cold"] is False and woke["pid"] != pid
         pid = woke["pid"]
