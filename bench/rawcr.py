@@ -151,13 +151,22 @@ class Hello:
     def http(self) -> bool:
         return self.send == REQUEST
 
-    def ask(self, host: str, timeout: float, connect_timeout: float | None = None) -> str:
-        """One exchange with HOST; the HTTP body, or the raw answer. Raises OSError."""
+    def ask(
+        self,
+        host: str,
+        timeout: float,
+        connect_timeout: float | None = None,
+        first_byte: list[float] | None = None,
+    ) -> str:
+        """One exchange with HOST; the HTTP body, or the raw answer. Raises OSError. The
+        monotonic time the answer's first byte came is appended to FIRST_BYTE if given."""
         with socket.create_connection((host, self.port), connect_timeout or timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(self.send)
             data = b""
             while chunk := sock.recv(65536):
+                if not data and first_byte is not None:
+                    first_byte.append(time.monotonic())
                 data += chunk
                 if not self.http and data.startswith(self.expect):
                     return data.decode(errors="replace")
@@ -356,17 +365,9 @@ def cmd_storm(args: argparse.Namespace) -> dict:
 def first_answer(host: str, port: int, timeout: float) -> float:
     """One GET / to HOST: ms from connect to the first answer byte; raises OSError unless
     the whole answer is a 200."""
-    t0 = time.monotonic()
-    with socket.create_connection((host, port), timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(REQUEST)
-        data = sock.recv(65536)
-        latency = (time.monotonic() - t0) * 1000
-        while chunk := sock.recv(65536):
-            data += chunk
-    if not data.startswith(b"HTTP/1.1 200"):
-        raise OSError(f"unexpected reply {data[:80]!r}")
-    return round(latency, 3)
+    t0, first = time.monotonic(), []
+    Hello(port).ask(host, timeout, first_byte=first)
+    return round((first[0] - t0) * 1000, 3)
 
 
 def cmd_wakeall(args: argparse.Namespace) -> dict:
