@@ -148,6 +148,9 @@ class FakeNetView:
     async def snapshot(self, ports: Sequence[int]) -> Any:
         raise OSError("no snapshots in the fake")
 
+    async def listening(self) -> frozenset[int]:
+        return frozenset()
+
     async def connections(
         self, ports: Sequence[int], states: Any, families: Any = (2, 10)
     ) -> list[Any]:

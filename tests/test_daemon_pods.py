@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from daemon_fakes import World
 
 from zeropod.config.annotations import CONTAINER_NAMES, PORTS_MAP, SCALEDOWN_DURATION
-from zeropod.daemon.lifecycle.idle import scaledown_after, watched_ports
+from zeropod.daemon.lifecycle.idle import scaledown_after
+from zeropod.daemon.lifecycle.portwatch import PortWatch, watched_ports
 from zeropod.daemon.model.pod import PodKey
 
 
@@ -55,3 +59,46 @@ def test_watched_ports_use_the_ports_map_else_detection() -> None:
     side.listen_ports = detected[side.identity.container_id]
     assert side.ports == (9000,)
     assert app.ports == (80, 81)
+
+
+class Listening:
+    """A netns view whose listening sockets are ``inodes``."""
+
+    def __init__(self) -> None:
+        self.inodes: frozenset[int] = frozenset({7})
+        self.reads = 0
+
+    async def listening(self) -> frozenset[int]:
+        self.reads += 1
+        return self.inodes
+
+
+def test_port_watch_detects_again_only_when_listeners_or_processes_change() -> None:
+    world = World()
+    app = world.register("app")
+    answers = {app.pid: [8080]}
+    watch = PortWatch(lambda pid: answers[pid])
+    net = Listening()
+
+    def poll() -> tuple[list[int], dict[str, tuple[int, ...]]]:
+        return asyncio.run(watch.ports(net, [app]))
+
+    assert poll() == ([8080], {app.identity.container_id: (8080,)})
+    answers[app.pid] = [9090]  # not looked at: nothing in the netns changed
+    assert poll()[0] == [8080] and watch.detections == 1
+    net.inodes = frozenset({7, 8})  # a new listener
+    assert poll()[0] == [9090] and watch.detections == 2
+    app.pid += 1  # the container's process was replaced (a restore)
+    answers[app.pid] = [9091]
+    assert poll()[0] == [9091] and watch.detections == 3
+    assert poll()[0] == [9091] and watch.detections == 3
+    assert net.reads == 5
+
+
+def test_port_watch_needs_no_detection_when_every_port_is_mapped() -> None:
+    world = World()
+    app = world.register("app", annotations={PORTS_MAP: "app=80"})
+    watch = PortWatch(lambda pid: pytest.fail("detected a mapped container's ports"))
+    net = Listening()
+    assert asyncio.run(watch.ports(net, [app])) == ([80], {})
+    assert net.reads == 0 and watch.detections == 0

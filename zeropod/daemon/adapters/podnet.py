@@ -1,11 +1,12 @@
 """One long-lived sock_diag view of a pod's network namespace (``PodSockets``).
 
-The idle loop polls it every second while the pod runs, the held-port watch reads who is
-queued, the wake waits for the app's listeners: all through the one view a pod's life owns,
-made on first use and kept until the pod is forgotten. sock_diag calls block, so each runs in
-a worker thread of the loop's default pool, one at a time (``PodSockets`` is not
-thread-safe), except the probe check's one dump, which runs on the loop; after an error the
-view is re-made at the next call (the netns may have been re-created).
+The idle loop polls it every second while the pod runs (and lists its listeners, to know
+when to detect its ports again), the held-port watch reads who is queued, the wake waits for
+the app's listeners: all through the one view a pod's life owns, made on first use and kept
+until the pod is forgotten. sock_diag calls block, so each runs in a worker thread of the
+loop's default pool, one at a time (``PodSockets`` is not thread-safe), except the probe
+check's dump and the listener list, which run on the loop; after an error the view is re-made
+at the next call (the netns may have been re-created).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from zeropod.activity.podsockets import BOTH_FAMILIES, PodSockets
-from zeropod.activity.sockdiag import Connection, Snapshot, TcpState, split
+from zeropod.activity.sockdiag import Connection, ListeningSocket, Snapshot, TcpState, split
 
 T = TypeVar("T")
 LISTEN_ONLY = 1 << TcpState.LISTEN.value
@@ -62,6 +63,16 @@ class PodNetView:
         return await self._call(
             lambda s: list(split(s.dump(mask, families, info=False), ports)[1]), inline=True
         )
+
+    async def listening(self) -> frozenset[int]:
+        """The inodes of every listening TCP socket in the netns, any port: a LISTEN-only dump
+        walks the kernel's listening hash alone, so it runs on the loop (see ``_call``)."""
+
+        def inodes(sockets: Any) -> frozenset[int]:
+            items = sockets.dump(LISTEN_ONLY, info=False)
+            return frozenset(x.inode for x in items if isinstance(x, ListeningSocket))
+
+        return await self._call(inodes, inline=True)
 
     async def listeners_per_port(self, ports: Sequence[int]) -> list[int]:
         """How many sockets listen on each of ``ports`` (a LISTEN-only dump)."""

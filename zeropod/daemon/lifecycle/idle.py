@@ -4,7 +4,8 @@ Activity comes from ``zeropod.activity``: sock_diag in the pod netns (the pod's 
 ``PodLife.net``) fed to an ``ActivityTracker`` that ignores the node's own addresses and
 loopback (kubelet's probes)
 and counts open client connections as activity. The ports watched are each scaled
-container's ``ports-map`` entry, else its listening sockets (auto-detected from /proc).
+container's ``ports-map`` entry, else its listening sockets (auto-detected from /proc, again
+only when the netns's listeners change: ``portwatch``).
 
 Policy (:func:`scaledown_after`): a pod sleeps once it has been idle for the longest
 ``scaledown-duration`` of its scaled containers; a duration of 0 on any of them means never.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from zeropod.contract.protocol import SLEEP_FAILED, ControlError
 from zeropod.daemon.adapters.shimexit import ShimExits
+from zeropod.daemon.lifecycle.portwatch import PortWatch, detect_ports
 from zeropod.daemon.lifecycle.states import ASLEEP, FAILED, RUNNING
 from zeropod.daemon.model.pod import PodKey
 from zeropod.daemon.model.registry import Container
@@ -49,24 +51,6 @@ def scaledown_after(containers: Iterable[Container]) -> float | None:
     return max(seconds)
 
 
-def watched_ports(
-    containers: Iterable[Container], detect: Callable[[int], Sequence[int]]
-) -> tuple[list[int], dict[str, tuple[int, ...]]]:
-    """The ports to watch: each container's ports-map entry, else ``detect(pid)``; and, by
-    container id, the ports found by detection (the caller records them on the loop)."""
-    ports: set[int] = set()
-    detected: dict[str, tuple[int, ...]] = {}
-    for container in containers:
-        mapped = (
-            container.config.ports_for(container.identity.container) if container.config else ()
-        )
-        found = tuple(mapped) or tuple(detect(container.pid))
-        if not mapped:
-            detected[container.identity.container_id] = tuple(sorted(found))
-        ports.update(found)
-    return sorted(ports), detected
-
-
 def shim_gone(path: str) -> bool:
     """True when nothing listens on the shim's control socket any more (the file is gone, or
     a connect is refused); a busy or slow shim is not gone, nor one without a socket."""
@@ -80,16 +64,6 @@ def shim_gone(path: str) -> bool:
         except OSError:
             return False
     return False
-
-
-def detect_ports(pid: int) -> list[int]:
-    """The ports ``pid`` listens on (empty when it is gone or cannot be read)."""
-    from zeropod.sockets.listeners import tree_entries
-
-    try:
-        return sorted({entry.port for entry, _, _ in tree_entries(pid)})
-    except (OSError, ValueError):
-        return []
 
 
 class IdleLoops:
@@ -193,6 +167,7 @@ class IdleLoops:
 
     async def _loop(self, key: PodKey, shims: set[str]) -> None:
         tracker: Any = None
+        port_watch = PortWatch(self._detect)
         last_error = ""
         polls = 0
         while True:
@@ -216,7 +191,7 @@ class IdleLoops:
                 tracker = None
                 continue
             try:
-                ports, detected = await asyncio.to_thread(watched_ports, containers, self._detect)
+                ports, detected = await port_watch.ports(life.net, containers)
                 for container in containers:  # recorded here, on the loop, not in the thread
                     if container.identity.container_id in detected:
                         container.listen_ports = detected[container.identity.container_id]
