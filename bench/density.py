@@ -27,25 +27,15 @@ WINDOW = 5.0
 """Seconds of one CPU sample of the idle daemon."""
 
 
-def cpu_seconds(bench: Bench, pid: int) -> float:
-    """CPU time of node process PID so far, all its threads, in seconds (ns precision)."""
-    total = 0
-    for task in bench.node.host_path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread gone meanwhile
-    return total / 1e9
-
-
 def idle_cpu_percent(bench: Bench, windows: int) -> list[float]:
     """The daemon's CPU in each of WINDOWS windows of WINDOW s, in percent of one core."""
     pid = probes.daemon_pid(bench.node)
     samples = []
     for _ in range(windows):
-        used, began = cpu_seconds(bench, pid), time.monotonic()
+        used, began = probes.cpu_seconds(bench.node, pid), time.monotonic()
         time.sleep(WINDOW)  # the measurement window itself, not a synchronisation
-        samples.append(100 * (cpu_seconds(bench, pid) - used) / (time.monotonic() - began))
+        used = probes.cpu_seconds(bench.node, pid) - used
+        samples.append(100 * used / (time.monotonic() - began))
     return samples
 
 

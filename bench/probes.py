@@ -63,6 +63,18 @@ def pss_mb(node: Node, pid: int) -> float:
     return kib / 1024
 
 
+def cpu_seconds(node: Node, pid: int) -> float:
+    """CPU time of node process PID so far, all its threads, in seconds (ns precision, from
+    /proc/PID/task/*/schedstat: utime and stime count 10 ms ticks)."""
+    total = 0
+    for task in node.host_path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread gone meanwhile
+    return total / 1e9
+
+
 def zeropod_pss(node: Node, pod_id: str) -> dict[str, float]:
     """PSS in MB of each zeropod process serving POD_ID: its interposer and runc shim."""
     found: dict[str, float] = {}

@@ -136,6 +136,26 @@ def test_pipelined_requests_are_answered_in_order(run) -> None:
     assert data.count(b"Content-Length: 8\r\n") == 3
 
 
+def test_access_log_off_logs_only_what_the_app_asks(run) -> None:
+    app = run("counter", ACCESS_LOG="off")
+    assert app.get("/") == (200, "count=1\n")
+    assert app.get("/log?msg=marker") == (200, "logged\n")
+    app.wait_line(r"^marker$")  # stdout is in order: a "served 1" line would have come first
+    assert not [line for line in app.seen if line.startswith("served")]
+
+
+def test_access_log_rejects_other_values(binaries: dict[str, Path]) -> None:
+    proc = subprocess.run(
+        [str(binaries["counter"])],
+        env={"PORT": "0", "ACCESS_LOG": "quiet"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 1
+    assert "ACCESS_LOG=quiet: expected on or off" in proc.stderr
+
+
 def test_exit_answers_then_exits_with_the_code(run) -> None:
     app = run("counter")
     assert app.get("/exit?code=7") == (200, "exiting code=7\n")

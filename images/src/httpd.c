@@ -6,6 +6,7 @@
  * blocks the others. Requests are answered in order; several requests may share one
  * connection when the client asks for keep-alive ("Connection: keep-alive"), otherwise the
  * answer says "Connection: close" and the connection is closed after it.
+ * Every request is logged on stdout ("served N from PEER") unless ACCESS_LOG=off.
  */
 #define _GNU_SOURCE
 #include "httpd.h"
@@ -42,6 +43,7 @@ struct conn {
 static struct conn *conns[MAX_CONNS];
 static int nconns;
 static unsigned long long served;
+static int access_log = 1; /* ACCESS_LOG: "on" (default) or "off" */
 
 void httpd_log(const char *fmt, ...)
 {
@@ -367,7 +369,8 @@ static int serve_buffered(struct conn *c, httpd_handler handler)
 				handler(&req, &reply);
 			}
 		}
-		httpd_log("served %llu from %s", req.seq, c->peer);
+		if (access_log)
+			httpd_log("served %llu from %s", req.seq, c->peer);
 		if (send_reply(c, &reply, keep) < 0)
 			return 0;
 		if (exit_code >= 0) {
@@ -403,6 +406,15 @@ void httpd_serve(const char *name, httpd_handler handler)
 	struct sigaction sa = { .sa_handler = on_term };
 	int lfd, i;
 
+	const char *access_log_s = getenv("ACCESS_LOG");
+
+	if (access_log_s && *access_log_s && strcmp(access_log_s, "on") != 0) {
+		if (strcmp(access_log_s, "off") != 0) {
+			fprintf(stderr, "%s: ACCESS_LOG=%s: expected on or off\n", name, access_log_s);
+			exit(1);
+		}
+		access_log = 0;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);

@@ -30,7 +30,8 @@ typedef void (*httpd_handler)(const struct httpd_request *req, struct httpd_repl
 /*
  * Serves forever on PORT (env, default 8080) and LISTEN (env, default "::" dual stack).
  * Never returns: exits 0 on SIGTERM/SIGINT, exits with N after answering /exit?code=N,
- * exits 1 with a message on stderr when the socket cannot be set up.
+ * exits 1 with a message on stderr when the socket cannot be set up or ACCESS_LOG is neither
+ * "on" (default: a line per request on stdout) nor "off".
  */
 void httpd_serve(const char *name, httpd_handler handler);
 
