@@ -360,6 +360,8 @@ def test_pod_sockets_see_queue_bytes_and_freed_connections(
             (family, port, 0)
         ]
         assert snap.connections == snap.closed == ()
+        # The raw LISTEN-only dump finds the same socket (and no other: a netns of its own).
+        assert pod.listening_inodes() == {li.inode for li in snap.listeners} != {0}
         # Nothing accepted since: no dump needed (the PassiveOpens counter did not move).
         assert pod.snapshot({port}).listeners == snap.listeners and pod.dumps == 1
 
@@ -377,8 +379,13 @@ def test_pod_sockets_see_queue_bytes_and_freed_connections(
         accepted, _ = server.accept()
         client.sendall(b"0123456789")
         assert accepted.recv(10) == b"0123456789"
-        (conn,) = pod.snapshot({port}).connections
+        (conn,) = [c for c in pod.dump() if isinstance(c, Connection) and c.local_port == port]
         assert (conn.bytes_received, conn.last_data_recv_ms is not None) == (10, True)
+        # Nothing accepted since the last dump: the snapshot lists the open connection as
+        # that dump saw it, with no walk of the TCP hash.
+        dumps = pod.dumps
+        (seen,) = pod.snapshot({port}).connections
+        assert (seen.cookie, pod.dumps) == (conn.cookie, dumps)
 
         client.close()  # the client closes first: the server side leaves no TIME_WAIT
         accepted.close()

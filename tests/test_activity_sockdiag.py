@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from typing import Any
 
 import pytest
@@ -186,7 +187,7 @@ def fake_pod_sockets(
     pod.netns_path = "/fake"
     pod._states = sockdiag.SS_ALL
     pod._dump_again, pod._dumped_ports, pod._dumped_opens = True, frozenset(), None
-    pod._listeners, pod.dumps, pod._snmp = (), 0, -1
+    pod._listeners, pod._open, pod.dumps, pod._snmp = (), (), 0, -1
     pod._dump, pod._events = dump, events  # type: ignore[assignment]
     readings = list(opens or [])
     pod.passive_opens = lambda: readings.pop(0) if readings else None  # type: ignore[method-assign]
@@ -248,6 +249,7 @@ def test_passive_opens_missing_counter_raises() -> None:
 LISTEN = FakeMsg(idiag_state=10)
 OPEN = FakeMsg(INFO)
 TIME_WAIT = FakeMsg(idiag_state=6, idiag_timer=3)
+HANDSHAKE = FakeMsg(idiag_state=3, idiag_cookie=8)
 
 
 @pytest.mark.parametrize(
@@ -256,11 +258,12 @@ TIME_WAIT = FakeMsg(idiag_state=6, idiag_timer=3)
         ([LISTEN], [5, 5, 5], [{8080}] * 3, 1),  # idle: one dump, then the counter says no
         ([LISTEN], [5, 6, 6], [{8080}] * 3, 2),  # a connection was accepted in between
         ([LISTEN, TIME_WAIT], [5, 5], [{8080}] * 2, 1),  # closed ones need no second look
-        ([LISTEN, OPEN], [5, 5, 5], [{8080}] * 3, 3),  # open: watch it until it goes
+        ([LISTEN, OPEN], [5, 5, 5], [{8080}] * 3, 1),  # open: followed by its destroy event
+        ([LISTEN, HANDSHAKE], [5, 5, 5], [{8080}] * 3, 3),  # a request socket has no event
         ([LISTEN], [5, 5], [{8080}, {8080, 9090}], 2),  # other ports asked for
         ([LISTEN], [None, None], [{8080}] * 2, 2),  # counter unreadable: always dump
     ],
-    ids=["idle", "accepted", "time-wait", "open", "ports-changed", "no-counter"],
+    ids=["idle", "accepted", "time-wait", "open", "handshake", "ports-changed", "no-counter"],
 )
 def test_dump_only_when_something_can_be_new(
     msgs: list[FakeMsg], opens: list[int | None], ports: list[set[int]], dumps: int
@@ -280,6 +283,30 @@ def test_skipped_dump_still_reports_freed_connections() -> None:
     snap = pod.snapshot({8080})
     assert pod.dumps == 1
     assert [c.remote_port for c in snap.closed] == [41000]
+
+
+def test_open_connection_is_listed_until_its_destroy_event_without_a_dump() -> None:
+    events = FakeEvents([])
+    other = FakeMsg(INFO, idiag_dport=40001, idiag_cookie=9)
+    pod = fake_pod_sockets(FakeDump([LISTEN, OPEN, other]), events, [5, 5, 5, 5])
+    assert [c.remote_port for c in pod.snapshot({8080}).connections] == [40000, 40001]
+    assert [c.remote_port for c in pod.snapshot({8080}).connections] == [40000, 40001]
+    events.queue.append([FakeMsg(idiag_state=7, idiag_cookie=7)])  # 40000's socket freed
+    snap = pod.snapshot({8080})
+    assert [c.remote_port for c in snap.connections] == [40001]
+    assert [c.cookie for c in snap.closed] == [7]
+    assert pod.dumps == 1
+
+
+def test_lost_destroy_events_make_the_next_snapshot_dump() -> None:
+    events = FakeEvents([])
+    pod = fake_pod_sockets(FakeDump([LISTEN, OPEN]), events, [5, 5, 5])
+    pod.snapshot({8080})
+    events.queue.append(OSError(105, "No buffer space available"))
+    snap = pod.snapshot({8080})
+    assert snap.events_lost is True
+    assert pod.dumps == 2  # the open set may hold a freed connection: read it again
+    assert len(pod.snapshot({8080}).connections) == 1 and pod.dumps == 2
 
 
 class FakeNode:
@@ -345,3 +372,33 @@ def test_a_dump_walks_only_the_families_asked_for_and_skips_tcp_info() -> None:
     assert len(pod.dump()) == 2
     both = [(socket.AF_INET, sockdiag.EXT_INFO), (socket.AF_INET6, sockdiag.EXT_INFO)]
     assert dump.asked[1:] == both
+
+
+def _diag_message(inode: int, kind: int = sockdiag.SOCK_DIAG_BY_FAMILY) -> bytes:
+    """An inet_diag_msg as the kernel sends it: header, 68 bytes, the inode, 4 more."""
+    body = bytes([socket.AF_INET6, 10, 0, 0]) + bytes(64) + struct.pack("=I", inode) + bytes(4)
+    return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
+
+
+def test_listen_request_asks_for_listeners_only() -> None:
+    req = sockdiag.listen_request(socket.AF_INET6, 42)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", req)
+    family, protocol, _ext, states = struct.unpack_from("=BBBxI", req, 16)
+    assert (length, kind, flags, seq) == (len(req), 20, 0x301, 42)
+    assert (family, protocol, states) == (socket.AF_INET6, socket.IPPROTO_TCP, 1 << 10)
+    assert len(req) == 16 + 56  # inet_diag_req_v2
+
+
+def test_listen_inodes_reads_every_message_until_done() -> None:
+    found: set[int] = set()
+    assert sockdiag.listen_inodes(_diag_message(7) + _diag_message(9), found) is False
+    done = struct.pack("=IHHIIi", 20, sockdiag.NLMSG_DONE, 2, 1, 0, 0)
+    assert sockdiag.listen_inodes(_diag_message(11) + done, found) is True
+    assert found == {7, 9, 11}
+
+
+def test_listen_inodes_raises_the_kernels_error() -> None:
+    error = struct.pack("=IHHIIi", 20, sockdiag.NLMSG_ERROR, 0, 1, 0, -13)
+    with pytest.raises(OSError, match="listen dump") as caught:
+        sockdiag.listen_inodes(error, set())
+    assert caught.value.errno == 13

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from zeropod.activity.sockdiag import (
     CLONE_NEWNET,
     EXT_INFO,
+    NETLINK_SOCK_DIAG,
     RECV_SIZE,
     SKNLGRP_INET6_TCP_DESTROY,
     SKNLGRP_INET_TCP_DESTROY,
@@ -27,11 +28,16 @@ from zeropod.activity.sockdiag import (
     Connection,
     ListeningSocket,
     Snapshot,
+    TcpState,
+    listen_inodes,
+    listen_request,
     parse_message,
     split,
 )
 
 T = TypeVar("T")
+HANDSHAKE = frozenset({TcpState.SYN_RECV, TcpState.NEW_SYN_RECV})
+"""States sock_diag lists request sockets in: they go without a destroy event."""
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -78,28 +84,31 @@ def passive_opens(snmp: str) -> int:
         raise ValueError(f"no Tcp: PassiveOpens counter in {snmp[:80]!r}...") from err
 
 
-def _open_sockets() -> tuple[Any, Any, int]:
+def _open_sockets() -> tuple[Any, Any, socket.socket, int]:
     # Imported here so that the tracker and these data classes load without pyroute2.
     from pyroute2.netlink.diag import DiagSocket
 
     dump = DiagSocket()
     events = DiagSocket()
+    raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     try:
         dump.bind()
         events.bind()
         events.add_membership(SKNLGRP_INET_TCP_DESTROY)
         events.add_membership(SKNLGRP_INET6_TCP_DESTROY)
         events.setblocking(False)
+        raw.bind((0, 0))
     except Exception:
         dump.close()
         events.close()
+        raw.close()
         raise
     try:
         # The file stays bound to the netns it was opened in, like the sockets.
         snmp = os.open("/proc/thread-self/net/snmp", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         snmp = -1  # no counter: every snapshot dumps
-    return dump, events, snmp
+    return dump, events, raw, snmp
 
 
 class PodSockets:
@@ -113,14 +122,18 @@ class PodSockets:
         self.netns_path = netns_path
         self._states = SS_ALL
         # What the last dump left: whether it must be repeated, for which ports, at which
-        # PassiveOpens count, and the listeners it saw (reused by snapshots without a dump).
+        # PassiveOpens count, the listeners it saw and the connections it found open, less
+        # those freed since (reused by snapshots without a dump).
         self._dump_again = True
         self._dumped_ports: frozenset[int] = frozenset()
         self._dumped_opens: int | None = None
         self._listeners: tuple[ListeningSocket, ...] = ()
+        self._open: tuple[Connection, ...] = ()
         self.dumps = 0
         try:
-            self._dump, self._events, self._snmp = run_in_netns(netns_path, _open_sockets)
+            opened = run_in_netns(netns_path, _open_sockets)
+            self._dump, self._events, self._raw, self._snmp = opened
+            self._seq = 0
         except OSError as err:
             reason = err.strerror or str(err)
             raise OSError(err.errno, f"sock_diag in netns {netns_path}: {reason}") from err
@@ -128,6 +141,7 @@ class PodSockets:
     def close(self) -> None:
         self._dump.close()
         self._events.close()
+        self._raw.close()
         if self._snmp >= 0:
             os.close(self._snmp)
             self._snmp = -1
@@ -173,6 +187,17 @@ class PodSockets:
                     items.append(item)
         return items
 
+    def listening_inodes(self) -> frozenset[int]:
+        """The inodes of every TCP listener in the netns, IPv4 and IPv6, any port: two
+        LISTEN-only dumps, which walk the kernel's listening hash alone (raw netlink)."""
+        found: set[int] = set()
+        for family in BOTH_FAMILIES:
+            self._seq += 1
+            self._raw.send(listen_request(family, self._seq))
+            while not listen_inodes(self._raw.recv(RECV_SIZE), found):
+                pass
+        return frozenset(found)
+
     def drain_closed(self) -> tuple[list[Connection], bool]:
         """Destroy events received since the last call, and whether any were lost."""
         closed: list[Connection] = []
@@ -204,10 +229,16 @@ class PodSockets:
         entries: later closes all come as destroy events, and a busy pod's thousands of
         TIME_WAIT entries cost pyroute2 about 30 us each to parse (measured).
 
-        The dump is skipped when it cannot show anything new: the last one found no open
-        connection on PORTS and the netns's ``Tcp: PassiveOpens`` counter has not moved since
-        (every accepted connection raises it when its handshake completes). Such a snapshot
-        has no connections and the listeners of the last dump.
+        The dump is skipped when it cannot show anything new: the netns's ``Tcp:
+        PassiveOpens`` counter has not moved since the last one (every accepted connection
+        raises it when its handshake completes) and no destroy event was lost. The
+        connections open then are those the last dump found open, less those freed since
+        (destroy events, by cookie): a full socket leaves the table only through one. Such
+        a snapshot has the listeners of the last dump and those connections as it saw them
+        (their ``tcp_info`` and the accept queues are not read again). A connection still in
+        its handshake (SYN_RECV) is a request socket, which leaves without an event, so
+        while one is listed every snapshot dumps. A dump walks the kernel's whole TCP hash
+        (~3 ms a family on a 24 GiB node): a pod under keep-alive load paid it every second.
         """
         closed, lost = self.drain_closed()
         _, closed_watched = split(closed, ports)
@@ -215,14 +246,18 @@ class PodSockets:
         opens = self.passive_opens()  # read before the dump: a later accept changes it
         if (
             not self._dump_again
+            and not lost
             and watched == self._dumped_ports
             and opens is not None
             and opens == self._dumped_opens
         ):
-            return Snapshot(clock(), self._listeners, (), closed_watched, lost)
+            freed = {c.cookie for c in closed}
+            self._open = tuple(c for c in self._open if c.cookie not in freed)
+            return Snapshot(clock(), self._listeners, self._open, closed_watched, lost)
         listeners, connections = split(self.dump(self._states), ports)
         self.dumps += 1
         self._states = STATES_AFTER_FIRST
-        self._dump_again = any(not c.timewait for c in connections)
+        self._open = tuple(c for c in connections if not c.timewait)
+        self._dump_again = any(c.state in HANDSHAKE for c in self._open)
         self._dumped_ports, self._dumped_opens, self._listeners = watched, opens, listeners
         return Snapshot(clock(), listeners, connections, closed_watched, lost)

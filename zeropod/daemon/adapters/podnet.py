@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from zeropod.activity.podsockets import BOTH_FAMILIES, PodSockets
-from zeropod.activity.sockdiag import Connection, ListeningSocket, Snapshot, TcpState, split
+from zeropod.activity.sockdiag import Connection, Snapshot, TcpState, split
 
 T = TypeVar("T")
 LISTEN_ONLY = 1 << TcpState.LISTEN.value
@@ -66,13 +66,8 @@ class PodNetView:
 
     async def listening(self) -> frozenset[int]:
         """The inodes of every listening TCP socket in the netns, any port: a LISTEN-only dump
-        walks the kernel's listening hash alone, so it runs on the loop (see ``_call``)."""
-
-        def inodes(sockets: Any) -> frozenset[int]:
-            items = sockets.dump(LISTEN_ONLY, info=False)
-            return frozenset(x.inode for x in items if isinstance(x, ListeningSocket))
-
-        return await self._call(inodes, inline=True)
+        walks the kernel's listening hash alone (0.05 ms), so it runs on the loop."""
+        return await self._call(lambda s: s.listening_inodes(), inline=True)
 
     async def listeners_per_port(self, ports: Sequence[int]) -> list[int]:
         """How many sockets listen on each of ``ports`` (a LISTEN-only dump)."""
