@@ -6,7 +6,9 @@
 - the PSS of each pod's zeropod processes (interposer + runc shim), and of the daemon;
 - the daemon's CPU while nothing happens, in windows of ``WINDOW`` seconds (percent of one
   core, from the nanoseconds each of its threads ran, /proc/PID/task/*/schedstat: utime
-  and stime count 10 ms ticks, one tick per 5 s window being 0.2 % already);
+  and stime count 10 ms ticks, one tick per 5 s window being 0.2 % already); also, as
+  ``awake_pct``, in two windows while the N pods run idle before their sleep (each is
+  polled every second then);
 - every pod woken at the same moment by one client each (`Bench.wake_all`: one process in
   the client netns, its threads past one barrier), against
   N raw ``runc restore``s of N checkpointed containers started at once (rawcr ``storm``).
@@ -42,7 +44,11 @@ def idle_cpu_percent(bench: Bench, windows: int) -> list[float]:
 def density(bench: Bench, pods: int, windows: int) -> None:
     with contextlib.ExitStack() as stack:
         running = [stack.enter_context(bench.pod("memhog", {"MEM_MB": "5"})) for _ in range(pods)]
-        bench.step(f"density: {pods} pods running")
+        awake_cpu = idle_cpu_percent(bench, 2)
+        bench.step(
+            f"density: {pods} pods running, no client: daemon {max(awake_cpu):.2f} % of a "
+            "core at most (its idle loops poll each pod every second)"
+        )
         for r, cid, _ in running:
             bench.sleep(r, cid)
         per_pod = [sum(probes.zeropod_pss(bench.node, r.pod.id).values()) for r, _, _ in running]
@@ -104,4 +110,6 @@ def density(bench: Bench, pods: int, windows: int) -> None:
         digits=3,
         pods=pods,
         baseline_is=f"none: the daemon while {pods} pods sleep, {WINDOW:g} s windows",
+        awake_pct=report.summary(awake_cpu, 3),
+        awake_is=f"the daemon while the {pods} pods ran idle, before their sleep",
     )
