@@ -39,6 +39,8 @@ T = TypeVar("T")
 HANDSHAKE = frozenset({TcpState.SYN_RECV, TcpState.NEW_SYN_RECV})
 """States sock_diag lists request sockets in: they go without a destroy event."""
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+RAW_TIMEOUT = 1.0
+"""Seconds a raw LISTEN-only dump may wait for the kernel's answer (it takes ~0.05 ms)."""
 
 
 def run_in_netns(netns_path: str, fn: Callable[[], T]) -> T:
@@ -98,6 +100,9 @@ def _open_sockets() -> tuple[Any, Any, socket.socket, int]:
         events.add_membership(SKNLGRP_INET6_TCP_DESTROY)
         events.setblocking(False)
         raw.bind((0, 0))
+        # Its dumps run on the daemon's event loop: an answer that never came would stall
+        # every pod, so a wait longer than this raises (TimeoutError, an OSError).
+        raw.settimeout(RAW_TIMEOUT)
     except Exception:
         dump.close()
         events.close()
