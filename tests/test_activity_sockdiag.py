@@ -374,9 +374,12 @@ def test_a_dump_walks_only_the_families_asked_for_and_skips_tcp_info() -> None:
     assert dump.asked[1:] == both
 
 
-def _diag_message(inode: int, kind: int = sockdiag.SOCK_DIAG_BY_FAMILY) -> bytes:
-    """An inet_diag_msg as the kernel sends it: header, 68 bytes, the inode, 4 more."""
-    body = bytes([socket.AF_INET6, 10, 0, 0]) + bytes(64) + struct.pack("=I", inode) + bytes(4)
+def _diag_message(inode: int, port: int, kind: int = sockdiag.SOCK_DIAG_BY_FAMILY) -> bytes:
+    """An inet_diag_msg as the kernel sends it: header, 4 bytes, the sockid (big-endian
+    source port first, 48 bytes), 4 x u32, the inode, 4 more."""
+    sockid = struct.pack("!H", port) + bytes(46)
+    body = bytes([socket.AF_INET6, 10, 0, 0]) + sockid + bytes(16) + struct.pack("=I", inode)
+    body += bytes(4)
     return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
 
 
@@ -389,16 +392,17 @@ def test_listen_request_asks_for_listeners_only() -> None:
     assert len(req) == 16 + 56  # inet_diag_req_v2
 
 
-def test_listen_inodes_reads_every_message_until_done() -> None:
-    found: set[int] = set()
-    assert sockdiag.listen_inodes(_diag_message(7) + _diag_message(9), found) is False
+def test_listen_sockets_reads_every_message_until_done() -> None:
+    found: dict[int, int] = {}
+    pair = _diag_message(7, 8080) + _diag_message(9, 443)
+    assert sockdiag.listen_sockets(pair, found) is False
     done = struct.pack("=IHHIIi", 20, sockdiag.NLMSG_DONE, 2, 1, 0, 0)
-    assert sockdiag.listen_inodes(_diag_message(11) + done, found) is True
-    assert found == {7, 9, 11}
+    assert sockdiag.listen_sockets(_diag_message(11, 8080) + done, found) is True
+    assert found == {7: 8080, 9: 443, 11: 8080}
 
 
-def test_listen_inodes_raises_the_kernels_error() -> None:
+def test_listen_sockets_raises_the_kernels_error() -> None:
     error = struct.pack("=IHHIIi", 20, sockdiag.NLMSG_ERROR, 0, 1, 0, -13)
     with pytest.raises(OSError, match="listen dump") as caught:
-        sockdiag.listen_inodes(error, set())
+        sockdiag.listen_sockets(error, {})
     assert caught.value.errno == 13

@@ -29,8 +29,8 @@ from zeropod.activity.sockdiag import (
     ListeningSocket,
     Snapshot,
     TcpState,
-    listen_inodes,
     listen_request,
+    listen_sockets,
     parse_message,
     split,
 )
@@ -192,16 +192,16 @@ class PodSockets:
                     items.append(item)
         return items
 
-    def listening_inodes(self) -> frozenset[int]:
-        """The inodes of every TCP listener in the netns, IPv4 and IPv6, any port: two
-        LISTEN-only dumps, which walk the kernel's listening hash alone (raw netlink)."""
-        found: set[int] = set()
+    def listeners(self) -> dict[int, int]:
+        """Every TCP listener in the netns, IPv4 and IPv6, any port, as inode -> local port:
+        two LISTEN-only dumps, which walk the kernel's listening hash alone (raw netlink)."""
+        found: dict[int, int] = {}
         for family in BOTH_FAMILIES:
             self._seq += 1
             self._raw.send(listen_request(family, self._seq))
-            while not listen_inodes(self._raw.recv(RECV_SIZE), found):
+            while not listen_sockets(self._raw.recv(RECV_SIZE), found):
                 pass
-        return frozenset(found)
+        return found
 
     def drain_closed(self) -> tuple[list[Connection], bool]:
         """Destroy events received since the last call, and whether any were lost."""

@@ -70,15 +70,17 @@ RECV_SIZE = 1 << 20
 STATES_AFTER_FIRST = SS_ALL & ~(1 << 6)
 
 
-# Raw sock_diag, for the one request the idle loop makes every second (listening inodes):
-# pyroute2 took 0.45 ms of CPU for it, building and parsing messages; this takes 0.05.
+# Raw sock_diag for LISTEN-only dumps (the idle loop's listener check every second, the
+# wake's wait for the app's listeners): pyroute2 took 0.45 ms of CPU for one, building and
+# parsing messages; this takes 0.05.
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST_DUMP = 0x1 | 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _REQ_V2 = struct.Struct("=BBBxI48x")  # family, protocol, ext, pad, states, inet_diag_sockid
-_INODE_AT = _NLMSGHDR.size + 68  # inet_diag_msg: 4 bytes, sockid 48, 4 x u32, then inode
+_SPORT_AT = _NLMSGHDR.size + 4  # inet_diag_msg: 4 bytes, then the sockid's __be16 sport
+_INODE_AT = _NLMSGHDR.size + 68  # ... sockid 48 bytes, 4 x u32, then the inode
 
 
 def listen_request(family: int, seq: int) -> bytes:
@@ -91,9 +93,10 @@ def listen_request(family: int, seq: int) -> bytes:
     return head + body
 
 
-def listen_inodes(datagram: bytes, found: set[int]) -> bool:
-    """Add the inodes of the inet_diag messages in DATAGRAM to FOUND; True at the end of
-    the dump (NLMSG_DONE). An error message raises OSError with the kernel's errno."""
+def listen_sockets(datagram: bytes, found: dict[int, int]) -> bool:
+    """Add the sockets of the inet_diag messages in DATAGRAM to FOUND, inode -> local port;
+    True at the end of the dump (NLMSG_DONE). An error message raises OSError with the
+    kernel's errno."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(datagram):
         length, kind = _NLMSGHDR.unpack_from(datagram, offset)[:2]
@@ -105,7 +108,8 @@ def listen_inodes(datagram: bytes, found: set[int]) -> bool:
             code = -struct.unpack_from("=i", datagram, offset + _NLMSGHDR.size)[0]
             raise OSError(code, f"sock_diag listen dump: {os.strerror(code)}")
         if kind == SOCK_DIAG_BY_FAMILY and length >= _INODE_AT + 4:
-            found.add(struct.unpack_from("=I", datagram, offset + _INODE_AT)[0])
+            inode = struct.unpack_from("=I", datagram, offset + _INODE_AT)[0]
+            found[inode] = struct.unpack_from("!H", datagram, offset + _SPORT_AT)[0]
         offset += (length + 3) & ~3
     return False
 

@@ -5,8 +5,8 @@ when to detect its ports again), the held-port watch reads who is queued, the wa
 the app's listeners: all through the one view a pod's life owns, made on first use and kept
 until the pod is forgotten. sock_diag calls block, so each runs in a worker thread of the
 loop's default pool, one at a time (``PodSockets`` is not thread-safe), except the probe
-check's dump and the listener list, which run on the loop; after an error the view is re-made
-at the next call (the netns may have been re-created).
+check's dump and the listener lists, which run on the loop; after an error the view is
+re-made at the next call (the netns may have been re-created).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from zeropod.activity.podsockets import BOTH_FAMILIES, PodSockets
 from zeropod.activity.sockdiag import Connection, Snapshot, TcpState, split
 
 T = TypeVar("T")
-LISTEN_ONLY = 1 << TcpState.LISTEN.value
 POLL = 0.005
 """Seconds between two looks for the woken app's listeners."""
 
@@ -67,16 +66,13 @@ class PodNetView:
     async def listening(self) -> frozenset[int]:
         """The inodes of every listening TCP socket in the netns, any port: a LISTEN-only dump
         walks the kernel's listening hash alone (0.05 ms), so it runs on the loop."""
-        return await self._call(lambda s: s.listening_inodes(), inline=True)
+        return frozenset(await self._call(lambda s: s.listeners(), inline=True))
 
     async def listeners_per_port(self, ports: Sequence[int]) -> list[int]:
-        """How many sockets listen on each of ``ports`` (a LISTEN-only dump)."""
-
-        def count(sockets: Any) -> list[int]:
-            listeners, _ = split(sockets.dump(LISTEN_ONLY), ports)
-            return [sum(1 for x in listeners if x.local_port == p) for p in ports]
-
-        return await self._call(count)
+        """How many sockets listen on each of ``ports`` (the same LISTEN-only dump, on the
+        loop: a thread hop would cost more than the dump)."""
+        listening = list((await self._call(lambda s: s.listeners(), inline=True)).values())
+        return [listening.count(p) for p in ports]
 
     async def wait_listening(self, ports: Sequence[int], count: int, timeout: float) -> int:
         loop = asyncio.get_running_loop()
